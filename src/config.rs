@@ -1,0 +1,487 @@
+//! Configuration: one typed tree built from command-line flags, the environment and `.env`.
+//!
+//! Precedence (CONTRACT §2): `TB_DALLE_PORT` beats `--port` (the seed book promises it, the Go
+//! server ignored it); for everything else a flag beats the environment, which beats the default.
+//! `.env` in the working directory is loaded first and never overrides what is already set.
+//! This is the only module that reads the process environment.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Parser;
+
+/// Default per-key lock TTL (also the fallback for an unparsable `--lock-ttl`).
+pub const DEFAULT_LOCK_TTL: Duration = Duration::from_secs(300);
+/// Default OpenAI-compatible endpoint.
+pub const DEFAULT_OPENAI_BASE_URL: &str = "https://api.openai.com/v1";
+
+/// Everything that can go wrong while building the configuration; each names the culprit.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A value that must parse did not; `name` is the flag or variable it came from.
+    #[error("invalid value {value:?} for {name}: {reason}")]
+    Invalid {
+        name: &'static str,
+        value: String,
+        reason: String,
+    },
+    /// No data directory could be derived (no `HOME`, no `XDG_DATA_HOME`, no flag).
+    #[error("cannot resolve the data directory: set --data-dir or TB_DALLE_DATA_DIR")]
+    NoDataDir,
+    /// The data directory exists (or was created) but cannot be written.
+    #[error("data directory {path} is not usable: {source}")]
+    DataDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl ConfigError {
+    /// Bad input from the operator exits 2, like a bad flag; an unusable directory exits 1.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            ConfigError::Invalid { .. } => 2,
+            ConfigError::NoDataDir | ConfigError::DataDir { .. } => 1,
+        }
+    }
+}
+
+/// The OpenAI API key. It never prints: `Debug` shows a fixed placeholder and there is no `Display`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiKey(String);
+
+impl ApiKey {
+    /// Wraps a key; an empty or blank key is no key at all.
+    pub fn new(raw: impl Into<String>) -> Option<Self> {
+        let raw = raw.into();
+        let trimmed = raw.trim();
+        (!trimmed.is_empty()).then(|| ApiKey(trimmed.to_string()))
+    }
+
+    /// The key itself, for the `Authorization` header and nothing else.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ApiKey([redacted])")
+    }
+}
+
+/// Command-line flags. Every flag has an environment fallback handled in [`Config::from_sources`].
+#[derive(Debug, Parser)]
+#[command(
+    name = "dalleserver",
+    version,
+    about = "AI-generated, captioned images for Ethereum addresses"
+)]
+pub struct Flags {
+    /// Listen port (TB_DALLE_PORT overrides it) [default: 8080]
+    #[arg(long)]
+    pub port: Option<String>,
+    /// Listen address [env: TB_DALLE_BIND] [default: 0.0.0.0]
+    #[arg(long)]
+    pub bind: Option<String>,
+    /// Per-key generation lock TTL, e.g. 90s, 5m, 1h [env: TB_DALLE_LOCK_TTL] [default: 5m]
+    #[arg(long)]
+    pub lock_ttl: Option<String>,
+    /// Data directory [env: TB_DALLE_DATA_DIR] [default: $XDG_DATA_HOME/trueblocks/dalle]
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Directory of attribute CSVs replacing the embedded databases [env: TB_DALLE_DATABASES]
+    #[arg(long)]
+    pub databases: Option<PathBuf>,
+    /// Generations allowed to run at once; more are queued [env: TB_DALLE_MAX_CONCURRENT] [default: 8]
+    #[arg(long)]
+    pub max_concurrent: Option<String>,
+}
+
+/// A read-only view of the environment, so tests can build configs without touching the process.
+pub trait Env {
+    /// The variable's value; `None` when unset. Empty strings are returned as they are.
+    fn get(&self, key: &str) -> Option<String>;
+}
+
+/// The real process environment (after `.env` has been loaded into it).
+#[derive(Debug, Clone, Copy)]
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn get(&self, key: &str) -> Option<String> {
+        std::env::var(key).ok()
+    }
+}
+
+impl<const N: usize> Env for [(&str, &str); N] {
+    fn get(&self, key: &str) -> Option<String> {
+        self.iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| v.to_string())
+    }
+}
+
+/// OpenAI settings.
+#[derive(Debug, Clone)]
+pub struct OpenAiConfig {
+    /// `None` means mock mode.
+    pub api_key: Option<ApiKey>,
+    pub base_url: String,
+    /// `TB_DALLE_SKIP_IMAGE=1`: mock images even with a key.
+    pub skip_image: bool,
+    /// `TB_DALLE_NO_ENHANCE=1`: skip the chat enhancement only.
+    pub no_enhance: bool,
+    pub image_model: String,
+    pub chat_model: String,
+    pub image_timeout: Duration,
+    pub enhance_timeout: Duration,
+}
+
+impl OpenAiConfig {
+    /// True when images come from the local deterministic source instead of OpenAI.
+    pub fn mock_mode(&self) -> bool {
+        self.api_key.is_none() || self.skip_image
+    }
+}
+
+/// The whole configuration, resolved and validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub bind: IpAddr,
+    pub port: u16,
+    pub lock_ttl: Duration,
+    pub data_dir: PathBuf,
+    pub databases: Option<PathBuf>,
+    pub max_concurrent: usize,
+    pub openai: OpenAiConfig,
+    /// Log filter directive (`RUST_LOG`), default `info`.
+    pub log_filter: String,
+    /// Non-fatal problems found while resolving (logged once tracing is up).
+    pub warnings: Vec<String>,
+}
+
+impl Config {
+    /// Loads `.env` (never overriding), parses the real command line and environment.
+    /// A bad flag exits the process with status 2 (clap's behaviour).
+    pub fn load() -> Result<Config, ConfigError> {
+        // A missing .env is normal; a malformed one should not stop the server either.
+        let _ = dotenvy::dotenv();
+        Config::from_sources(Flags::parse(), &ProcessEnv)
+    }
+
+    /// Builds the configuration from parsed flags and an environment view.
+    pub fn from_sources(flags: Flags, env: &impl Env) -> Result<Config, ConfigError> {
+        let var = |key: &str| env.get(key).filter(|v| !v.trim().is_empty());
+        let mut warnings = Vec::new();
+
+        let port = match (var("TB_DALLE_PORT"), flags.port) {
+            (Some(v), _) => parse_port("TB_DALLE_PORT", &v)?,
+            (None, Some(v)) => parse_port("--port", &v)?,
+            (None, None) => 8080,
+        };
+        let bind =
+            match flags.bind.or_else(|| var("TB_DALLE_BIND")) {
+                Some(v) => v.trim().parse().map_err(|e: std::net::AddrParseError| {
+                    ConfigError::Invalid {
+                        name: "--bind / TB_DALLE_BIND",
+                        value: v.clone(),
+                        reason: e.to_string(),
+                    }
+                })?,
+                None => IpAddr::from([0, 0, 0, 0]),
+            };
+        let lock_ttl = match flags.lock_ttl.or_else(|| var("TB_DALLE_LOCK_TTL")) {
+            None => DEFAULT_LOCK_TTL,
+            Some(v) => match parse_duration(&v) {
+                Ok(d) if !d.is_zero() => d,
+                _ => {
+                    warnings.push(format!("invalid lock TTL {v:?}; using 5m"));
+                    DEFAULT_LOCK_TTL
+                }
+            },
+        };
+        let max_concurrent = match flags
+            .max_concurrent
+            .or_else(|| var("TB_DALLE_MAX_CONCURRENT"))
+        {
+            None => 8,
+            Some(v) => match v.trim().parse::<usize>() {
+                Ok(n) if n > 0 => n,
+                _ => {
+                    return Err(ConfigError::Invalid {
+                        name: "--max-concurrent / TB_DALLE_MAX_CONCURRENT",
+                        value: v,
+                        reason: "expected a whole number of at least 1".into(),
+                    });
+                }
+            },
+        };
+        let data_dir = match flags
+            .data_dir
+            .or_else(|| var("TB_DALLE_DATA_DIR").map(PathBuf::from))
+        {
+            Some(dir) => dir,
+            None => {
+                default_data_dir(var("XDG_DATA_HOME"), var("HOME")).ok_or(ConfigError::NoDataDir)?
+            }
+        };
+        let databases = flags
+            .databases
+            .or_else(|| var("TB_DALLE_DATABASES").map(PathBuf::from));
+
+        let openai = OpenAiConfig {
+            api_key: var("OPENAI_API_KEY").and_then(ApiKey::new),
+            base_url: var("OPENAI_BASE_URL")
+                .map(|u| u.trim().trim_end_matches('/').to_string())
+                .unwrap_or_else(|| DEFAULT_OPENAI_BASE_URL.to_string()),
+            skip_image: var("TB_DALLE_SKIP_IMAGE").is_some_and(|v| v.trim() == "1"),
+            no_enhance: var("TB_DALLE_NO_ENHANCE").is_some_and(|v| v.trim() == "1"),
+            image_model: var("TB_DALLE_IMAGE_MODEL").unwrap_or_else(|| "gpt-image-2".into()),
+            chat_model: var("TB_DALLE_CHAT_MODEL").unwrap_or_else(|| "gpt-5.5".into()),
+            image_timeout: duration_var(&var, "TB_DALLE_IMAGE_TIMEOUT", Duration::from_secs(300))?,
+            enhance_timeout: duration_var(
+                &var,
+                "TB_DALLE_ENHANCE_TIMEOUT",
+                Duration::from_secs(60),
+            )?,
+        };
+
+        Ok(Config {
+            bind,
+            port,
+            lock_ttl,
+            data_dir,
+            databases,
+            max_concurrent,
+            openai,
+            log_filter: var("RUST_LOG").unwrap_or_else(|| "info".into()),
+            warnings,
+        })
+    }
+
+    /// Makes the data directory absolute, creates it and proves it is writable.
+    pub fn prepare_data_dir(&mut self) -> Result<(), ConfigError> {
+        let fail = |path: &Path, source| ConfigError::DataDir {
+            path: path.to_path_buf(),
+            source,
+        };
+        if self.data_dir.starts_with("~") {
+            return Err(fail(
+                &self.data_dir,
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "a leading ~ is not expanded; use an absolute path",
+                ),
+            ));
+        }
+        std::fs::create_dir_all(&self.data_dir).map_err(|e| fail(&self.data_dir, e))?;
+        self.data_dir =
+            std::fs::canonicalize(&self.data_dir).map_err(|e| fail(&self.data_dir, e))?;
+        crate::storage::probe_writable(&self.data_dir).map_err(|e| fail(&self.data_dir, e))?;
+        Ok(())
+    }
+}
+
+fn duration_var(
+    var: &impl Fn(&str) -> Option<String>,
+    name: &'static str,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    match var(name) {
+        None => Ok(default),
+        Some(v) => parse_duration(&v).map_err(|reason| ConfigError::Invalid {
+            name,
+            value: v,
+            reason,
+        }),
+    }
+}
+
+fn parse_port(name: &'static str, value: &str) -> Result<u16, ConfigError> {
+    value
+        .trim()
+        .parse::<u16>()
+        .map_err(|_| ConfigError::Invalid {
+            name,
+            value: value.to_string(),
+            reason: "expected a port number from 0 to 65535".into(),
+        })
+}
+
+/// Parses `90s`, `5m`, `1h`, `250ms`, compound `1m30s`, or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Err("empty duration".into());
+    }
+    if let Ok(secs) = text.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        if digits == 0 {
+            return Err(format!("expected a number at {rest:?}"));
+        }
+        let amount: u64 = rest[..digits]
+            .parse()
+            .map_err(|_| "number too large".to_string())?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let unit = match &rest[..unit_len] {
+            "ms" => Duration::from_millis(amount),
+            "s" => Duration::from_secs(amount),
+            "m" => Duration::from_secs(amount.saturating_mul(60)),
+            "h" => Duration::from_secs(amount.saturating_mul(3600)),
+            other => return Err(format!("unknown unit {other:?} (use ms, s, m or h)")),
+        };
+        total = total.saturating_add(unit);
+        rest = &rest[unit_len..];
+    }
+    Ok(total)
+}
+
+/// `$XDG_DATA_HOME/trueblocks/dalle`, else `~/.local/share/trueblocks/dalle`.
+fn default_data_dir(xdg: Option<String>, home: Option<String>) -> Option<PathBuf> {
+    let base = match (xdg, home) {
+        (Some(x), _) => PathBuf::from(x),
+        (None, Some(h)) => Path::new(&h).join(".local").join("share"),
+        (None, None) => return None,
+    };
+    Some(base.join("trueblocks").join("dalle"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flags(args: &[&str]) -> Flags {
+        Flags::try_parse_from(std::iter::once("dalleserver").chain(args.iter().copied())).unwrap()
+    }
+
+    #[test]
+    fn port_env_beats_flag_and_flag_beats_default() {
+        let env = [("TB_DALLE_PORT", "9191"), ("HOME", "/h")];
+        assert_eq!(
+            Config::from_sources(flags(&["--port", "9090"]), &env)
+                .unwrap()
+                .port,
+            9191
+        );
+        let env = [("HOME", "/h")];
+        assert_eq!(
+            Config::from_sources(flags(&["--port=9090"]), &env)
+                .unwrap()
+                .port,
+            9090
+        );
+        assert_eq!(Config::from_sources(flags(&[]), &env).unwrap().port, 8080);
+    }
+
+    #[test]
+    fn flags_beat_environment() {
+        let env = [
+            ("HOME", "/h"),
+            ("TB_DALLE_DATA_DIR", "/env/dir"),
+            ("TB_DALLE_LOCK_TTL", "90s"),
+        ];
+        let cfg = Config::from_sources(
+            flags(&["--data-dir", "/flag/dir", "--lock-ttl", "1h"]),
+            &env,
+        )
+        .unwrap();
+        assert_eq!(cfg.data_dir, PathBuf::from("/flag/dir"));
+        assert_eq!(cfg.lock_ttl, Duration::from_secs(3600));
+        let cfg = Config::from_sources(flags(&[]), &env).unwrap();
+        assert_eq!(cfg.data_dir, PathBuf::from("/env/dir"));
+        assert_eq!(cfg.lock_ttl, Duration::from_secs(90));
+    }
+
+    #[test]
+    fn bad_lock_ttl_warns_and_falls_back() {
+        let cfg = Config::from_sources(flags(&["--lock-ttl", "soon"]), &[("HOME", "/h")]).unwrap();
+        assert_eq!(cfg.lock_ttl, DEFAULT_LOCK_TTL);
+        assert_eq!(cfg.warnings.len(), 1);
+        assert!(cfg.warnings[0].contains("soon"));
+    }
+
+    #[test]
+    fn bad_port_names_its_source() {
+        let err = Config::from_sources(flags(&[]), &[("HOME", "/h"), ("TB_DALLE_PORT", "http")])
+            .unwrap_err();
+        assert!(err.to_string().contains("TB_DALLE_PORT"), "{err}");
+        assert_eq!(err.exit_code(), 2);
+    }
+
+    #[test]
+    fn data_dir_defaults_follow_xdg_then_home() {
+        let cfg =
+            Config::from_sources(flags(&[]), &[("HOME", "/h"), ("XDG_DATA_HOME", "/x")]).unwrap();
+        assert_eq!(cfg.data_dir, PathBuf::from("/x/trueblocks/dalle"));
+        let cfg = Config::from_sources(flags(&[]), &[("HOME", "/h")]).unwrap();
+        assert_eq!(
+            cfg.data_dir,
+            PathBuf::from("/h/.local/share/trueblocks/dalle")
+        );
+        assert!(matches!(
+            Config::from_sources(flags(&[]), &[]),
+            Err(ConfigError::NoDataDir)
+        ));
+    }
+
+    #[test]
+    fn empty_key_means_mock_mode_and_key_never_prints() {
+        let cfg =
+            Config::from_sources(flags(&[]), &[("HOME", "/h"), ("OPENAI_API_KEY", " ")]).unwrap();
+        assert!(cfg.openai.mock_mode());
+        let cfg = Config::from_sources(
+            flags(&[]),
+            &[("HOME", "/h"), ("OPENAI_API_KEY", "sk-secret")],
+        )
+        .unwrap();
+        assert!(!cfg.openai.mock_mode());
+        assert!(!format!("{cfg:?}").contains("sk-secret"));
+        let cfg = Config::from_sources(
+            flags(&[]),
+            &[
+                ("HOME", "/h"),
+                ("OPENAI_API_KEY", "sk-secret"),
+                ("TB_DALLE_SKIP_IMAGE", "1"),
+            ],
+        )
+        .unwrap();
+        assert!(cfg.openai.mock_mode());
+    }
+
+    #[test]
+    fn durations_parse_in_every_documented_form() {
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("45"), Ok(Duration::from_secs(45)));
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert!(parse_duration("5 minutes").is_err());
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("m").is_err());
+    }
+
+    #[test]
+    fn bad_timeouts_are_errors_naming_the_variable() {
+        let err = Config::from_sources(
+            flags(&[]),
+            &[("HOME", "/h"), ("TB_DALLE_IMAGE_TIMEOUT", "x")],
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("TB_DALLE_IMAGE_TIMEOUT"));
+    }
+}

@@ -1,0 +1,304 @@
+//! Component health (S§13 with the CONTRACT §4 fixes): the data directory is writable, its
+//! disk is not full, memory (process RSS) is sane and the OpenAI breaker is closed.
+//!
+//! Unlike the Go server, the probes look at the data directory rather than the working
+//! directory, durations are real milliseconds and uptime real seconds, and memory above
+//! 2000 MB is reachable as `unhealthy`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Instant, SystemTime};
+
+use serde::Serialize;
+use serde_json::json;
+
+use crate::app::App;
+use crate::openai::breaker::BreakerState;
+use crate::storage;
+use crate::telemetry::rfc3339;
+
+/// RSS above this is `degraded`.
+const MEMORY_DEGRADED_MB: u64 = 1000;
+/// RSS above this is `unhealthy`.
+const MEMORY_UNHEALTHY_MB: u64 = 2000;
+/// Disk use above this is `degraded`.
+const DISK_DEGRADED_PERCENT: f64 = 85.0;
+/// Disk use above this is `unhealthy` (and fails readiness).
+const DISK_UNHEALTHY_PERCENT: f64 = 95.0;
+const GIB: u64 = 1024 * 1024 * 1024;
+
+/// A component's (or the whole server's) health.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Healthy,
+    Degraded,
+    Unhealthy,
+}
+
+/// One checked component.
+#[derive(Debug, Clone, Serialize)]
+pub struct Component {
+    pub name: &'static str,
+    pub status: Status,
+    pub last_checked: String,
+    /// How long the check took, in milliseconds.
+    pub duration_ms: f64,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub details: Option<BTreeMap<&'static str, serde_json::Value>>,
+}
+
+/// The full `/health` report (field names as upstream).
+#[derive(Debug, Clone, Serialize)]
+pub struct HealthReport {
+    pub status: Status,
+    pub timestamp: String,
+    pub version: &'static str,
+    pub uptime_seconds: u64,
+    pub components: BTreeMap<&'static str, Component>,
+    pub system: SystemInfo,
+}
+
+/// Process figures under the Go runtime's field names.
+#[derive(Debug, Clone, Serialize)]
+pub struct SystemInfo {
+    pub memory: MemoryInfo,
+    /// Live tokio tasks.
+    pub goroutines: usize,
+    /// Tokio worker threads.
+    pub gomaxprocs: usize,
+}
+
+/// Memory figures: `alloc_bytes` is the resident set, `total_alloc_bytes` its peak,
+/// `sys_bytes` the virtual size; there is no garbage collector, so `num_gc` is 0.
+#[derive(Debug, Clone, Serialize)]
+pub struct MemoryInfo {
+    pub alloc_bytes: u64,
+    pub total_alloc_bytes: u64,
+    pub sys_bytes: u64,
+    pub num_gc: u64,
+}
+
+impl HealthReport {
+    /// Why the server is not ready to take traffic, if it is not: only the data dir, the
+    /// disk and the databases count — an open OpenAI breaker still lets cached images out.
+    pub fn readiness_problems(&self) -> Vec<String> {
+        self.components
+            .values()
+            .filter(|c| matches!(c.name, "filesystem" | "disk_space" | "databases"))
+            .filter(|c| c.status == Status::Unhealthy)
+            .map(|c| format!("{}: {}", c.name, c.message))
+            .collect()
+    }
+}
+
+/// Runs every check. Does blocking file I/O: call it from `spawn_blocking`.
+pub fn check(app: &App) -> HealthReport {
+    let data_dir = app.data.root();
+    let components: BTreeMap<_, _> = [
+        timed("filesystem", || filesystem(data_dir)),
+        timed("disk_space", || disk_space(data_dir)),
+        timed("memory", memory),
+        timed("openai", || openai(app)),
+    ]
+    .into_iter()
+    .map(|c| (c.name, c))
+    .collect();
+    let status = components
+        .values()
+        .map(|c| c.status)
+        .max()
+        .unwrap_or(Status::Healthy);
+    let mem = process_memory();
+    let (tasks, workers) = runtime_figures();
+    HealthReport {
+        status,
+        timestamp: rfc3339(SystemTime::now()),
+        version: env!("CARGO_PKG_VERSION"),
+        uptime_seconds: app.started.elapsed().as_secs(),
+        components,
+        system: SystemInfo {
+            memory: MemoryInfo {
+                alloc_bytes: mem.rss,
+                total_alloc_bytes: mem.peak_rss,
+                sys_bytes: mem.virtual_size,
+                num_gc: 0,
+            },
+            goroutines: tasks,
+            gomaxprocs: workers,
+        },
+    }
+}
+
+type Outcome = (
+    Status,
+    String,
+    Option<BTreeMap<&'static str, serde_json::Value>>,
+);
+
+fn timed(name: &'static str, probe: impl FnOnce() -> Outcome) -> Component {
+    let start = Instant::now();
+    let (status, message, details) = probe();
+    Component {
+        name,
+        status,
+        last_checked: rfc3339(SystemTime::now()),
+        duration_ms: (start.elapsed().as_secs_f64() * 1_000_000.0).round() / 1000.0,
+        message,
+        details,
+    }
+}
+
+fn filesystem(dir: &Path) -> Outcome {
+    match storage::probe_writable(dir) {
+        Ok(()) => (Status::Healthy, "Data directory writable".into(), None),
+        Err(err) => (
+            Status::Unhealthy,
+            format!("Data directory not writable: {err}"),
+            None,
+        ),
+    }
+}
+
+fn disk_space(dir: &Path) -> Outcome {
+    match storage::disk_usage(dir) {
+        Err(err) => (
+            Status::Unhealthy,
+            format!("Failed to check disk space: {err}"),
+            None,
+        ),
+        Ok(usage) => {
+            let pct = usage.used_percent();
+            let (status, label) = if pct > DISK_UNHEALTHY_PERCENT {
+                (Status::Unhealthy, "Critical disk space")
+            } else if pct > DISK_DEGRADED_PERCENT {
+                (Status::Degraded, "Low disk space")
+            } else {
+                (Status::Healthy, "Disk space healthy")
+            };
+            let details = BTreeMap::from([
+                ("free_gb", json!(usage.available_bytes / GIB)),
+                ("total_gb", json!(usage.total_bytes / GIB)),
+                ("usage_percent", json!((pct * 10.0).round() / 10.0)),
+            ]);
+            (status, format!("{label}: {pct:.1}% used"), Some(details))
+        }
+    }
+}
+
+fn memory() -> Outcome {
+    let mem = process_memory();
+    let mb = mem.rss / (1024 * 1024);
+    let (status, label) = if mb > MEMORY_UNHEALTHY_MB {
+        (Status::Unhealthy, "Memory usage critical")
+    } else if mb > MEMORY_DEGRADED_MB {
+        (Status::Degraded, "High memory usage")
+    } else {
+        (Status::Healthy, "Memory usage normal")
+    };
+    let (tasks, _) = runtime_figures();
+    let details = BTreeMap::from([
+        ("alloc_mb", json!(mb)),
+        ("goroutines", json!(tasks)),
+        ("num_gc", json!(0)),
+        ("sys_mb", json!(mem.virtual_size / (1024 * 1024))),
+    ]);
+    (status, format!("{label}: {mb} MB resident"), Some(details))
+}
+
+fn openai(app: &App) -> Outcome {
+    let snap = app.breaker.snapshot();
+    let (status, message) = match snap.state {
+        BreakerState::Closed => (Status::Healthy, "OpenAI circuit breaker closed (healthy)"),
+        BreakerState::HalfOpen => (
+            Status::Degraded,
+            "OpenAI circuit breaker half-open (recovering)",
+        ),
+        BreakerState::Open => (Status::Unhealthy, "OpenAI circuit breaker open (failing)"),
+    };
+    let mode = if app.config.openai.mock_mode() {
+        "mock"
+    } else {
+        "live"
+    };
+    let details = BTreeMap::from([
+        ("failures", json!(snap.total_failures)),
+        ("last_failure", json!(snap.last_failure.map(rfc3339))),
+        ("mode", json!(mode)),
+        ("state", json!(snap.state.as_str())),
+        ("successes", json!(snap.total_successes)),
+    ]);
+    (status, message.into(), Some(details))
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct ProcessMemory {
+    rss: u64,
+    peak_rss: u64,
+    virtual_size: u64,
+}
+
+/// Reads `/proc/self/status` (Linux); zeros elsewhere.
+fn process_memory() -> ProcessMemory {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return ProcessMemory::default();
+    };
+    let kib = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|rest| {
+                rest.trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+            })
+            .map_or(0, |v| v * 1024)
+    };
+    ProcessMemory {
+        rss: kib("VmRSS:"),
+        peak_rss: kib("VmHWM:"),
+        virtual_size: kib("VmSize:"),
+    }
+}
+
+/// Resident set size in bytes (0 where unknown).
+pub fn resident_bytes() -> u64 {
+    process_memory().rss
+}
+
+/// (live tasks, worker threads) of the current tokio runtime.
+fn runtime_figures() -> (usize, usize) {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) => {
+            let m = handle.metrics();
+            (m.num_alive_tasks(), m.num_workers())
+        }
+        Err(_) => (0, 0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn process_memory_is_read() {
+        let mem = process_memory();
+        assert!(mem.rss > 0 && mem.peak_rss >= mem.rss && mem.virtual_size >= mem.rss);
+    }
+
+    #[test]
+    fn unwritable_data_dir_is_unhealthy() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("not-a-dir");
+        std::fs::write(&file, b"x").unwrap();
+        let (status, message, _) = filesystem(&file);
+        assert_eq!(status, Status::Unhealthy);
+        assert!(message.contains("not writable"));
+        assert_eq!(filesystem(dir.path()).0, Status::Healthy);
+    }
+}

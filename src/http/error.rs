@@ -1,0 +1,246 @@
+//! The JSON envelopes of S§3 and the one error type every handler returns.
+//!
+//! A handler returns `Err(ApiError)`; its response carries the error as an extension and the
+//! request-id middleware renders the final body, so the envelope's `request_id` is always the
+//! id in the `X-Request-ID` header (the Go server minted up to four different ones, Q-09).
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use crate::telemetry::unix_seconds;
+
+/// `{"success":true,"data":…,"request_id":"…"}`.
+#[derive(Debug, Serialize)]
+pub struct Envelope<T: Serialize> {
+    pub success: bool,
+    pub data: T,
+    pub request_id: String,
+}
+
+impl<T: Serialize> Envelope<T> {
+    /// A success envelope for this request.
+    pub fn ok(data: T, request_id: &super::RequestId) -> Json<Envelope<T>> {
+        Json(Envelope {
+            success: true,
+            data,
+            request_id: request_id.to_string(),
+        })
+    }
+}
+
+/// The stable error codes. Legacy routes use the upper-case set; `/v1` uses lower-case
+/// engine codes (S§5.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    InvalidRequest,
+    InvalidSeries,
+    InvalidAddress,
+    MissingParameter,
+    TemplateError,
+    ServiceUnavailable,
+    NotFound,
+    InternalServerError,
+    /// `/v1` lower-case `invalid_input`.
+    V1InvalidInput,
+}
+
+impl ErrorCode {
+    /// The code as it appears on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidRequest => "INVALID_REQUEST",
+            ErrorCode::InvalidSeries => "INVALID_SERIES",
+            ErrorCode::InvalidAddress => "INVALID_ADDRESS",
+            ErrorCode::MissingParameter => "MISSING_PARAMETER",
+            ErrorCode::TemplateError => "TEMPLATE_ERROR",
+            ErrorCode::ServiceUnavailable => "SERVICE_UNAVAILABLE",
+            ErrorCode::NotFound => "NOT_FOUND",
+            ErrorCode::InternalServerError => "INTERNAL_SERVER_ERROR",
+            ErrorCode::V1InvalidInput => "invalid_input",
+        }
+    }
+}
+
+/// Every error a handler can answer with.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// Malformed request (bad path, bad query).
+    #[error("{message}")]
+    BadRequest {
+        code: ErrorCode,
+        message: String,
+        details: Option<String>,
+    },
+    /// No route for this path.
+    #[error("Not found")]
+    NotFound { details: String },
+    /// The route exists but not for this method; `v1` selects the lower-case code.
+    #[error("Method not allowed")]
+    MethodNotAllowed { v1: bool },
+    /// Not ready, timed out or otherwise temporarily unable to answer.
+    #[error("{message}")]
+    Unavailable {
+        message: String,
+        details: Option<String>,
+    },
+    /// The HTML template failed to render.
+    #[error("Template execution failed")]
+    Template(String),
+    /// Anything else: the cause is logged once, the client sees a stable message.
+    #[error("Internal server error")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// 400 with a legacy code.
+    pub fn bad_request(
+        code: ErrorCode,
+        message: impl Into<String>,
+        details: Option<String>,
+    ) -> ApiError {
+        ApiError::BadRequest {
+            code,
+            message: message.into(),
+            details,
+        }
+    }
+
+    fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Template(_) | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn code(&self) -> ErrorCode {
+        match self {
+            ApiError::BadRequest { code, .. } => *code,
+            ApiError::NotFound { .. } => ErrorCode::NotFound,
+            ApiError::MethodNotAllowed { v1: true } => ErrorCode::V1InvalidInput,
+            ApiError::MethodNotAllowed { v1: false } => ErrorCode::InvalidRequest,
+            ApiError::Unavailable { .. } => ErrorCode::ServiceUnavailable,
+            ApiError::Template(_) => ErrorCode::TemplateError,
+            ApiError::Internal(_) => ErrorCode::InternalServerError,
+        }
+    }
+
+    fn details(&self) -> Option<String> {
+        match self {
+            ApiError::BadRequest { details, .. } | ApiError::Unavailable { details, .. } => {
+                details.clone()
+            }
+            ApiError::NotFound { details } => Some(details.clone()),
+            ApiError::MethodNotAllowed { .. } | ApiError::Template(_) | ApiError::Internal(_) => {
+                None
+            }
+        }
+    }
+
+    fn message(&self) -> String {
+        match self {
+            // `/v1` keeps the Go server's lower-case wording.
+            ApiError::MethodNotAllowed { v1: true } => "method not allowed".into(),
+            other => other.to_string(),
+        }
+    }
+}
+
+/// The part of an error response that the request-id middleware renders into the body.
+#[derive(Debug, Clone)]
+pub struct PendingError {
+    pub code: ErrorCode,
+    pub message: String,
+    pub details: Option<String>,
+}
+
+impl PendingError {
+    /// Renders the error envelope for `request_id`.
+    pub fn body(&self, request_id: &str) -> ErrorEnvelope<'_> {
+        let request_id = (!request_id.is_empty()).then(|| request_id.to_string());
+        ErrorEnvelope {
+            success: false,
+            error: ErrorBody {
+                code: self.code.as_str(),
+                message: &self.message,
+                details: self.details.as_deref(),
+                timestamp: unix_seconds(std::time::SystemTime::now()),
+                request_id: request_id.clone(),
+            },
+            request_id,
+        }
+    }
+}
+
+/// `{"success":false,"error":{…},"request_id":"…"}`.
+#[derive(Debug, Serialize)]
+pub struct ErrorEnvelope<'a> {
+    pub success: bool,
+    pub error: ErrorBody<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+}
+
+/// The `error` object of the envelope.
+#[derive(Debug, Serialize)]
+pub struct ErrorBody<'a> {
+    pub code: &'static str,
+    pub message: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub details: Option<&'a str>,
+    pub timestamp: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        match &self {
+            ApiError::Internal(cause) => tracing::error!(%cause, "internal error"),
+            ApiError::Template(cause) => tracing::error!(%cause, "template rendering failed"),
+            _ => {}
+        }
+        let pending = PendingError {
+            code: self.code(),
+            message: self.message(),
+            details: self.details(),
+        };
+        let mut response = (self.status(), Json(pending.body(""))).into_response();
+        response.extensions_mut().insert(pending);
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn internal_errors_never_leak_their_cause() {
+        let response = ApiError::Internal("disk exploded at /secret/path".into()).into_response();
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let pending = response.extensions().get::<PendingError>().unwrap();
+        assert_eq!(pending.message, "Internal server error");
+        assert_eq!(pending.details, None);
+    }
+
+    #[test]
+    fn envelope_has_upstream_field_names() {
+        let pending = PendingError {
+            code: ErrorCode::InvalidSeries,
+            message: "Invalid series name".into(),
+            details: Some("Series 'foo' not found".into()),
+        };
+        let v = serde_json::to_value(pending.body("abcd1234")).unwrap();
+        assert_eq!(v["success"], false);
+        assert_eq!(v["error"]["code"], "INVALID_SERIES");
+        assert_eq!(v["error"]["details"], "Series 'foo' not found");
+        assert_eq!(v["error"]["request_id"], "abcd1234");
+        assert_eq!(v["request_id"], "abcd1234");
+        assert!(v["error"]["timestamp"].as_i64().unwrap() > 1_700_000_000);
+    }
+}

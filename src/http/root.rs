@@ -1,0 +1,32 @@
+//! `GET /`: the plain-text list of endpoints, and the 404 fallback that points to it.
+
+use axum::http::header::CONTENT_TYPE;
+use axum::response::IntoResponse;
+
+use super::ApiError;
+
+/// Every route the server answers, one per line (S§4.1, extended with the newer routes).
+pub const ENDPOINTS: &str = "\
+Endpoints:
+  /series - list valid series
+  /dalle/<series>/<address>?[generate=1|remove] - request, poll or remove an image
+  /preview - HTML gallery of generated annotated images
+  /files/<series>/annotated/<address>.png - generated files
+  /health[?check=liveness|readiness] | /livez | /readyz - health probes
+  /metrics[?format=json] - Prometheus metrics
+  /errors[?clear|format=json] - error report
+";
+
+/// `GET /`.
+pub async fn endpoints() -> impl IntoResponse {
+    ([(CONTENT_TYPE, "text/plain; charset=utf-8")], ENDPOINTS)
+}
+
+/// Any unknown path: a 404 envelope whose details list the endpoints (the Go server answered
+/// 200 with the list, Q-05).
+pub async fn not_found() -> ApiError {
+    let list: Vec<&str> = ENDPOINTS.lines().skip(1).map(str::trim).collect();
+    ApiError::NotFound {
+        details: format!("Unknown path. Available endpoints: {}", list.join("; ")),
+    }
+}

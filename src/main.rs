@@ -1,0 +1,57 @@
+//! The `dalleserver` binary: configuration, logging, then serve until SIGINT/SIGTERM.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use dalleserver::app::{self, App, AppState};
+use dalleserver::config::Config;
+
+fn main() -> ExitCode {
+    let mut config = match Config::load() {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("dalleserver: {err}");
+            return ExitCode::from(err.exit_code() as u8);
+        }
+    };
+    dalleserver::telemetry::init(&config.log_filter);
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
+    if let Err(err) = config.prepare_data_dir() {
+        tracing::error!("{err}");
+        eprintln!("dalleserver: {err}");
+        return ExitCode::from(err.exit_code() as u8);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("dalleserver: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!("{err:#}");
+            eprintln!("dalleserver: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    let addr = SocketAddr::new(config.bind, config.port);
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+    let app = App::build(config)?;
+    app.log_startup_report(listener.local_addr()?);
+    app::serve(listener, AppState(Arc::new(app)), app::shutdown_signal()).await?;
+    tracing::info!("stopped");
+    Ok(())
+}
