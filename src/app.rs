@@ -8,6 +8,8 @@ use std::ops::Deref;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use axum::extract::ConnectInfo;
+use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
@@ -106,19 +108,48 @@ impl Deref for AppState {
     }
 }
 
-/// Serves `state` on `listener` until `shutdown` resolves, then drains connections for up to
-/// [`SHUTDOWN_GRACE`].
+/// Connection-level limits of the server.
+#[derive(Debug, Clone, Copy)]
+pub struct ServerTimeouts {
+    /// A client must send a request's complete headers within this (slow-loris protection).
+    pub header_read: Duration,
+    /// After the shutdown signal, open requests get this long before connections are closed.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServerTimeouts {
+    fn default() -> Self {
+        ServerTimeouts {
+            header_read: HEADER_READ_TIMEOUT,
+            shutdown_grace: SHUTDOWN_GRACE,
+        }
+    }
+}
+
+/// Serves `state` on `listener` with the contract's timeouts until `shutdown` resolves.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let router = crate::http::router(state);
+    serve_router(listener, router, shutdown, ServerTimeouts::default()).await
+}
+
+/// Serves any router over HTTP/1.1; after `shutdown` resolves, stops accepting, lets open
+/// requests finish for `timeouts.shutdown_grace`, then closes whatever is left.
+pub async fn serve_router(
+    listener: TcpListener,
+    router: axum::Router,
+    shutdown: impl Future<Output = ()>,
+    timeouts: ServerTimeouts,
+) -> std::io::Result<()> {
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .header_read_timeout(timeouts.header_read)
         .keep_alive(true);
     let graceful = GracefulShutdown::new();
+    let mut connections = tokio::task::JoinSet::new();
     tokio::pin!(shutdown);
 
     loop {
@@ -134,33 +165,36 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
-        let service =
-            router
-                .clone()
-                .map_request(move |mut req: hyper::Request<hyper::body::Incoming>| {
-                    req.extensions_mut()
-                        .insert(axum::extract::ConnectInfo(peer));
-                    req
-                });
+        let service = router
+            .clone()
+            .map_request(move |mut req: hyper::Request<Incoming>| {
+                req.extensions_mut().insert(ConnectInfo(peer));
+                req
+            });
         let conn = http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
         let conn = graceful.watch(conn);
-        tokio::spawn(async move {
+        // Reap finished connection tasks so the set only holds live ones.
+        while connections.try_join_next().is_some() {}
+        connections.spawn(async move {
             if let Err(err) = conn.await {
                 tracing::debug!(%err, %peer, "connection closed with an error");
             }
         });
     }
     drop(listener);
-    tracing::info!(
-        "shutting down: waiting up to {:?} for open requests",
-        SHUTDOWN_GRACE
-    );
-    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
+    let grace = timeouts.shutdown_grace;
+    tracing::info!("shutting down: waiting up to {grace:?} for open requests");
+    if tokio::time::timeout(grace, graceful.shutdown())
         .await
         .is_err()
     {
-        tracing::warn!("shutdown grace period over; closing remaining connections");
+        let open = connections.len();
+        tracing::warn!(
+            open,
+            "shutdown grace period over; closing remaining connections"
+        );
     }
+    connections.abort_all();
     Ok(())
 }
 
@@ -189,5 +223,123 @@ pub async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => tracing::info!("SIGINT received"),
         () = term => tracing::info!("SIGTERM received"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::routing::get;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn start(
+        router: axum::Router,
+        timeouts: ServerTimeouts,
+    ) -> (
+        SocketAddr,
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<std::io::Result<()>>,
+    ) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve_router(
+            listener,
+            router,
+            async {
+                let _ = rx.await;
+            },
+            timeouts,
+        ));
+        (addr, tx, server)
+    }
+
+    fn slow_router() -> axum::Router {
+        axum::Router::new()
+            .route(
+                "/slow",
+                get(|| async {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    "done"
+                }),
+            )
+            .route(
+                "/hang",
+                get(|| async { std::future::pending::<&str>().await }),
+            )
+    }
+
+    #[tokio::test]
+    async fn in_flight_requests_finish_after_the_shutdown_signal() {
+        let (addr, stop, server) = start(slow_router(), ServerTimeouts::default()).await;
+        let request = tokio::spawn(async move {
+            reqwest::get(format!("http://{addr}/slow"))
+                .await?
+                .text()
+                .await
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        stop.send(()).unwrap();
+        assert_eq!(request.await.unwrap().unwrap(), "done");
+        tokio::time::timeout(Duration::from_secs(5), server)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert!(
+            tokio::net::TcpStream::connect(addr).await.is_err(),
+            "listener must be closed"
+        );
+    }
+
+    #[tokio::test]
+    async fn requests_still_open_after_the_grace_period_are_cut() {
+        let timeouts = ServerTimeouts {
+            shutdown_grace: Duration::from_millis(200),
+            ..ServerTimeouts::default()
+        };
+        let (addr, stop, server) = start(slow_router(), timeouts).await;
+        let request =
+            tokio::spawn(async move { reqwest::get(format!("http://{addr}/hang")).await });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        stop.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), server)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        let outcome = tokio::time::timeout(Duration::from_secs(5), request)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            outcome.is_err(),
+            "the hung request must be closed, not answered"
+        );
+    }
+
+    #[tokio::test]
+    async fn slow_header_senders_are_disconnected_without_blocking_others() {
+        let timeouts = ServerTimeouts {
+            header_read: Duration::from_millis(300),
+            ..ServerTimeouts::default()
+        };
+        let (addr, _stop, _server) = start(slow_router(), timeouts).await;
+        let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+        slow.write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        // Another client is served while the slow one dawdles.
+        let body = reqwest::get(format!("http://{addr}/slow"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert_eq!(body, "done");
+        let mut buf = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), slow.read_to_end(&mut buf)).await;
+        assert!(read.is_ok(), "the slow client was not disconnected");
+        assert!(!String::from_utf8_lossy(&buf).contains("done"));
     }
 }

@@ -40,3 +40,81 @@ pub fn router(state: AppState) -> Router {
         )
         .with_state(state)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::app::App;
+    use crate::config::{Config, Flags};
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use clap::Parser;
+    use http_body_util::BodyExt;
+    use std::sync::Arc;
+    use tower::ServiceExt;
+
+    fn app(dir: &std::path::Path) -> Router {
+        let flags =
+            Flags::try_parse_from(["dalleserver", "--data-dir", dir.to_str().unwrap()]).unwrap();
+        let mut config = Config::from_sources(flags, &[("HOME", "/nonexistent")]).unwrap();
+        config.prepare_data_dir().unwrap();
+        router(AppState(Arc::new(App::build(config).unwrap())))
+    }
+
+    async fn body_json(response: axum::response::Response) -> serde_json::Value {
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[tokio::test]
+    async fn fallback_runs_through_the_whole_stack() {
+        let dir = tempfile::tempdir().unwrap();
+        let response = app(dir.path())
+            .oneshot(Request::get("/nowhere").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::NOT_FOUND);
+        let id = response.headers()["x-request-id"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        let body = body_json(response).await;
+        assert_eq!(body["error"]["code"], "NOT_FOUND");
+        assert_eq!(body["request_id"], id.as_str());
+    }
+
+    #[tokio::test]
+    async fn wrong_method_keeps_allow_and_gets_an_envelope() {
+        let dir = tempfile::tempdir().unwrap();
+        let app = app(dir.path());
+        let response = app
+            .clone()
+            .oneshot(Request::delete("/metrics").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(response.headers()["allow"], "GET,HEAD");
+        assert_eq!(
+            body_json(response).await["error"]["code"],
+            "INVALID_REQUEST"
+        );
+    }
+
+    #[tokio::test]
+    async fn path_guard_runs_before_routing() {
+        let dir = tempfile::tempdir().unwrap();
+        let response = app(dir.path())
+            .oneshot(
+                Request::get("/files/%2E%2E/secret")
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(
+            body_json(response).await["error"]["code"],
+            "INVALID_REQUEST"
+        );
+    }
+}

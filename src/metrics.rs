@@ -24,6 +24,10 @@ const PREFIX: &str = "dalleserver";
 const WINDOW: usize = 1000;
 /// Upstream reports percentiles only once this many samples exist.
 const MIN_SAMPLES_FOR_PERCENTILES: usize = 20;
+/// OpenAI operations that can be retried; their series exist (at 0) from the start.
+pub const RETRY_OPERATIONS: [&str; 3] = ["enhance", "image", "download"];
+/// Generation outcomes; their series exist (at 0) from the start.
+pub const OUTCOMES: [&str; 2] = ["completed", "failed"];
 
 /// Every metric the server exports.
 #[derive(Debug)]
@@ -91,6 +95,14 @@ fn counter_vec(
     Ok(c)
 }
 
+/// Creates the series for each label value so they are exported (at 0) before first use.
+fn labelled(vec: IntCounterVec, values: &[&str]) -> IntCounterVec {
+    for value in values {
+        vec.with_label_values(&[value]);
+    }
+    vec
+}
+
 fn histogram_vec(
     registry: &Registry,
     name: &str,
@@ -136,12 +148,15 @@ impl Metrics {
                 "errors_total",
                 "Responses with status >= 400 plus failed generations",
             )?,
-            retries: counter_vec(
-                &r,
-                "retries_total",
-                "Retried OpenAI calls, by operation",
-                &["operation"],
-            )?,
+            retries: labelled(
+                counter_vec(
+                    &r,
+                    "retries_total",
+                    "Retried OpenAI calls, by operation",
+                    &["operation"],
+                )?,
+                &RETRY_OPERATIONS,
+            ),
             openai_requests: counter(&r, "openai_requests_total", "Requests sent to OpenAI")?,
             openai_errors: counter(&r, "openai_errors_total", "OpenAI requests that failed")?,
             openai_timeouts: counter(
@@ -185,12 +200,15 @@ impl Metrics {
                     0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0,
                 ],
             )?,
-            generations: counter_vec(
-                &r,
-                "generations_total",
-                "Finished generations, by outcome",
-                &["outcome"],
-            )?,
+            generations: labelled(
+                counter_vec(
+                    &r,
+                    "generations_total",
+                    "Finished generations, by outcome",
+                    &["outcome"],
+                )?,
+                &OUTCOMES,
+            ),
             cache_hits: counter(
                 &r,
                 "cache_hits_total",
@@ -282,6 +300,7 @@ impl Metrics {
         self.error_code.reset();
         self.error_endpoint.reset();
         self.retries.reset();
+        labelled(self.retries.clone(), &RETRY_OPERATIONS);
         *l = Ledger::new();
     }
 

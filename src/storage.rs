@@ -30,8 +30,15 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// Proves `dir` is writable by atomically writing and removing a probe file.
+/// Proves `dir` is an existing, writable directory by atomically writing and removing a
+/// probe file. It never creates `dir`: a vanished data directory must show up as a failure.
 pub fn probe_writable(dir: &Path) -> io::Result<()> {
+    if !dir.is_dir() {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("{} is not a directory", dir.display()),
+        ));
+    }
     let probe = dir.join(format!(".write_test_{}", uuid::Uuid::new_v4().simple()));
     write_atomic(&probe, b"test")?;
     std::fs::remove_file(&probe)

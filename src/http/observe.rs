@@ -183,3 +183,37 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod timeout_tests {
+    use super::*;
+    use axum::Router;
+    use axum::body::Body;
+    use axum::http::StatusCode;
+    use axum::routing::get;
+    use tower::ServiceExt;
+
+    #[tokio::test(start_paused = true)]
+    async fn handlers_get_sixty_seconds_then_a_503_envelope() {
+        let app = Router::new()
+            .route("/hang", get(|| std::future::pending::<&'static str>()))
+            .route(
+                "/fifty-nine",
+                get(|| async {
+                    tokio::time::sleep(Duration::from_secs(59)).await;
+                    "ok"
+                }),
+            )
+            .layer(axum::middleware::from_fn(timeout));
+        let request = |path: &str| axum::http::Request::get(path).body(Body::empty()).unwrap();
+        let response = app.clone().oneshot(request("/fifty-nine")).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let response = app.oneshot(request("/hang")).await.unwrap();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let pending = response
+            .extensions()
+            .get::<super::super::error::PendingError>()
+            .unwrap();
+        assert_eq!(pending.code, ErrorCode::ServiceUnavailable);
+    }
+}

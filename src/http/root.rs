@@ -5,13 +5,10 @@ use axum::response::IntoResponse;
 
 use super::ApiError;
 
-/// Every route the server answers, one per line (S§4.1, extended with the newer routes).
+/// Every route the server answers, one per line (S§4.1 plus the newer routes). A route is
+/// listed here when it is served, not before.
 pub const ENDPOINTS: &str = "\
 Endpoints:
-  /series - list valid series
-  /dalle/<series>/<address>?[generate=1|remove] - request, poll or remove an image
-  /preview - HTML gallery of generated annotated images
-  /files/<series>/annotated/<address>.png - generated files
   /health[?check=liveness|readiness] | /livez | /readyz - health probes
   /metrics[?format=json] - Prometheus metrics
   /errors[?clear|format=json] - error report

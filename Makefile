@@ -1,0 +1,30 @@
+# dalleserver — common tasks. `make test` is what CI runs.
+
+CARGO ?= cargo
+
+.PHONY: run build test lint fmt bench clean
+
+## Run the server (mock mode when OPENAI_API_KEY is unset).
+run:
+	$(CARGO) run --release
+
+build:
+	$(CARGO) build --release
+
+## Format check, clippy with warnings as errors, then every test.
+test: lint
+	$(CARGO) test --all-targets
+
+lint:
+	$(CARGO) fmt --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt
+
+## Criterion benchmarks (numbers go in book/src/benchmarks.md).
+bench:
+	$(CARGO) bench
+
+clean:
+	$(CARGO) clean
