@@ -3,7 +3,7 @@
 //!
 //! Crate map (dependencies point downwards):
 //! - [`http`]: the router, middleware and handlers — the only module that knows axum.
-//! - [`app`]: the [`app::App`] that owns every component, and the server loop.
+//! - [`app`]: the [`app::App`] that owns every component; [`server`]: the accept loop.
 //! - [`health`], [`metrics`]: operational views over the components.
 //! - [`openai`]: the circuit breaker (and, later, the OpenAI client).
 //! - [`storage`]: the data directory and atomic writes.
@@ -15,5 +15,6 @@ pub mod health;
 pub mod http;
 pub mod metrics;
 pub mod openai;
+pub mod server;
 pub mod storage;
 pub mod telemetry;

@@ -4,8 +4,9 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use dalleserver::app::{self, App, AppState};
+use dalleserver::app::{App, AppState};
 use dalleserver::config::Config;
+use dalleserver::server;
 
 fn main() -> ExitCode {
     let mut config = match Config::load() {
@@ -51,7 +52,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
     let app = App::build(config)?;
     app.log_startup_report(listener.local_addr()?);
-    app::serve(listener, AppState(Arc::new(app)), app::shutdown_signal()).await?;
+    server::serve(listener, AppState(Arc::new(app)), server::shutdown_signal()).await?;
     tracing::info!("stopped");
     Ok(())
 }

@@ -196,7 +196,7 @@ mod timeout_tests {
     #[tokio::test(start_paused = true)]
     async fn handlers_get_sixty_seconds_then_a_503_envelope() {
         let app = Router::new()
-            .route("/hang", get(|| std::future::pending::<&'static str>()))
+            .route("/hang", get(std::future::pending::<&'static str>))
             .route(
                 "/fifty-nine",
                 get(|| async {
