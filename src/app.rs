@@ -75,10 +75,7 @@ impl App {
         } else {
             local.ip().to_string()
         };
-        tracing::info!(
-            "listening on {local}; open http://{host}:{}/preview",
-            local.port()
-        );
+        tracing::info!("listening on {local}; open http://{host}:{}/", local.port());
     }
 }
 

@@ -500,7 +500,7 @@ fn startup_report_names_mode_data_dir_and_url() {
         "{logs}"
     );
     assert!(
-        logs.contains(&format!("open http://{}/preview", server.addr)),
+        logs.contains(&format!("open http://{}/", server.addr)),
         "{logs}"
     );
 }

@@ -85,16 +85,17 @@ impl Server {
         let sink = logs.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(rest) = line.split("listening on ").nth(1) {
-                    let addr = rest
-                        .split(';')
+                let addr = line.split("listening on ").nth(1).map(|rest| {
+                    rest.split(';')
                         .next()
                         .unwrap_or_default()
                         .trim()
-                        .to_string();
+                        .to_string()
+                });
+                sink.lock().unwrap().push(line);
+                if let Some(addr) = addr {
                     let _ = tx.send(addr);
                 }
-                sink.lock().unwrap().push(line);
             }
         });
         let addr = match rx.recv_timeout(Duration::from_secs(20)) {
