@@ -6,6 +6,8 @@ use std::ops::Deref;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
+use crate::attributes::Attributes;
+use crate::attributes::database::{BACKSTYLES, SELECTION_DATABASES, Source};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::openai::breaker::CircuitBreaker;
@@ -19,6 +21,9 @@ pub struct App {
     pub metrics: Metrics,
     /// The breaker around OpenAI calls; `/health` and `/metrics` report its real state.
     pub breaker: Arc<CircuitBreaker>,
+    /// Databases and series, or why `--databases` could not be loaded (then the server runs
+    /// unready so the operator sees the error on `/readyz` instead of a crash loop).
+    pub attributes: Result<Arc<Attributes>, String>,
     pub started: Instant,
     pub started_at: SystemTime,
 }
@@ -44,7 +49,14 @@ impl App {
             std::fs::create_dir_all(&dir)
                 .map_err(|source| BuildError::Layout { path: dir, source })?;
         }
+        let attributes = Attributes::load(config.databases.as_deref(), data.user_series())
+            .map(Arc::new)
+            .map_err(|e| e.to_string());
+        if let Err(err) = &attributes {
+            tracing::error!("attribute databases failed to load: {err}");
+        }
         Ok(App {
+            attributes,
             data,
             metrics: Metrics::new()?,
             breaker: Arc::new(CircuitBreaker::default()),
@@ -54,7 +66,13 @@ impl App {
         })
     }
 
-    /// Logs the start-up report: version, data dir, mode and where to point a browser.
+    /// The attribute engine, or the load error as a 503 for handlers that need it.
+    pub fn attributes(&self) -> Result<&Arc<Attributes>, &str> {
+        self.attributes.as_ref().map_err(String::as_str)
+    }
+
+    /// Logs the start-up report: version, data dir, mode, databases and series, and where to
+    /// point a browser.
     pub fn log_startup_report(&self, local: SocketAddr) {
         let mode = if self.config.openai.mock_mode() {
             "mock"
@@ -67,6 +85,24 @@ impl App {
         if self.config.openai.api_key.is_none() {
             tracing::warn!(
                 "OPENAI_API_KEY is not set: running in mock mode (local images, no enhancement)"
+            );
+        }
+        if let Ok(attributes) = &self.attributes {
+            let dbs = &attributes.databases;
+            let source = match &dbs.source {
+                Source::Embedded => "embedded".to_string(),
+                Source::Directory(dir) => dir.display().to_string(),
+            };
+            for name in SELECTION_DATABASES.iter().chain([&BACKSTYLES]) {
+                let rows = dbs.get(name).map_or(0, |db| db.len());
+                tracing::info!(database = name, rows, "database");
+            }
+            tracing::info!(
+                source = %source,
+                databases = SELECTION_DATABASES.len(),
+                rows = dbs.selection_rows(),
+                series = attributes.series.names().len(),
+                "attributes loaded"
             );
         }
         tracing::info!(lock_ttl = ?self.config.lock_ttl, max_concurrent = self.config.max_concurrent, "generation limits");

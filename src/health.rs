@@ -1,5 +1,6 @@
 //! Component health (S§13 with the CONTRACT §4 fixes): the data directory is writable, its
-//! disk is not full, memory (process RSS) is sane and the OpenAI breaker is closed.
+//! disk is not full, memory (process RSS) is sane, the OpenAI breaker is closed and the
+//! attribute databases loaded.
 //!
 //! Unlike the Go server, the probes look at the data directory rather than the working
 //! directory, durations are real milliseconds and uptime real seconds, and memory above
@@ -102,6 +103,7 @@ pub fn check(app: &App) -> HealthReport {
         timed("disk_space", || disk_space(data_dir)),
         timed("memory", memory),
         timed("openai", || openai(app)),
+        timed("databases", || databases(app)),
     ]
     .into_iter()
     .map(|c| (c.name, c))
@@ -206,6 +208,33 @@ fn memory() -> Outcome {
         ("sys_mb", json!(mem.virtual_size / (1024 * 1024))),
     ]);
     (status, format!("{label}: {mb} MB resident"), Some(details))
+}
+
+fn databases(app: &App) -> Outcome {
+    match app.attributes() {
+        Err(err) => (
+            Status::Unhealthy,
+            format!("Attribute databases failed to load: {err}"),
+            None,
+        ),
+        Ok(attributes) => {
+            let dbs = &attributes.databases;
+            let source = match &dbs.source {
+                crate::attributes::database::Source::Embedded => "embedded".to_string(),
+                crate::attributes::database::Source::Directory(d) => d.display().to_string(),
+            };
+            let details = BTreeMap::from([
+                ("rows", json!(dbs.selection_rows())),
+                ("series", json!(attributes.series.names().len())),
+                ("source", json!(source)),
+            ]);
+            (
+                Status::Healthy,
+                "Attribute databases loaded".into(),
+                Some(details),
+            )
+        }
+    }
 }
 
 fn openai(app: &App) -> Outcome {

@@ -10,6 +10,7 @@ mod metrics;
 pub mod observe;
 pub mod request_id;
 mod root;
+mod series;
 
 use axum::Router;
 use axum::middleware::{from_fn, from_fn_with_state};
@@ -24,6 +25,7 @@ pub use request_id::RequestId;
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/", get(root::endpoints))
+        .route("/series", get(series::list))
         .route("/health", get(health::health))
         .route("/livez", get(health::livez))
         .route("/readyz", get(health::readyz))

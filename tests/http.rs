@@ -152,7 +152,10 @@ fn full_health_report_has_four_components_and_real_units() {
     assert!(uptime < 60, "uptime is in seconds, got {uptime}");
     let components = data["components"].as_object().unwrap();
     let names: Vec<_> = components.keys().cloned().collect();
-    assert_eq!(names, ["disk_space", "filesystem", "memory", "openai"]);
+    assert_eq!(
+        names,
+        ["databases", "disk_space", "filesystem", "memory", "openai"]
+    );
     for (name, c) in components {
         assert_eq!(c["name"], name.as_str());
         let ms = c["duration_ms"].as_f64().unwrap();
@@ -515,4 +518,89 @@ fn the_api_key_never_appears_in_logs() {
     let logs = server.log_text();
     assert!(logs.contains("mode=\"live\""), "{logs}");
     assert!(!logs.contains("sk-test-very-secret"));
+}
+
+#[test]
+fn series_lists_builtins_and_picks_up_user_series_without_restart() {
+    let server = Server::start();
+    let c = client();
+    let body = json(c.get(server.url("/series")).send().unwrap());
+    let series: Vec<String> = serde_json::from_value(body["data"]["series"].clone()).unwrap();
+    assert_eq!(body["data"]["count"], series.len());
+    for builtin in ["empty", "simple", "film-noir-detectives"] {
+        assert!(
+            series.contains(&builtin.to_string()),
+            "{builtin} missing from {series:?}"
+        );
+    }
+    assert!(series.windows(2).all(|w| w[0] < w[1]), "sorted: {series:?}");
+
+    let user_dir = server.data_dir.join("user-series");
+    std::fs::write(
+        user_dir.join("my-cats.json"),
+        r#"{"suffix":"my-cats","nouns":["cats"]}"#,
+    )
+    .unwrap();
+    std::fs::write(user_dir.join("broken.json"), "{oops").unwrap();
+    let body = json(c.get(server.url("/series")).send().unwrap());
+    let series: Vec<String> = serde_json::from_value(body["data"]["series"].clone()).unwrap();
+    assert!(series.contains(&"my-cats".to_string()), "{series:?}");
+    assert!(!series.contains(&"broken".to_string()), "{series:?}");
+    assert_eq!(body["data"]["count"], series.len());
+}
+
+#[test]
+fn databases_dir_in_our_own_format_is_used_and_reported() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/attributes/data");
+    for entry in std::fs::read_dir(&src).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, tmp.path().join(path.file_name().unwrap())).unwrap();
+    }
+    let server = Server::start_with(Options {
+        args: vec!["--databases".into(), tmp.path().display().to_string()],
+        ..Options::default()
+    });
+    let logs = server.log_text();
+    assert!(
+        logs.contains(&format!("source={}", tmp.path().display())),
+        "{logs}"
+    );
+    assert!(logs.contains("database=\"adverbs\""), "{logs}");
+    let body = json(client().get(server.url("/health")).send().unwrap());
+    assert_eq!(body["data"]["components"]["databases"]["status"], "healthy");
+    assert_eq!(
+        body["data"]["components"]["databases"]["details"]["source"],
+        tmp.path().display().to_string()
+    );
+}
+
+#[test]
+fn unloadable_databases_make_the_server_unready_not_dead() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start_with(Options {
+        args: vec![
+            "--databases".into(),
+            tmp.path().join("missing").display().to_string(),
+        ],
+        ..Options::default()
+    });
+    let c = client();
+    assert!(
+        server
+            .log_text()
+            .contains("attribute databases failed to load")
+    );
+    let resp = c.get(server.url("/readyz")).send().unwrap();
+    assert_eq!(resp.status(), 503);
+    assert!(
+        json(resp)["error"]["details"]
+            .as_str()
+            .unwrap()
+            .contains("databases")
+    );
+    assert_eq!(c.get(server.url("/livez")).send().unwrap().status(), 200);
+    let resp = c.get(server.url("/series")).send().unwrap();
+    assert_eq!(resp.status(), 503);
+    assert_eq!(json(resp)["error"]["code"], "SERVICE_UNAVAILABLE");
 }

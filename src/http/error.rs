@@ -107,6 +107,14 @@ impl ApiError {
         }
     }
 
+    /// 503 for routes that need the attribute databases when they failed to load.
+    pub fn databases_unavailable(cause: &str) -> ApiError {
+        ApiError::Unavailable {
+            message: "Attribute databases unavailable".into(),
+            details: Some(format!("loading failed: {cause}")),
+        }
+    }
+
     fn status(&self) -> StatusCode {
         match self {
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,

@@ -9,6 +9,7 @@ use super::ApiError;
 /// listed here when it is served, not before.
 pub const ENDPOINTS: &str = "\
 Endpoints:
+  /series - list valid series
   /health[?check=liveness|readiness] | /livez | /readyz - health probes
   /metrics[?format=json] - Prometheus metrics
   /errors[?clear|format=json] - error report

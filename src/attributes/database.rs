@@ -1,0 +1,358 @@
+//! The attribute databases: CSVs in the upstream format (L§3.1), embedded or from a directory.
+//!
+//! Parsing copies the upstream quirks that decide which row an address selects: the first
+//! `v0.1.0,` of each line is removed, fields are split naively on every comma, a record with
+//! an empty key is skipped, and nouns are replaced by their enriched five-field form
+//! (`common name, family, order, class, phylum` in common names).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+/// The fourteen databases that seed selection draws from, in attribute order (L§2.1).
+pub const SELECTION_DATABASES: [&str; 14] = [
+    "adverbs",
+    "adjectives",
+    "nouns",
+    "emotions",
+    "occupations",
+    "actions",
+    "artstyles",
+    "litstyles",
+    "colors",
+    "viewpoints",
+    "gazes",
+    "compositions",
+    "places",
+    "tropes",
+];
+/// Non-seeded background styles.
+pub const BACKSTYLES: &str = "backstyles";
+/// The noun taxonomy lookups.
+pub const TAXONOMY: [&str; 4] = ["families", "orders", "classes", "phyla"];
+/// The literal version prefix stripped from every data line.
+const VERSION_PREFIX: &str = "v0.1.0,";
+
+macro_rules! embedded {
+    ($($name:literal),* $(,)?) => {
+        [$(($name, include_str!(concat!("data/", $name, ".csv")))),*]
+    };
+}
+
+/// The embedded CSVs, by database name.
+pub const EMBEDDED: [(&str, &str); 19] = embedded!(
+    "adverbs",
+    "adjectives",
+    "nouns",
+    "emotions",
+    "occupations",
+    "actions",
+    "artstyles",
+    "litstyles",
+    "colors",
+    "viewpoints",
+    "gazes",
+    "compositions",
+    "places",
+    "tropes",
+    "backstyles",
+    "families",
+    "orders",
+    "classes",
+    "phyla",
+);
+
+/// Loading failures, naming the file.
+#[derive(Debug, thiserror::Error)]
+pub enum DatabaseError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("database {0} has no data rows")]
+    Empty(String),
+}
+
+/// One parsed database.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Database {
+    pub name: String,
+    /// Column names after `version`.
+    pub columns: Vec<String>,
+    /// Each record as one comma-joined line (the line minus its `v0.1.0,` prefix).
+    pub records: Vec<String>,
+    /// The version column of the first data line (`v0.1.0`).
+    pub version: String,
+}
+
+impl Database {
+    /// Parses a CSV in the upstream format.
+    pub fn parse(name: &str, text: &str) -> Database {
+        let text = text.replace("\r\n", "\n");
+        let mut lines: Vec<&str> = text.split('\n').collect();
+        if lines.last() == Some(&"") {
+            lines.pop();
+        }
+        let columns = lines
+            .first()
+            .map(|h| h.split(',').skip(1).map(|c| c.trim().to_string()).collect())
+            .unwrap_or_default();
+        let version = lines
+            .get(1)
+            .and_then(|l| l.split(',').next())
+            .filter(|v| v.starts_with('v'))
+            .unwrap_or("v0.1.0")
+            .to_string();
+        let records = lines
+            .iter()
+            .skip(1)
+            .map(|line| line.replacen(VERSION_PREFIX, "", 1))
+            .filter(|record| !record.split(',').next().unwrap_or("").trim().is_empty())
+            .collect();
+        Database {
+            name: name.to_string(),
+            columns,
+            records,
+            version,
+        }
+    }
+
+    /// Row count.
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    /// True when there are no records.
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+}
+
+/// Where a set of databases came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    Embedded,
+    Directory(std::path::PathBuf),
+}
+
+/// All databases, nouns enriched.
+#[derive(Debug, Clone)]
+pub struct Databases {
+    map: BTreeMap<String, Database>,
+    pub source: Source,
+}
+
+impl Databases {
+    /// The databases compiled into the binary.
+    pub fn embedded() -> Databases {
+        let raw = EMBEDDED
+            .iter()
+            .map(|(name, text)| Database::parse(name, text));
+        Databases::assemble(raw, Source::Embedded)
+    }
+
+    /// Reads `<dir>/<name>.csv` for every database (`--databases DIR`).
+    pub fn from_dir(dir: &Path) -> Result<Databases, DatabaseError> {
+        let mut raw = Vec::with_capacity(EMBEDDED.len());
+        for (name, _) in EMBEDDED {
+            let path = dir.join(format!("{name}.csv"));
+            let text = std::fs::read_to_string(&path).map_err(|source| DatabaseError::Read {
+                path: path.display().to_string(),
+                source,
+            })?;
+            let db = Database::parse(name, &text);
+            if db.is_empty() && SELECTION_DATABASES.contains(&name) {
+                return Err(DatabaseError::Empty(name.to_string()));
+            }
+            raw.push(db);
+        }
+        Ok(Databases::assemble(
+            raw.into_iter(),
+            Source::Directory(dir.to_path_buf()),
+        ))
+    }
+
+    fn assemble(raw: impl Iterator<Item = Database>, source: Source) -> Databases {
+        let mut map: BTreeMap<String, Database> = raw.map(|db| (db.name.clone(), db)).collect();
+        let taxonomy = Taxonomy::new(&map);
+        if let Some(nouns) = map.get_mut("nouns") {
+            taxonomy.enrich(nouns);
+        }
+        Databases { map, source }
+    }
+
+    /// A database by name.
+    pub fn get(&self, name: &str) -> Option<&Database> {
+        self.map.get(name)
+    }
+
+    /// Every database, by name.
+    pub fn iter(&self) -> impl Iterator<Item = &Database> {
+        self.map.values()
+    }
+
+    /// Rows across the selection databases.
+    pub fn selection_rows(&self) -> usize {
+        SELECTION_DATABASES
+            .iter()
+            .filter_map(|n| self.get(n))
+            .map(Database::len)
+            .sum()
+    }
+}
+
+/// The four taxonomy lookups: trimmed first column → split fields.
+struct Taxonomy {
+    levels: [HashMap<String, Vec<String>>; 4],
+}
+
+impl Taxonomy {
+    fn new(map: &BTreeMap<String, Database>) -> Taxonomy {
+        let level = |name: &str| {
+            map.get(name)
+                .map(|db| {
+                    db.records
+                        .iter()
+                        .map(|r| {
+                            let parts: Vec<String> = r.split(',').map(str::to_string).collect();
+                            (parts[0].trim().to_string(), parts)
+                        })
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        Taxonomy {
+            levels: [
+                level("families"),
+                level("orders"),
+                level("classes"),
+                level("phyla"),
+            ],
+        }
+    }
+
+    /// (parent key, common name) of `key` at `level`; phyla have no parent.
+    fn step(&self, level: usize, key: &str) -> (String, String) {
+        let min_parts = if level == 3 { 2 } else { 3 };
+        match self.levels[level].get(key) {
+            Some(parts) if parts.len() >= min_parts => {
+                let common = parts[if level == 3 { 1 } else { 2 }].clone();
+                let parent = if level == 3 {
+                    String::new()
+                } else {
+                    parts[1].trim().to_string()
+                };
+                (parent, common)
+            }
+            _ => (String::new(), String::new()),
+        }
+    }
+
+    fn enrich(&self, nouns: &mut Database) {
+        for record in &mut nouns.records {
+            let values: Vec<&str> = record.split(',').collect();
+            if values.len() < 2 {
+                continue;
+            }
+            let (order, family_common) = self.step(0, values[1].trim());
+            let (class, order_common) = self.step(1, &order);
+            let (phylum, class_common) = self.step(2, &class);
+            let (_, phylum_common) = self.step(3, &phylum);
+            *record = [
+                values[0].trim(),
+                &family_common,
+                &order_common,
+                &class_common,
+                &phylum_common,
+            ]
+            .join(",");
+        }
+        nouns.columns = ["commonName", "family", "order", "class", "phylum"]
+            .map(String::from)
+            .to_vec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parsing_follows_the_upstream_quirks() {
+        let db = Database::parse(
+            "adverbs",
+            "version,adverb,definition\r\nv0.1.0,gently,in a soft way, kindly\nv0.1.0, ,blank key\nv0.1.0,v0.1.0,odd\n",
+        );
+        assert_eq!(db.columns, ["adverb", "definition"]);
+        assert_eq!(db.version, "v0.1.0");
+        // Only the first prefix is stripped; the comma inside the definition stays.
+        assert_eq!(db.records, ["gently,in a soft way, kindly", "v0.1.0,odd"]);
+    }
+
+    #[test]
+    fn embedded_databases_meet_the_minimum_sizes() {
+        let dbs = Databases::embedded();
+        for (name, min) in [
+            ("adverbs", 400),
+            ("adjectives", 400),
+            ("actions", 400),
+            ("nouns", 400),
+            ("emotions", 150),
+            ("occupations", 150),
+            ("artstyles", 150),
+            ("places", 150),
+            ("litstyles", 50),
+            ("colors", 140),
+        ] {
+            let n = dbs.get(name).unwrap().len();
+            assert!(n >= min, "{name} has {n} rows, want at least {min}");
+        }
+        assert!(
+            dbs.get("artstyles")
+                .unwrap()
+                .records
+                .iter()
+                .any(|r| r.contains(",sensitive,"))
+        );
+    }
+
+    #[test]
+    fn every_embedded_noun_enriches_to_five_common_names() {
+        let dbs = Databases::embedded();
+        let nouns = dbs.get("nouns").unwrap();
+        assert_eq!(
+            nouns.columns,
+            ["commonName", "family", "order", "class", "phylum"]
+        );
+        for record in &nouns.records {
+            let parts: Vec<&str> = record.split(',').collect();
+            assert_eq!(parts.len(), 5, "{record}");
+            assert!(
+                parts.iter().all(|p| !p.is_empty()),
+                "incomplete taxonomy: {record}"
+            );
+        }
+    }
+
+    #[test]
+    fn embedded_keys_are_unique_and_clean() {
+        for db in Databases::embedded().iter() {
+            if db.name == "gazes" {
+                continue; // repeated gazes are weights
+            }
+            let mut seen = std::collections::HashSet::new();
+            for record in &db.records {
+                let key = record.split(',').next().unwrap();
+                assert_eq!(key, key.trim(), "{}: {record}", db.name);
+                assert!(seen.insert(key), "{}: duplicate key {key}", db.name);
+                assert_eq!(
+                    record.split(',').count(),
+                    db.columns.len(),
+                    "{}: {record}",
+                    db.name
+                );
+            }
+        }
+    }
+}
