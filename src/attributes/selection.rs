@@ -74,28 +74,72 @@ pub fn select_row(count: usize, window: &str) -> (u64, usize) {
     (number, row.min(count.saturating_sub(1)))
 }
 
-/// The records of `database` as this series sees them (L§2.4): case-sensitive substring
-/// filters, sensitive art and literary styles dropped when unfiltered, `none` when empty.
-pub fn filtered_records(dbs: &Databases, series: &Series, database: &str) -> Vec<String> {
+/// The records of one database as a series sees them, borrowed from the databases.
+#[derive(Debug)]
+pub enum View<'a> {
+    /// Unfiltered and nothing dropped.
+    All(&'a [String]),
+    /// A filtered (or sensitive-free) subset, in database order.
+    Subset(Vec<&'a str>),
+    /// Nothing matched: the single record `none`.
+    Nothing,
+}
+
+impl View<'_> {
+    /// Row count (`none` counts as one row).
+    pub fn len(&self) -> usize {
+        match self {
+            View::All(r) => r.len(),
+            View::Subset(r) => r.len(),
+            View::Nothing => 1,
+        }
+    }
+
+    /// Never empty: an empty list becomes `none`.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// The record at `i`.
+    pub fn get(&self, i: usize) -> &str {
+        match self {
+            View::All(r) => r.get(i).map_or("none", String::as_str),
+            View::Subset(r) => r.get(i).copied().unwrap_or("none"),
+            View::Nothing => "none",
+        }
+    }
+}
+
+/// L§2.4: case-sensitive substring filters, sensitive art and literary styles dropped when
+/// unfiltered, `none` when nothing is left.
+pub fn filtered_view<'a>(dbs: &'a Databases, series: &Series, database: &str) -> View<'a> {
     let records: &[String] = dbs.get(database).map_or(&[], |db| db.records.as_slice());
     let filters = series.filter(database).filter(|f| !f.is_empty());
-    let mut out: Vec<String> = match filters {
+    let subset: Vec<&str> = match filters {
         Some(filters) => records
             .iter()
             .filter(|r| filters.iter().any(|f| r.contains(f.as_str())))
-            .cloned()
+            .map(String::as_str)
             .collect(),
         None if database == "artstyles" || database == "litstyles" => records
             .iter()
             .filter(|r| !r.contains(",sensitive,"))
-            .cloned()
+            .map(String::as_str)
             .collect(),
-        None => records.to_vec(),
+        None if !records.is_empty() => return View::All(records),
+        None => Vec::new(),
     };
-    if out.is_empty() {
-        out.push("none".to_string());
+    if subset.is_empty() {
+        View::Nothing
+    } else {
+        View::Subset(subset)
     }
-    out
+}
+
+/// [`filtered_view`] as owned records.
+pub fn filtered_records(dbs: &Databases, series: &Series, database: &str) -> Vec<String> {
+    let view = filtered_view(dbs, series, database);
+    (0..view.len()).map(|i| view.get(i).to_string()).collect()
 }
 
 /// Builds the dress for `original` (an address or an engine seed) under `series`.
@@ -115,24 +159,20 @@ pub fn make_dress(
         color_limit: series.color_limit.clone(),
         ..DalleDress::default()
     };
-    let mut cache: Vec<(&str, Vec<String>)> = Vec::new();
+    let mut views: Vec<(&str, View<'_>)> = Vec::new();
     for (j, (name, database)) in ATTRIBUTES.iter().enumerate() {
         let Some(window) = seed.get(4 * j..4 * j + 6) else {
             break;
         };
-        if !cache.iter().any(|(db, _)| db == database) {
-            cache.push((database, filtered_records(dbs, series, database)));
+        if !views.iter().any(|(db, _)| db == database) {
+            views.push((database, filtered_view(dbs, series, database)));
         }
-        let records = cache
-            .iter()
-            .find(|(db, _)| db == database)
-            .map_or(&[][..], |(_, r)| r.as_slice());
-        let count = records.len().max(1);
+        let Some((_, view)) = views.iter().find(|(db, _)| db == database) else {
+            break;
+        };
+        let count = view.len();
         let (number, selector) = select_row(count, window);
-        let value = records
-            .get(selector)
-            .cloned()
-            .unwrap_or_else(|| "none".into());
+        let value = view.get(selector).to_string();
         dress.seed_chunks.push(value.clone());
         dress.selected_tokens.push(name.to_string());
         dress.selected_records.push(value.clone());
