@@ -18,7 +18,7 @@ use crate::storage::DataDir;
 pub struct App {
     pub config: Config,
     pub data: DataDir,
-    pub metrics: Metrics,
+    pub metrics: Arc<Metrics>,
     /// The breaker around OpenAI calls; `/health` and `/metrics` report its real state.
     pub breaker: Arc<CircuitBreaker>,
     /// Databases and series, or why `--databases` could not be loaded (then the server runs
@@ -58,7 +58,7 @@ impl App {
         Ok(App {
             attributes,
             data,
-            metrics: Metrics::new()?,
+            metrics: Arc::new(Metrics::new()?),
             breaker: Arc::new(CircuitBreaker::default()),
             started: Instant::now(),
             started_at: SystemTime::now(),
