@@ -1,0 +1,464 @@
+//! The OpenAI HTTP client: prompt enhancement (chat completions), image generation and the
+//! download of a generated image (CONTRACT §5.2, L§4.3, L§4.5).
+//!
+//! Every attempt asks the shared [`CircuitBreaker`] first and reports its outcome back; failed
+//! attempts are retried per [`RetryPolicy`]. Deliberate differences from the Go library: the
+//! orientation typo is fixed (L§4.5), the image URL download has a timeout, a status check and a
+//! size limit, and error texts carry no request-id prefix.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use reqwest::header::CONTENT_TYPE;
+use serde_json::{Value, json};
+
+use super::breaker::{Admission, CircuitBreaker};
+use super::image_prompt;
+use super::retry::{Operation, RetryPolicy, retry_after};
+// The pure request shaping lives in the parent module; re-exported so `client::…` paths work too.
+pub use super::{ImageParams, OpenAiError, Orientation, enhancement_system_prompt, image_params};
+use crate::config::{ApiKey, OpenAiConfig};
+use crate::metrics::Metrics;
+
+/// Kept well under the per-attempt timeouts so a dead host is reported as "not sent" (retryable).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest raw error body quoted in an error message.
+const MAX_ERROR_BODY_CHARS: usize = 512;
+/// Largest response read into memory; a base64 high-quality PNG is a few MB.
+const MAX_BODY_BYTES: usize = 64 << 20;
+
+/// What an image request produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImageAnswer {
+    /// A URL to fetch with [`OpenAiClient::download`].
+    Url(String),
+    /// The image itself (decoded from `b64_json`).
+    Bytes(Vec<u8>),
+}
+
+/// Reports an admitted attempt to the breaker exactly once. If the caller drops the future
+/// mid-flight the attempt counts as failed, so a half-open probe slot is never leaked.
+struct AttemptGuard<'a> {
+    breaker: &'a CircuitBreaker,
+    admission: Option<Admission>,
+}
+
+impl AttemptGuard<'_> {
+    fn finish(mut self, success: bool) {
+        if let Some(admission) = self.admission.take() {
+            self.breaker.record(admission, success);
+        }
+    }
+}
+
+impl Drop for AttemptGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(admission) = self.admission.take() {
+            self.breaker.record(admission, false);
+        }
+    }
+}
+
+/// The OpenAI client shared by every generation; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct OpenAiClient {
+    http: reqwest::Client,
+    key: Option<ApiKey>,
+    base_url: String,
+    image_model: String,
+    chat_model: String,
+    image_timeout: Duration,
+    enhance_timeout: Duration,
+    breaker: Arc<CircuitBreaker>,
+    metrics: Arc<Metrics>,
+    retry: RetryPolicy,
+}
+
+impl OpenAiClient {
+    /// A client for `config`, reporting to the shared breaker and metrics.
+    pub fn new(
+        config: &OpenAiConfig,
+        breaker: Arc<CircuitBreaker>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, OpenAiError> {
+        let http = reqwest::Client::builder()
+            .use_rustls_tls()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .user_agent(concat!("dalleserver/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| OpenAiError::Setup(format!("cannot build the HTTP client: {e}")))?;
+        Ok(OpenAiClient {
+            http,
+            key: config.api_key.clone(),
+            base_url: config.base_url.trim_end_matches('/').to_string(),
+            image_model: config.image_model.clone(),
+            chat_model: config.chat_model.clone(),
+            image_timeout: config.image_timeout,
+            enhance_timeout: config.enhance_timeout,
+            breaker,
+            metrics,
+            retry: RetryPolicy {
+                base: config.retry_base,
+                ..RetryPolicy::default()
+            },
+        })
+    }
+
+    /// Replaces the retry policy (by default the contract's, starting at `config.retry_base`).
+    pub fn with_retry_policy(mut self, policy: RetryPolicy) -> Self {
+        self.retry = policy;
+        self
+    }
+
+    /// Rewrites `user` (the base prompt) with the chat model; `system` is the persona and
+    /// instruction ([`enhancement_system_prompt`]). An empty answer returns `user` unchanged.
+    pub async fn enhance(&self, system: &str, user: &str) -> Result<String, OpenAiError> {
+        let key = self.key.as_ref().ok_or(OpenAiError::NoKey)?;
+        let mut body = json!({
+            "model": self.chat_model,
+            "seed": 1337,
+            "messages": [
+                {"role": "system", "content": system},
+                {"role": "user", "content": user},
+            ],
+        });
+        // The gpt-5 family rejects any temperature but its default.
+        if !self.chat_model.starts_with("gpt-5") {
+            body["temperature"] = json!(0.2);
+        }
+        let body = to_json(&body)?;
+        let url = format!("{}/chat/completions", self.base_url);
+        tracing::debug!(model = %self.chat_model, prompt_chars = user.len(), "enhancing prompt");
+        let bytes = self
+            .retry
+            .run(Operation::Enhance, &self.metrics, || {
+                self.exchange(self.post(key, &url, &body), self.enhance_timeout)
+            })
+            .await?;
+        let reply = parse(&bytes, "chat completion")?;
+        let content = reply
+            .pointer("/choices/0/message/content")
+            .and_then(Value::as_str)
+            .filter(|content| !content.trim().is_empty());
+        Ok(content.unwrap_or(user).to_string())
+    }
+
+    /// Asks for one image of `prompt`; size follows the orientation of `orientation_text`
+    /// (the enhanced prompt). Never retried once the request may have been received.
+    pub async fn request_image(
+        &self,
+        prompt: &str,
+        orientation_text: &str,
+    ) -> Result<ImageAnswer, OpenAiError> {
+        let key = self.key.as_ref().ok_or(OpenAiError::NoKey)?;
+        let model = self.image_model.as_str();
+        let params = image_params(model, orientation_text);
+        if params.size.is_none() {
+            tracing::warn!(
+                model,
+                "unknown image model; letting the server choose the size"
+            );
+        }
+        let prompt = image_prompt(model, prompt);
+        let mut body = json!({"prompt": prompt, "n": 1, "model": model});
+        let optional = [
+            ("size", params.size),
+            ("quality", params.quality),
+            ("style", params.style),
+        ];
+        for (name, value) in optional {
+            if let Some(value) = value {
+                body[name] = json!(value);
+            }
+        }
+        let body = to_json(&body)?;
+        let url = format!("{}/images/generations", self.base_url);
+        tracing::info!(
+            model,
+            size = params.size,
+            quality = params.quality,
+            prompt_chars = prompt.len(),
+            "requesting image"
+        );
+        let bytes = self
+            .retry
+            .run(Operation::Image, &self.metrics, || {
+                self.exchange(self.post(key, &url, &body), self.image_timeout)
+            })
+            .await?;
+        let reply = parse(&bytes, "image generation")?;
+        let first = reply
+            .pointer("/data/0")
+            .ok_or_else(|| OpenAiError::Decode("no images returned".into()))?;
+        let field = |name| {
+            first
+                .get(name)
+                .and_then(Value::as_str)
+                .map(str::trim)
+                .filter(|text| !text.is_empty())
+        };
+        if let Some(url) = field("url") {
+            return Ok(ImageAnswer::Url(url.to_string()));
+        }
+        match field("b64_json") {
+            Some(b64) => base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .map(ImageAnswer::Bytes)
+                .map_err(|e| {
+                    OpenAiError::Decode(format!("image response has invalid base64: {e}"))
+                }),
+            None => Err(OpenAiError::Decode(
+                "image response missing both url and b64_json".into(),
+            )),
+        }
+    }
+
+    /// Fetches a generated image. The API key is not sent: the URL is already signed and may
+    /// point at another host.
+    pub async fn download(&self, url: &str) -> Result<Vec<u8>, OpenAiError> {
+        let bytes = self
+            .retry
+            .run(Operation::Download, &self.metrics, || {
+                self.exchange(self.http.get(url), self.image_timeout)
+            })
+            .await?;
+        if bytes.is_empty() {
+            return Err(OpenAiError::Decode("downloaded image is empty".into()));
+        }
+        Ok(bytes)
+    }
+
+    fn post(&self, key: &ApiKey, url: &str, body: &[u8]) -> reqwest::RequestBuilder {
+        // `bearer_auth` marks the header sensitive, so it never shows in Debug output.
+        self.http
+            .post(url)
+            .bearer_auth(key.expose())
+            .header(CONTENT_TYPE, "application/json")
+            .body(body.to_vec())
+    }
+
+    /// One attempt: breaker admission, the request, the whole body, the breaker and metric
+    /// reports. Returns the body of a 2xx answer.
+    async fn exchange(
+        &self,
+        request: reqwest::RequestBuilder,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, OpenAiError> {
+        // Build first: a malformed URL is our fault, not the service's.
+        let request = request
+            .timeout(timeout)
+            .build()
+            .map_err(|e| OpenAiError::Setup(format!("invalid request: {}", e.without_url())))?;
+        let admission = self.breaker.admit().map_err(|rejected| {
+            tracing::debug!(reason = %rejected, "OpenAI call refused by the circuit breaker");
+            OpenAiError::BreakerOpen
+        })?;
+        let guard = AttemptGuard {
+            breaker: &self.breaker,
+            admission: Some(admission),
+        };
+        let host = request.url().host_str().unwrap_or_default().to_string();
+        let started = tokio::time::Instant::now();
+        let result = self.send(request, timeout).await;
+        guard.finish(
+            result
+                .as_ref()
+                .map_or_else(|e| !e.is_service_failure(), |_| true),
+        );
+        self.metrics.record_openai(
+            result.is_ok(),
+            result.as_ref().is_err_and(OpenAiError::is_timeout),
+        );
+        tracing::debug!(
+            host,
+            elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            status = result.as_ref().err().and_then(OpenAiError::status),
+            ok = result.is_ok(),
+            "OpenAI attempt finished"
+        );
+        result
+    }
+
+    async fn send(
+        &self,
+        request: reqwest::Request,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, OpenAiError> {
+        let mut response = self
+            .http
+            .execute(request)
+            .await
+            .map_err(|e| self.transport_error(e, timeout))?;
+        let status = response.status();
+        if !status.is_success() {
+            let retry_after = retry_after(response.headers());
+            // The status is what matters; a body that cannot be read just makes a vaguer message.
+            let body = response
+                .bytes()
+                .await
+                .map(|b| b.to_vec())
+                .unwrap_or_default();
+            return Err(self.api_error(status.as_u16(), &body, retry_after));
+        }
+        if response
+            .content_length()
+            .is_some_and(|n| n > MAX_BODY_BYTES as u64)
+        {
+            return Err(too_large());
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| self.transport_error(e, timeout))?
+        {
+            if body.len() + chunk.len() > MAX_BODY_BYTES {
+                return Err(too_large());
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
+    }
+
+    /// Classifies a transport failure. Only a connect error proves the request never left;
+    /// anything later may have reached the server.
+    fn transport_error(&self, error: reqwest::Error, timeout: Duration) -> OpenAiError {
+        // Signed download URLs carry credentials in the query string: keep them out of messages.
+        let error = error.without_url();
+        let sent = !error.is_connect();
+        if error.is_timeout() {
+            let after = if sent {
+                timeout
+            } else {
+                CONNECT_TIMEOUT.min(timeout)
+            };
+            return OpenAiError::Timeout { sent, after };
+        }
+        let mut message = error.to_string();
+        let mut source = std::error::Error::source(&error);
+        while let Some(cause) = source {
+            message.push_str(": ");
+            message.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        OpenAiError::Connect {
+            sent,
+            message: self.redact(message),
+        }
+    }
+
+    /// An API error from a non-2xx answer: OpenAI's own message when the body has one, else
+    /// the start of the raw body.
+    fn api_error(&self, status: u16, body: &[u8], retry_after: Option<Duration>) -> OpenAiError {
+        let parsed = serde_json::from_slice::<Value>(body).ok();
+        let error = parsed.as_ref().and_then(|v| v.get("error"));
+        let code = error.and_then(|e| match e.get("code") {
+            Some(Value::String(code)) if !code.is_empty() => Some(code.clone()),
+            Some(Value::Number(code)) => Some(code.to_string()),
+            _ => e.get("type").and_then(Value::as_str).map(str::to_string),
+        });
+        let message = error
+            .and_then(|e| e.get("message"))
+            .and_then(Value::as_str)
+            .filter(|m| !m.trim().is_empty())
+            .map(str::to_string)
+            .unwrap_or_else(|| {
+                let raw = String::from_utf8_lossy(body);
+                let raw = raw.trim();
+                if raw.is_empty() {
+                    reqwest::StatusCode::from_u16(status)
+                        .ok()
+                        .and_then(|s| s.canonical_reason())
+                        .unwrap_or("empty response body")
+                        .to_string()
+                } else {
+                    raw.chars().take(MAX_ERROR_BODY_CHARS).collect()
+                }
+            });
+        OpenAiError::Api {
+            status,
+            code,
+            message: self.redact(message),
+            retry_after,
+        }
+    }
+
+    /// Servers may echo the key back (a 401 quoting it, say); it must not reach logs or users.
+    fn redact(&self, text: String) -> String {
+        match &self.key {
+            Some(key) if text.contains(key.expose()) => text.replace(key.expose(), "[redacted]"),
+            _ => text,
+        }
+    }
+}
+
+fn to_json(body: &Value) -> Result<Vec<u8>, OpenAiError> {
+    serde_json::to_vec(body).map_err(|e| OpenAiError::Setup(format!("cannot encode request: {e}")))
+}
+
+fn parse(bytes: &[u8], what: &str) -> Result<Value, OpenAiError> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| OpenAiError::Decode(format!("invalid {what} response: {e}")))
+}
+
+fn too_large() -> OpenAiError {
+    OpenAiError::Decode(format!("response is larger than {MAX_BODY_BYTES} bytes"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::openai::breaker::CircuitBreaker;
+
+    fn client() -> OpenAiClient {
+        let config = OpenAiConfig {
+            api_key: ApiKey::new("sk-unit-secret"),
+            base_url: "http://127.0.0.1:9".into(),
+            skip_image: false,
+            no_enhance: false,
+            image_model: "gpt-image-2".into(),
+            chat_model: "gpt-5.5".into(),
+            image_timeout: Duration::from_secs(1),
+            enhance_timeout: Duration::from_secs(1),
+            retry_base: Duration::from_millis(10),
+        };
+        let metrics = Arc::new(Metrics::new().unwrap());
+        OpenAiClient::new(&config, Arc::new(CircuitBreaker::default()), metrics).unwrap()
+    }
+
+    #[test]
+    fn api_errors_prefer_the_json_message_then_the_raw_body() {
+        let c = client();
+        let body = br#"{"error":{"message":"Rejected by the safety system","code":"content_policy_violation"}}"#;
+        let err = c.api_error(400, body, None);
+        assert_eq!(
+            err.to_string(),
+            "OpenAI API error (status 400): Rejected by the safety system"
+        );
+        assert!(
+            matches!(&err, OpenAiError::Api { code: Some(code), .. } if code == "content_policy_violation")
+        );
+        let long = "x".repeat(2000);
+        let err = c.api_error(502, long.as_bytes(), None);
+        assert_eq!(
+            err.to_string(),
+            format!("OpenAI API error (status 502): {}", "x".repeat(512))
+        );
+        let err = c.api_error(503, b"", Some(Duration::from_secs(3)));
+        assert_eq!(
+            err.to_string(),
+            "OpenAI API error (status 503): Service Unavailable"
+        );
+        assert_eq!(err.retry_after(), Some(Duration::from_secs(3)));
+    }
+
+    #[test]
+    fn echoed_keys_are_redacted() {
+        let body = br#"{"error":{"message":"Incorrect API key provided: sk-unit-secret","type":"invalid_request_error"}}"#;
+        let err = client().api_error(401, body, None);
+        assert!(!err.to_string().contains("sk-unit-secret"), "{err}");
+        assert!(err.to_string().ends_with("provided: [redacted]"));
+        assert!(!format!("{:?}", client()).contains("sk-unit-secret"));
+    }
+}
