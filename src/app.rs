@@ -9,9 +9,13 @@ use std::time::{Instant, SystemTime};
 use crate::attributes::Attributes;
 use crate::attributes::database::{BACKSTYLES, SELECTION_DATABASES, Source};
 use crate::config::Config;
+use crate::generation::{Generator, ImageSource, Settings};
 use crate::metrics::Metrics;
 use crate::openai::breaker::CircuitBreaker;
+use crate::openai::{OpenAiClient, RetryPolicy};
+use crate::progress::Progress;
 use crate::storage::DataDir;
+use crate::storage::FileCache;
 
 /// Every component of the running server.
 #[derive(Debug)]
@@ -24,6 +28,12 @@ pub struct App {
     /// Databases and series, or why `--databases` could not be loaded (then the server runs
     /// unready so the operator sees the error on `/readyz` instead of a crash loop).
     pub attributes: Result<Arc<Attributes>, String>,
+    /// Progress of every run, shared with the generator and the status printer.
+    pub progress: Arc<Progress>,
+    /// The `/dalle` generator; unavailable when the attributes are.
+    pub generator: Result<Arc<Generator>, String>,
+    /// Served files and their ETags.
+    pub file_cache: FileCache,
     pub started: Instant,
     pub started_at: SystemTime,
 }
@@ -39,6 +49,8 @@ pub enum BuildError {
     },
     #[error("cannot set up metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    #[error("cannot set up the OpenAI client: {0}")]
+    OpenAi(#[from] crate::openai::OpenAiError),
 }
 
 impl App {
@@ -49,21 +61,59 @@ impl App {
             std::fs::create_dir_all(&dir)
                 .map_err(|source| BuildError::Layout { path: dir, source })?;
         }
+        sweep_temp_files(&data.output());
         let attributes = Attributes::load(config.databases.as_deref(), data.user_series())
             .map(Arc::new)
             .map_err(|e| e.to_string());
         if let Err(err) = &attributes {
             tracing::error!("attribute databases failed to load: {err}");
         }
+        let metrics = Arc::new(Metrics::new()?);
+        let breaker = Arc::new(CircuitBreaker::default());
+        // Finished runs stay visible for one lock TTL so slow pollers still see the outcome.
+        let progress = Arc::new(Progress::load(data.metrics(), config.lock_ttl));
+        let source = if config.openai.mock_mode() {
+            ImageSource::Mock
+        } else {
+            let policy = RetryPolicy {
+                base: config.openai.retry_base,
+                ..RetryPolicy::default()
+            };
+            let client = OpenAiClient::new(&config.openai, breaker.clone(), metrics.clone())?;
+            ImageSource::OpenAi(Arc::new(client.with_retry_policy(policy)))
+        };
+        let settings = Settings {
+            lock_ttl: config.lock_ttl,
+            max_concurrent: config.max_concurrent,
+            no_enhance: config.openai.no_enhance,
+        };
+        let generator = attributes.clone().map(|attributes| {
+            Arc::new(Generator::new(
+                attributes,
+                data.clone(),
+                progress.clone(),
+                source,
+                metrics.clone(),
+                settings,
+            ))
+        });
         Ok(App {
             attributes,
+            progress,
+            generator,
+            file_cache: FileCache::new(FILE_CACHE_BYTES),
             data,
-            metrics: Arc::new(Metrics::new()?),
-            breaker: Arc::new(CircuitBreaker::default()),
+            metrics,
+            breaker,
             started: Instant::now(),
             started_at: SystemTime::now(),
             config,
         })
+    }
+
+    /// The generator, or why it is unavailable.
+    pub fn generator(&self) -> Result<&Arc<Generator>, &str> {
+        self.generator.as_ref().map_err(String::as_str)
     }
 
     /// The attribute engine, or the load error as a 503 for handlers that need it.
@@ -112,6 +162,31 @@ impl App {
             local.ip().to_string()
         };
         tracing::info!("listening on {local}; open http://{host}:{}/", local.port());
+    }
+}
+
+/// Bytes of served files kept in memory (hot images and their ETags).
+const FILE_CACHE_BYTES: u64 = 128 * 1024 * 1024;
+
+/// Removes temporary files a killed process left behind (no writer exists at start-up).
+fn sweep_temp_files(dir: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            sweep_temp_files(&path);
+        } else if entry.file_name().to_string_lossy().starts_with(".tmp-") {
+            match std::fs::remove_file(&path) {
+                Ok(()) => {
+                    tracing::info!(path = %path.display(), "removed a temporary file left by an interrupted write")
+                }
+                Err(err) => {
+                    tracing::warn!(path = %path.display(), %err, "cannot remove a leftover temporary file")
+                }
+            }
+        }
     }
 }
 

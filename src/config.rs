@@ -139,6 +139,9 @@ pub struct OpenAiConfig {
     pub chat_model: String,
     pub image_timeout: Duration,
     pub enhance_timeout: Duration,
+    /// First retry delay (`TB_DALLE_RETRY_BASE`, default 2s); later delays double up to 60 s.
+    /// Tests and load runs shorten it; production should keep the default.
+    pub retry_base: Duration,
 }
 
 impl OpenAiConfig {
@@ -248,6 +251,7 @@ impl Config {
                 "TB_DALLE_ENHANCE_TIMEOUT",
                 Duration::from_secs(60),
             )?,
+            retry_base: duration_var(&var, "TB_DALLE_RETRY_BASE", Duration::from_secs(2))?,
         };
 
         Ok(Config {

@@ -3,8 +3,11 @@
 //! Stack, outermost first (CONTRACT §3): request id → tracing span and log line → metrics →
 //! path guard → request timeout → handler. It wraps every route and the 404 fallback alike.
 
+mod dalle;
 pub mod error;
 mod errors;
+mod file;
+mod files;
 mod health;
 mod metrics;
 pub mod observe;
@@ -26,6 +29,10 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/", get(root::endpoints))
         .route("/series", get(series::list))
+        .route("/dalle", get(dalle::dalle))
+        .route("/dalle/", get(dalle::dalle))
+        .route("/dalle/{*rest}", get(dalle::dalle))
+        .route("/files/{*path}", get(files::files))
         .route("/health", get(health::health))
         .route("/livez", get(health::livez))
         .route("/readyz", get(health::readyz))

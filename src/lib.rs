@@ -5,18 +5,21 @@
 //! - [`http`]: the router, middleware and handlers — the only module that knows axum.
 //! - [`app`]: the [`app::App`] that owns every component; [`server`]: the accept loop.
 //! - [`health`], [`metrics`]: operational views over the components.
-//! - [`openai`]: the circuit breaker (and, later, the OpenAI client).
 //! - [`attributes`], [`prompts`]: the pure domain — databases, series, selection, prompts.
+//! - [`generation`], [`progress`], [`openai`], [`annotate`]: the `/dalle` pipeline.
 //! - [`storage`]: the data directory and atomic writes.
 //! - [`config`]: flags, environment and `.env`.
 
+pub mod annotate;
 pub mod app;
 pub mod attributes;
 pub mod config;
+pub mod generation;
 pub mod health;
 pub mod http;
 pub mod metrics;
 pub mod openai;
+pub mod progress;
 pub mod prompts;
 pub mod server;
 pub mod storage;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use dalleserver::app::{App, AppState};
 use dalleserver::config::Config;
+use dalleserver::generation::status;
 use dalleserver::server;
 
 fn main() -> ExitCode {
@@ -52,7 +53,15 @@ async fn run(config: Config) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
     let app = App::build(config)?;
     app.log_startup_report(listener.local_addr()?);
-    server::serve(listener, AppState(Arc::new(app)), server::shutdown_signal()).await?;
+    let app = Arc::new(app);
+    let app_progress = app.progress.clone();
+    let printer = status::spawn(app.progress.clone(), status::INTERVAL);
+    server::serve(listener, AppState(app), server::shutdown_signal()).await?;
+    printer.abort();
+    let progress = app_progress.clone();
+    if let Ok(Err(err)) = tokio::task::spawn_blocking(move || progress.save_if_dirty()).await {
+        tracing::warn!(%err, "could not save the progress statistics");
+    }
     tracing::info!("stopped");
     Ok(())
 }

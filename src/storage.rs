@@ -5,6 +5,10 @@
 //! a restart after `kill -9`) sees the old file or the new one, never a torn one. The Go server
 //! used a fixed `.tmp` name and no fsync (S§17, Q-54).
 
+mod file_cache;
+
+pub use file_cache::{CachedFile, FileCache};
+
 use std::fs::File;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};

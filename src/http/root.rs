@@ -10,6 +10,8 @@ use super::ApiError;
 pub const ENDPOINTS: &str = "\
 Endpoints:
   /series - list valid series
+  /dalle/<series>/<address>?[generate=1|remove] - request, poll or remove an image
+  /files/<series>/annotated/<address>.png - generated files
   /health[?check=liveness|readiness] | /livez | /readyz - health probes
   /metrics[?format=json] - Prometheus metrics
   /errors[?clear|format=json] - error report

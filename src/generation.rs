@@ -1,0 +1,304 @@
+//! The generator behind `/dalle`: decides what a request means (CONTRACT §4 decision table),
+//! coalesces duplicate requests onto one run per key, queues runs beyond the concurrency
+//! limit and drives the pipeline on a tokio task.
+
+mod locks;
+mod pipeline;
+pub mod status;
+
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::Semaphore;
+
+use crate::attributes::Attributes;
+use crate::metrics::Metrics;
+use crate::openai::OpenAiClient;
+use crate::progress::{Progress, RunKey, Snapshot, StartOutcome};
+use crate::storage::DataDir;
+pub use locks::{LockTable, Token};
+
+/// Where images come from.
+#[derive(Debug, Clone)]
+pub enum ImageSource {
+    /// The deterministic local picture (no key, or `TB_DALLE_SKIP_IMAGE=1`).
+    Mock,
+    /// OpenAI (or any compatible server).
+    OpenAi(Arc<OpenAiClient>),
+}
+
+/// Everything the generator needs, shared with its tasks.
+#[derive(Debug)]
+pub struct Generator {
+    pub(crate) attributes: Arc<Attributes>,
+    pub(crate) data: DataDir,
+    pub(crate) progress: Arc<Progress>,
+    pub(crate) source: ImageSource,
+    pub(crate) no_enhance: bool,
+    pub(crate) metrics: Arc<Metrics>,
+    locks: Mutex<LockTable>,
+    /// Per-key write gates: a run checks its ownership and writes a file while holding its
+    /// key's gate, so a run that lost its lock can never write after the new owner started.
+    gates: Mutex<HashMap<RunKey, Arc<Mutex<()>>>>,
+    slots: Arc<Semaphore>,
+    queue: Mutex<VecDeque<RunKey>>,
+}
+
+/// What a `/dalle` request resolved to.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Stream this PNG.
+    Png(PathBuf),
+    /// Answer with this progress snapshot.
+    Snapshot(Box<Snapshot>),
+    /// `data: {}`.
+    Empty,
+    /// The image was removed; the text names it relative to the output dir.
+    Removed(String),
+}
+
+/// The parsed flags of a `/dalle` request.
+#[derive(Debug, Clone, Copy)]
+pub struct Flags {
+    pub generate: bool,
+    pub remove: bool,
+}
+
+/// Settings the generator takes from the configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    pub lock_ttl: std::time::Duration,
+    pub max_concurrent: usize,
+    pub no_enhance: bool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Generator {
+    /// A generator over the given components.
+    pub fn new(
+        attributes: Arc<Attributes>,
+        data: DataDir,
+        progress: Arc<Progress>,
+        source: ImageSource,
+        metrics: Arc<Metrics>,
+        settings: Settings,
+    ) -> Generator {
+        Generator {
+            attributes,
+            data,
+            progress,
+            source,
+            no_enhance: settings.no_enhance,
+            metrics,
+            locks: Mutex::new(LockTable::new(settings.lock_ttl)),
+            gates: Mutex::new(HashMap::new()),
+            slots: Arc::new(Semaphore::new(settings.max_concurrent.max(1))),
+            queue: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    /// `<data>/output/<series>/annotated/<address>.png`.
+    pub fn annotated_path(&self, key: &RunKey) -> PathBuf {
+        self.artifact_path(key, "annotated", "png")
+    }
+
+    pub(crate) fn artifact_path(&self, key: &RunKey, kind: &str, ext: &str) -> PathBuf {
+        let stem = crate::attributes::selection::valid_filename(&key.address);
+        self.data
+            .output()
+            .join(&key.series)
+            .join(kind)
+            .join(format!("{stem}.{ext}"))
+    }
+
+    /// Applies the decision table of CONTRACT §4 to one request.
+    pub async fn handle(self: &Arc<Self>, key: RunKey, flags: Flags, request_id: &str) -> Outcome {
+        let png = self.annotated_path(&key);
+        let exists = tokio::fs::metadata(&png).await.is_ok_and(|m| m.is_file());
+        let in_flight = self.is_in_flight(&key);
+        if exists && !in_flight {
+            if flags.remove {
+                return self.remove(&key, png).await;
+            }
+            if flags.generate {
+                return Outcome::Snapshot(Box::new(self.cache_hit(&key, request_id)));
+            }
+            return Outcome::Png(png);
+        }
+        match self.progress.snapshot(&key) {
+            Some(snap) if !snap.done => Outcome::Snapshot(Box::new(snap)),
+            // A failed run stays visible until it is removed; polling never retries it.
+            Some(snap) if !snap.error.is_empty() => {
+                if flags.remove {
+                    self.progress.forget(&key);
+                    Outcome::Empty
+                } else {
+                    Outcome::Snapshot(Box::new(snap))
+                }
+            }
+            // Completed but the file is gone (removed behind our back): as if there were no run.
+            _ if flags.generate && !flags.remove => {
+                Outcome::Snapshot(Box::new(self.start(key, request_id)))
+            }
+            _ => Outcome::Empty,
+        }
+    }
+
+    fn is_in_flight(&self, key: &RunKey) -> bool {
+        self.progress.is_in_flight(key) && lock(&self.locks).is_held(key)
+    }
+
+    /// Registers a cache-hit run (no regeneration) and returns its snapshot.
+    fn cache_hit(&self, key: &RunKey, request_id: &str) -> Snapshot {
+        self.metrics.cache_hits.inc();
+        if let StartOutcome::Started = self.progress.start(key, request_id)
+            && let Ok((dress, _)) = self.attributes.dress(&key.address, &key.series, None)
+        {
+            self.progress.set_dress(key, dress);
+        }
+        self.progress.complete_cache_hit(key);
+        self.progress
+            .snapshot(key)
+            .unwrap_or_else(|| Snapshot::empty(key))
+    }
+
+    async fn remove(&self, key: &RunKey, png: PathBuf) -> Outcome {
+        let removed = tokio::task::spawn_blocking(move || {
+            std::fs::remove_file(&png)
+                .and_then(|()| png.parent().map_or(Ok(()), crate::storage::sync_dir))
+        })
+        .await;
+        let ok = matches!(removed, Ok(Ok(())));
+        self.metrics.record_file_op(ok);
+        self.progress.forget(key);
+        Outcome::Removed(format!(
+            "{}/annotated/{}.png",
+            key.series,
+            crate::attributes::selection::valid_filename(&key.address)
+        ))
+    }
+
+    /// Starts a run for `key` unless one is in flight (then its snapshot is the answer).
+    pub fn start(self: &Arc<Self>, key: RunKey, request_id: &str) -> Snapshot {
+        let token = {
+            let mut locks = lock(&self.locks);
+            let Some(token) = locks.try_acquire(&key) else {
+                drop(locks);
+                return self
+                    .progress
+                    .snapshot(&key)
+                    .unwrap_or_else(|| Snapshot::empty(&key));
+            };
+            // Under the lock table's mutex, so a stale run cannot update progress in between.
+            self.progress.restart(&key, request_id);
+            token
+        };
+        let snapshot = self
+            .progress
+            .snapshot(&key)
+            .unwrap_or_else(|| Snapshot::empty(&key));
+        let this = Arc::clone(self);
+        let request_id = request_id.to_string();
+        tokio::spawn(async move { this.run(key, token, request_id).await });
+        snapshot
+    }
+
+    async fn run(self: Arc<Self>, key: RunKey, token: Token, request_id: String) {
+        let span = tracing::info_span!("generation", request_id = %request_id, series = %key.series, address = %key.address);
+        let _permit = match self.slots.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                self.enqueue(&key);
+                let permit = self.slots.clone().acquire_owned().await;
+                self.dequeue(&key);
+                match permit {
+                    Ok(permit) => permit,
+                    Err(_) => return, // the semaphore is never closed
+                }
+            }
+        };
+        self.metrics.generations_in_flight.inc();
+        let result =
+            tracing::Instrument::instrument(pipeline::run(&self, &key, token), span.clone()).await;
+        self.metrics.generations_in_flight.dec();
+        let _enter = span.enter();
+        match result {
+            Ok(()) => {
+                self.metrics
+                    .generations
+                    .with_label_values(&["completed"])
+                    .inc();
+                tracing::info!("generation completed");
+            }
+            Err(pipeline::Error::Superseded) => {
+                tracing::warn!("lock taken over after its TTL; this run stopped")
+            }
+            Err(err) => {
+                self.metrics
+                    .generations
+                    .with_label_values(&["failed"])
+                    .inc();
+                self.metrics.record_error("GENERATION_ERROR", "dalle");
+                tracing::error!(error = %err, "generation failed");
+                let _ = self.guarded(&key, token, |p| p.fail(&key, err.to_string()));
+            }
+        }
+        lock(&self.locks).release(&key, token);
+        self.drop_gate(&key);
+    }
+
+    fn enqueue(&self, key: &RunKey) {
+        let mut queue = lock(&self.queue);
+        queue.push_back(key.clone());
+        self.publish_positions(&queue);
+    }
+
+    fn dequeue(&self, key: &RunKey) {
+        let mut queue = lock(&self.queue);
+        queue.retain(|k| k != key);
+        self.progress.set_queue_position(key, None);
+        self.publish_positions(&queue);
+    }
+
+    fn publish_positions(&self, queue: &VecDeque<RunKey>) {
+        for (i, k) in queue.iter().enumerate() {
+            self.progress.set_queue_position(k, Some(i + 1));
+        }
+    }
+
+    /// Runs `f` on the progress registry only while `token` still owns `key`.
+    pub(crate) fn guarded(
+        &self,
+        key: &RunKey,
+        token: Token,
+        f: impl FnOnce(&Progress),
+    ) -> Result<(), pipeline::Error> {
+        let locks = lock(&self.locks);
+        if !locks.owns(key, token) {
+            return Err(pipeline::Error::Superseded);
+        }
+        f(&self.progress);
+        Ok(())
+    }
+
+    /// The write gate of `key`.
+    pub(crate) fn gate(&self, key: &RunKey) -> Arc<Mutex<()>> {
+        lock(&self.gates).entry(key.clone()).or_default().clone()
+    }
+
+    fn drop_gate(&self, key: &RunKey) {
+        let mut gates = lock(&self.gates);
+        if gates.get(key).is_some_and(|g| Arc::strong_count(g) == 1) {
+            gates.remove(key);
+        }
+    }
+
+    /// Ownership check for a write (called with the key's gate held).
+    pub(crate) fn owns(&self, key: &RunKey, token: Token) -> bool {
+        lock(&self.locks).owns(key, token)
+    }
+}

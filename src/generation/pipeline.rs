@@ -1,0 +1,245 @@
+//! One generation run: attributes → prompts → enhancement → image → download or decode →
+//! annotation → artifacts, reporting each phase to the progress registry.
+//!
+//! CPU work (image encode/decode, annotation) and file writes run on the blocking pool. Every
+//! artifact is written atomically, and only while this run still owns its key's lock.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::{Generator, ImageSource, Token};
+use crate::annotate;
+use crate::attributes::dress::DalleDress;
+use crate::openai::{ImageAnswer, OpenAiError, enhancement_system_prompt};
+use crate::progress::{Phase, RunKey};
+
+/// Why a run ended without an image.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Another run took the key over after this run's lock expired.
+    #[error("superseded by a newer run")]
+    Superseded,
+    #[error("{0}")]
+    Attributes(#[from] crate::attributes::DressError),
+    #[error("{0}")]
+    OpenAi(#[from] OpenAiError),
+    #[error("error annotating image: {0}")]
+    Annotate(#[from] annotate::AnnotateError),
+    #[error("writing {path}: {source}")]
+    Write {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("decoding the image: {0}")]
+    Image(String),
+    #[error("background task failed: {0}")]
+    Task(String),
+}
+
+/// Times phases for the phase-duration histogram.
+struct PhaseClock {
+    current: Option<(Phase, Instant)>,
+}
+
+impl PhaseClock {
+    fn enter(&mut self, generator: &Generator, phase: Phase) {
+        if let Some((previous, since)) = self.current.take() {
+            generator
+                .metrics
+                .phase_histogram(previous.as_str())
+                .observe(since.elapsed().as_secs_f64());
+        }
+        self.current = Some((phase, Instant::now()));
+    }
+}
+
+struct Run<'a> {
+    generator: &'a Arc<Generator>,
+    key: &'a RunKey,
+    token: Token,
+    clock: PhaseClock,
+}
+
+impl Run<'_> {
+    fn phase(&mut self, phase: Phase) -> Result<(), Error> {
+        self.clock.enter(self.generator, phase);
+        self.generator
+            .guarded(self.key, self.token, |p| p.transition(self.key, phase))
+    }
+
+    fn skip(&self, phase: Phase) -> Result<(), Error> {
+        self.generator
+            .guarded(self.key, self.token, |p| p.skip(self.key, phase))
+    }
+
+    fn dress(&self, f: impl FnOnce(&mut DalleDress)) -> Result<(), Error> {
+        self.generator
+            .guarded(self.key, self.token, |p| p.update_dress(self.key, f))
+    }
+
+    /// Atomically writes one artifact. The ownership check and the write happen together
+    /// under the key's write gate, so a run that lost its lock never writes after the new
+    /// owner has started writing.
+    async fn write(&self, kind: &str, ext: &str, bytes: Vec<u8>) -> Result<PathBuf, Error> {
+        let path = self.generator.artifact_path(self.key, kind, ext);
+        let generator = Arc::clone(self.generator);
+        let (key, token, target) = (self.key.clone(), self.token, path.clone());
+        let written = tokio::task::spawn_blocking(move || {
+            let gate = generator.gate(&key);
+            let _held = gate.lock().unwrap_or_else(|e| e.into_inner());
+            if !generator.owns(&key, token) {
+                return Ok(false);
+            }
+            crate::storage::write_atomic(&target, &bytes).map(|()| true)
+        })
+        .await
+        .map_err(|e| Error::Task(e.to_string()))?;
+        match written {
+            Ok(true) => {
+                self.generator.metrics.record_file_op(true);
+                Ok(path)
+            }
+            Ok(false) => Err(Error::Superseded),
+            Err(source) => {
+                self.generator.metrics.record_file_op(false);
+                Err(Error::Write {
+                    path: path.display().to_string(),
+                    source,
+                })
+            }
+        }
+    }
+}
+
+/// The raw image as PNG: PNG bytes pass through, JPEG or WebP (from a URL) are re-encoded.
+fn ensure_png(raw: &[u8]) -> Result<Vec<u8>, Error> {
+    const PNG_MAGIC: &[u8] = b"\x89PNG\r\n\x1a\n";
+    if raw.starts_with(PNG_MAGIC) {
+        return Ok(raw.to_vec());
+    }
+    let image = image::load_from_memory(raw).map_err(|e| Error::Image(e.to_string()))?;
+    let mut out = std::io::Cursor::new(Vec::new());
+    image
+        .write_to(&mut out, image::ImageFormat::Png)
+        .map_err(|e| Error::Image(e.to_string()))?;
+    Ok(out.into_inner())
+}
+
+/// Runs the whole pipeline for `key`.
+pub async fn run(generator: &Arc<Generator>, key: &RunKey, token: Token) -> Result<(), Error> {
+    let mut run = Run {
+        generator,
+        key,
+        token,
+        clock: PhaseClock { current: None },
+    };
+    run.clock.enter(generator, Phase::Setup);
+
+    run.phase(Phase::BasePrompts)?;
+    let (dress, prompts) = generator
+        .attributes
+        .dress(&key.address, &key.series, None)?;
+    generator.guarded(key, token, |p| p.set_dress(key, dress.clone()))?;
+    for (kind, text) in [
+        ("data", &prompts.data),
+        ("title", &prompts.title),
+        ("terse", &prompts.terse),
+        ("prompt", &prompts.base),
+    ] {
+        run.write(kind, "txt", text.clone().into_bytes()).await?;
+    }
+
+    let client = match &generator.source {
+        ImageSource::OpenAi(client) => Some(client.clone()),
+        ImageSource::Mock => None,
+    };
+    let enhanced = match &client {
+        Some(client) if !generator.no_enhance && !prompts.author.is_empty() => {
+            run.phase(Phase::EnhancePrompt)?;
+            client
+                .enhance(&enhancement_system_prompt(&prompts.author), &prompts.base)
+                .await?
+        }
+        _ => {
+            run.skip(Phase::EnhancePrompt)?;
+            prompts.base.clone()
+        }
+    };
+    let technical = format!("{}\n\n{}", prompts.technical, enhanced);
+    run.write("enhanced", "txt", enhanced.clone().into_bytes())
+        .await?;
+    run.write("technical", "txt", technical.clone().into_bytes())
+        .await?;
+    run.dress(|d| d.enhanced_prompt = enhanced.clone())?;
+
+    run.phase(Phase::ImagePrep)?;
+    let raw = match &client {
+        Some(client) => {
+            run.phase(Phase::ImageWait)?;
+            match client.request_image(&technical, &enhanced).await? {
+                ImageAnswer::Url(url) => {
+                    run.dress(|d| {
+                        d.image_url = url.clone();
+                        d.download_mode = "url".into();
+                    })?;
+                    run.phase(Phase::ImageDownload)?;
+                    client.download(&url).await?
+                }
+                ImageAnswer::Bytes(bytes) => {
+                    run.dress(|d| d.download_mode = "b64".into())?;
+                    run.phase(Phase::ImageDownload)?;
+                    bytes
+                }
+            }
+        }
+        None => {
+            run.phase(Phase::ImageWait)?;
+            let palette = [1, 2, 3].map(|n| {
+                annotate::parse_hex_color(&dress.color(false, n)).unwrap_or([128, 128, 128])
+            });
+            let address = key.address.clone();
+            let png = tokio::task::spawn_blocking(move || annotate::mock_png(&address, palette))
+                .await
+                .map_err(|e| Error::Task(e.to_string()))??;
+            run.skip(Phase::ImageDownload)?;
+            png
+        }
+    };
+
+    run.phase(Phase::Annotate)?;
+    let caption = prompts.terse.clone();
+    let (generated, annotated) = tokio::task::spawn_blocking(move || -> Result<_, Error> {
+        let annotated = annotate::annotate_png(&raw, &caption)?;
+        Ok((ensure_png(&raw)?, annotated))
+    })
+    .await
+    .map_err(|e| Error::Task(e.to_string()))??;
+
+    let output = generator.data.output();
+    let relative = |p: &PathBuf| p.strip_prefix(&output).unwrap_or(p).display().to_string();
+    let generated_path = run.write("generated", "png", generated).await?;
+    let annotated_path = generator.artifact_path(key, "annotated", "png");
+    run.dress(|d| {
+        d.generated_path = relative(&generated_path);
+        d.annotated_path = relative(&annotated_path);
+        d.completed = true;
+    })?;
+    let mut final_dress = generator
+        .progress
+        .snapshot(key)
+        .and_then(|s| s.dalle_dress)
+        .unwrap_or(dress);
+    final_dress.generated_path = relative(&generated_path);
+    final_dress.annotated_path = relative(&annotated_path);
+    final_dress.completed = true;
+    let selector =
+        serde_json::to_vec_pretty(&final_dress).map_err(|e| Error::Task(e.to_string()))?;
+    run.write("selector", "json", selector).await?;
+    // The annotated PNG goes last: its presence is what tells `/dalle` the image is done.
+    run.write("annotated", "png", annotated).await?;
+    run.clock.enter(generator, Phase::Completed);
+    generator.guarded(key, token, |p| p.complete(key))?;
+    Ok(())
+}

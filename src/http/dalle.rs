@@ -1,0 +1,191 @@
+//! `GET /dalle/<series>/<address>[?generate=1|?remove]`: parsing and validation exactly as the
+//! Go server (S§6), then the generator's decision (CONTRACT §4) mapped to a response.
+
+use std::sync::Arc;
+
+use axum::extract::{OriginalUri, Path, RawQuery, State};
+use axum::http::HeaderMap;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use super::{ApiError, Envelope, ErrorCode, RequestId};
+use crate::app::AppState;
+use crate::generation::{Flags, Outcome};
+use crate::progress::RunKey;
+
+/// `data: {}`.
+#[derive(Debug, Serialize)]
+struct Nothing {}
+
+/// `GET /dalle/{*rest}`.
+pub async fn dalle(
+    State(state): State<AppState>,
+    rid: RequestId,
+    OriginalUri(uri): OriginalUri,
+    rest: Option<Path<String>>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let generator = state.generator().map_err(ApiError::databases_unavailable)?;
+    let key = parse_path(
+        uri.path(),
+        rest.as_deref().map_or("", String::as_str),
+        |s| generator.attributes.series.names().iter().any(|n| n == s),
+    )?;
+    let outcome = Arc::clone(generator)
+        .handle(key, parse_flags(query.as_deref()), rid.as_str())
+        .await;
+    Ok(match outcome {
+        Outcome::Snapshot(snapshot) => Envelope::ok(snapshot, &rid).into_response(),
+        Outcome::Empty => Envelope::ok(Nothing {}, &rid).into_response(),
+        Outcome::Removed(name) => (
+            [(CONTENT_TYPE, "text/plain; charset=utf-8")],
+            format!("image removed {name}\n"),
+        )
+            .into_response(),
+        Outcome::Png(path) => match super::files::read(&state, path).await {
+            Some(file) => super::file::respond(&file, &headers, "image/png"),
+            // Removed between the check and the read: nothing to show, nothing spawned.
+            None => Envelope::ok(Nothing {}, &rid).into_response(),
+        },
+    })
+}
+
+/// S§6.1: split at the first `/`, lower-case both parts, validate series then address.
+fn parse_path(
+    full: &str,
+    rest: &str,
+    series_exists: impl Fn(&str) -> bool,
+) -> Result<RunKey, ApiError> {
+    let Some((series, address)) = rest.split_once('/') else {
+        return Err(ApiError::bad_request(
+            ErrorCode::InvalidRequest,
+            "Invalid request path",
+            Some(format!(
+                "Path '{full}' does not match expected format /dalle/{{series}}/{{address}}"
+            )),
+        ));
+    };
+    let series = series.to_lowercase();
+    if series.is_empty() {
+        return Err(missing("series"));
+    }
+    if !series_exists(&series) {
+        return Err(ApiError::bad_request(
+            ErrorCode::InvalidSeries,
+            "Invalid series name",
+            Some(format!("Series '{series}' not found in available series")),
+        ));
+    }
+    let address = address.to_lowercase();
+    if address.is_empty() {
+        return Err(missing("address"));
+    }
+    if !is_address(&address) {
+        return Err(ApiError::bad_request(
+            ErrorCode::InvalidAddress,
+            "Invalid address format",
+            Some(format!(
+                "Address '{address}' is not a valid Ethereum address"
+            )),
+        ));
+    }
+    Ok(RunKey { series, address })
+}
+
+fn missing(name: &str) -> ApiError {
+    ApiError::bad_request(
+        ErrorCode::MissingParameter,
+        "Missing required parameter",
+        Some(format!("Parameter '{name}' is required")),
+    )
+}
+
+/// `0x` + 40 hex digits (already lower-cased; no checksum check, as upstream).
+pub fn is_address(s: &str) -> bool {
+    s.len() == 42
+        && s.starts_with("0x")
+        && s[2..]
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// `generate` is true only for `generate=1` (its first value); `remove` for any presence.
+fn parse_flags(query: Option<&str>) -> Flags {
+    let pairs: Vec<(String, String)> = form_urlencoded::parse(query.unwrap_or("").as_bytes())
+        .into_owned()
+        .collect();
+    Flags {
+        generate: pairs
+            .iter()
+            .find(|(k, _)| k == "generate")
+            .is_some_and(|(_, v)| v == "1"),
+        remove: pairs.iter().any(|(k, _)| k == "remove"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: &str = "0xf503017d7baf7fbc0fff7492b751025c6a78179b";
+
+    fn parse(rest: &str) -> Result<RunKey, String> {
+        parse_path(&format!("/dalle/{rest}"), rest, |s| s == "simple").map_err(|e| format!("{e:?}"))
+    }
+
+    #[test]
+    fn paths_parse_and_fail_like_upstream() {
+        assert_eq!(
+            parse(&format!("Simple/{}", A.to_uppercase().replace("0X", "0x")))
+                .unwrap()
+                .address,
+            A
+        );
+        assert!(parse("simple").unwrap_err().contains("InvalidRequest"));
+        assert!(parse("").unwrap_err().contains("InvalidRequest"));
+        assert!(
+            parse(&format!("/{A}"))
+                .unwrap_err()
+                .contains("MissingParameter")
+        );
+        assert!(parse("simple/").unwrap_err().contains("MissingParameter"));
+        assert!(
+            parse(&format!("nope/{A}"))
+                .unwrap_err()
+                .contains("InvalidSeries")
+        );
+        assert!(
+            parse(&format!("simple/{A}/"))
+                .unwrap_err()
+                .contains("InvalidAddress")
+        );
+        assert!(
+            parse("simple/f503017d7baf7fbc0fff7492b751025c6a78179b")
+                .unwrap_err()
+                .contains("InvalidAddress")
+        );
+        assert!(
+            parse("simple/0xzz03017d7baf7fbc0fff7492b751025c6a78179b")
+                .unwrap_err()
+                .contains("InvalidAddress")
+        );
+    }
+
+    #[test]
+    fn flags_follow_upstream() {
+        let f = |q: &str| {
+            let flags = parse_flags(Some(q));
+            (flags.generate, flags.remove)
+        };
+        assert_eq!(f("generate=1"), (true, false));
+        assert_eq!(f("generate"), (false, false));
+        assert_eq!(f("generate=true"), (false, false));
+        assert_eq!(f("generate=1&generate=0"), (true, false));
+        assert_eq!(f("generate=0&generate=1"), (false, false));
+        assert_eq!(f("remove"), (false, true));
+        assert_eq!(f("remove=0"), (false, true));
+        assert_eq!(f("%zz=1&generate=1"), (true, false));
+    }
+}
