@@ -418,6 +418,53 @@ async fn five_failures_open_the_breaker_and_later_calls_fail_fast() {
 }
 
 #[tokio::test]
+async fn the_breaker_recovers_when_openai_does() {
+    let server = MockServer::start().await;
+    let once = RetryPolicy {
+        attempts: 1,
+        ..tiny_retries()
+    };
+    // A short reset timeout so the test waits 40 ms instead of the production 30 s.
+    let breaker = Arc::new(CircuitBreaker::new(
+        dalleserver::openai::breaker::BreakerConfig {
+            reset_timeout: Duration::from_millis(40),
+            ..Default::default()
+        },
+    ));
+    let metrics = Arc::new(Metrics::new().unwrap());
+    let client = OpenAiClient::new(&config(&server.uri()), breaker.clone(), metrics)
+        .unwrap()
+        .with_retry_policy(once);
+    Mock::given(method("POST"))
+        .and(path(IMAGES))
+        .respond_with(ResponseTemplate::new(500))
+        .up_to_n_times(5)
+        .mount(&server)
+        .await;
+    post(
+        &server,
+        IMAGES,
+        image_url_answer("http://127.0.0.1:9/x.png"),
+    )
+    .await;
+    for _ in 0..5 {
+        assert!(client.request_image("p", "").await.is_err());
+    }
+    assert_eq!(breaker.snapshot().state, BreakerState::Open);
+    tokio::time::sleep(Duration::from_millis(45)).await;
+    assert_eq!(breaker.snapshot().state, BreakerState::HalfOpen);
+    client.request_image("p", "").await.unwrap();
+    assert_eq!(
+        breaker.snapshot().state,
+        BreakerState::HalfOpen,
+        "one success is not enough"
+    );
+    client.request_image("p", "").await.unwrap();
+    assert_eq!(breaker.snapshot().state, BreakerState::Closed);
+    assert_eq!(received(&server).await.len(), 7);
+}
+
+#[tokio::test]
 async fn downloads_need_a_success_status_and_a_body() {
     let server = MockServer::start().await;
     get(&server, "/gone.png", ResponseTemplate::new(404)).await;

@@ -301,9 +301,12 @@ impl Run {
                 done += average(stats, phase).unwrap_or(0.0);
             }
         }
-        // Upstream could exceed 100 % while in a phase that has no average yet; cap it.
+        // Upstream could exceed 100 % while in a phase that has no average yet, and a run
+        // still working read "100 %" once the known phases were behind it; a run in flight
+        // tops out at 99 % until it really completes.
+        let cap = if self.current.is_work() { 99.0 } else { 100.0 };
         (
-            (done / total * 100.0).min(100.0),
+            (done / total * 100.0).min(cap),
             (total - done).max(0.0) / NS_PER_SECOND,
         )
     }
@@ -338,6 +341,24 @@ mod tests {
 
     fn secs(s: u64) -> Duration {
         Duration::from_secs(s)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_run_in_flight_never_reads_100_percent() {
+        let p = Progress::in_memory(RETENTION);
+        let k = key("simple", 3);
+        let _ = p.start(&k, "r");
+        // The first run ever: once setup has an average and the run sits in a phase that has
+        // none, the known phases are all behind it. Upstream showed 100 % here.
+        p.transition(&k, Phase::BasePrompts);
+        advance(secs(1)).await;
+        p.transition(&k, Phase::ImageWait);
+        advance(secs(3)).await;
+        let snap = p.snapshot(&k).unwrap();
+        assert!(!snap.done);
+        assert_eq!(snap.percent, 99.0);
+        p.complete(&k);
+        assert_eq!(p.snapshot(&k).unwrap().percent, 100.0);
     }
 
     #[tokio::test(start_paused = true)]
