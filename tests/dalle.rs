@@ -51,6 +51,12 @@ async fn poll_done(server: &Server, series: &str, address: &str, limit: Duration
     }
 }
 
+/// `?generate=1`, then polls until done (see [`poll_done`]).
+async fn generate_and_wait(server: &Server, address: &str, limit: Duration) -> Value {
+    get_json(&server.url(&format!("/dalle/simple/{address}?generate=1"))).await;
+    poll_done(server, "simple", address, limit).await
+}
+
 /// A small real PNG for the mock OpenAI to return.
 fn tiny_png(rgb: [u8; 3]) -> Vec<u8> {
     let img = image::RgbImage::from_fn(64, 48, |x, y| {
@@ -82,6 +88,25 @@ fn live(mock: &MockServer, extra: &[(&str, &str)]) -> Options {
         env,
         ..Options::default()
     }
+}
+
+/// Every image request to the mock gets `answer`.
+async fn answer_images(mock: &MockServer, answer: ResponseTemplate) {
+    Mock::given(method("POST"))
+        .and(path("/images/generations"))
+        .respond_with(answer)
+        .mount(mock)
+        .await;
+}
+
+/// The next image request (only) gets `answer`; mount it before the default answer.
+async fn answer_images_once(mock: &MockServer, answer: ResponseTemplate) {
+    Mock::given(method("POST"))
+        .and(path("/images/generations"))
+        .respond_with(answer)
+        .up_to_n_times(1)
+        .mount(mock)
+        .await;
 }
 
 async fn image_requests(mock: &MockServer) -> usize {
@@ -156,8 +181,7 @@ async fn mock_mode_generates_a_captioned_png_end_to_end() {
 
     // Same address, same bytes (mock images and annotation are deterministic).
     let again = Server::start();
-    get_json(&again.url(&format!("/dalle/simple/{A}?generate=1"))).await;
-    poll_done(&again, "simple", A, Duration::from_secs(60)).await;
+    generate_and_wait(&again, A, Duration::from_secs(60)).await;
     let second = client()
         .get(again.url(&format!("/dalle/simple/{A}")))
         .send()
@@ -172,8 +196,7 @@ async fn mock_mode_generates_a_captioned_png_end_to_end() {
 #[tokio::test]
 async fn png_responses_honour_conditional_range_and_head_requests() {
     let server = Server::start();
-    get_json(&server.url(&format!("/dalle/simple/{A}?generate=1"))).await;
-    poll_done(&server, "simple", A, Duration::from_secs(60)).await;
+    generate_and_wait(&server, A, Duration::from_secs(60)).await;
     let url = server.url(&format!("/dalle/simple/{A}"));
     let c = client();
     let full = c.get(&url).send().await.unwrap();
@@ -318,19 +341,14 @@ async fn invalid_requests_get_the_legacy_codes() {
 async fn live_mode_with_b64_and_url_answers() {
     let mock = MockServer::start().await;
     let png = tiny_png([200, 120, 40]);
-    Mock::given(method("POST"))
-        .and(path("/images/generations"))
-        .respond_with(b64_answer(&png))
-        .up_to_n_times(1)
-        .mount(&mock)
-        .await;
-    Mock::given(method("POST"))
-        .and(path("/images/generations"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(
+    answer_images_once(&mock, b64_answer(&png)).await;
+    answer_images(
+        &mock,
+        ResponseTemplate::new(200).set_body_json(
             serde_json::json!({"data": [{"url": format!("{}/files/img.png", mock.uri())}]}),
-        ))
-        .mount(&mock)
-        .await;
+        ),
+    )
+    .await;
     Mock::given(method("GET"))
         .and(path("/files/img.png"))
         .respond_with(ResponseTemplate::new(200).set_body_bytes(png.clone()))
@@ -345,8 +363,7 @@ async fn live_mode_with_b64_and_url_answers() {
         .await;
     let server = Server::start_with(live(&mock, &[]));
     for address in [A, B] {
-        get_json(&server.url(&format!("/dalle/simple/{address}?generate=1"))).await;
-        let done = poll_done(&server, "simple", address, Duration::from_secs(60)).await;
+        let done = generate_and_wait(&server, address, Duration::from_secs(60)).await;
         assert!(
             done.get("png").is_some() || done["data"]["error"] == "",
             "{done:#}"
@@ -390,11 +407,11 @@ async fn live_mode_with_b64_and_url_answers() {
 #[tokio::test]
 async fn simultaneous_generate_requests_cause_one_upstream_image_request() {
     let mock = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path("/images/generations"))
-        .respond_with(b64_answer(&tiny_png([10, 20, 30])).set_delay(Duration::from_millis(600)))
-        .mount(&mock)
-        .await;
+    answer_images(
+        &mock,
+        b64_answer(&tiny_png([10, 20, 30])).set_delay(Duration::from_millis(600)),
+    )
+    .await;
     let server = Server::start_with(live(&mock, &[("TB_DALLE_NO_ENHANCE", "1")]));
     let url = server.url(&format!("/dalle/simple/{A}?generate=1"));
     let tasks: Vec<_> = (0..12)
@@ -415,16 +432,11 @@ async fn get_json_owned(url: String) -> Value {
 #[tokio::test]
 async fn content_policy_refusal_is_final_until_removed() {
     let mock = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path("/images/generations"))
-        .respond_with(ResponseTemplate::new(400).set_body_json(
+    answer_images(&mock, ResponseTemplate::new(400).set_body_json(
             serde_json::json!({"error": {"code": "content_policy_violation", "message": "Your request was rejected by the safety system."}}),
-        ))
-        .mount(&mock)
-        .await;
+        )).await;
     let server = Server::start_with(live(&mock, &[("TB_DALLE_NO_ENHANCE", "1")]));
-    get_json(&server.url(&format!("/dalle/simple/{A}?generate=1"))).await;
-    let done = poll_done(&server, "simple", A, Duration::from_secs(30)).await;
+    let done = generate_and_wait(&server, A, Duration::from_secs(30)).await;
     assert_eq!(done["data"]["currentPhase"], "failed", "{done:#}");
     assert_eq!(
         done["data"]["error"],
@@ -442,8 +454,7 @@ async fn content_policy_refusal_is_final_until_removed() {
         get_json(&server.url(&format!("/dalle/simple/{A}?remove"))).await["data"],
         serde_json::json!({})
     );
-    get_json(&server.url(&format!("/dalle/simple/{A}?generate=1"))).await;
-    poll_done(&server, "simple", A, Duration::from_secs(30)).await;
+    generate_and_wait(&server, A, Duration::from_secs(30)).await;
     assert_eq!(
         image_requests(&mock).await,
         2,
@@ -454,14 +465,13 @@ async fn content_policy_refusal_is_final_until_removed() {
 #[tokio::test]
 async fn server_errors_are_retried_then_the_breaker_opens_without_making_the_server_unready() {
     let mock = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path("/images/generations"))
-        .respond_with(ResponseTemplate::new(503).set_body_string("upstream overloaded"))
-        .mount(&mock)
-        .await;
+    answer_images(
+        &mock,
+        ResponseTemplate::new(503).set_body_string("upstream overloaded"),
+    )
+    .await;
     let server = Server::start_with(live(&mock, &[("TB_DALLE_NO_ENHANCE", "1")]));
-    get_json(&server.url(&format!("/dalle/simple/{A}?generate=1"))).await;
-    let first = poll_done(&server, "simple", A, Duration::from_secs(30)).await;
+    let first = generate_and_wait(&server, A, Duration::from_secs(30)).await;
     assert!(
         first["data"]["error"]
             .as_str()
@@ -471,8 +481,7 @@ async fn server_errors_are_retried_then_the_breaker_opens_without_making_the_ser
     );
     assert_eq!(image_requests(&mock).await, 3, "3 attempts");
 
-    get_json(&server.url(&format!("/dalle/simple/{B}?generate=1"))).await;
-    let second = poll_done(&server, "simple", B, Duration::from_secs(30)).await;
+    let second = generate_and_wait(&server, B, Duration::from_secs(30)).await;
     assert!(
         second["data"]["error"]
             .as_str()
@@ -537,25 +546,17 @@ async fn server_errors_are_retried_then_the_breaker_opens_without_making_the_ser
 #[tokio::test]
 async fn rate_limits_honour_retry_after() {
     let mock = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path("/images/generations"))
-        .respond_with(
-            ResponseTemplate::new(429)
-                .insert_header("Retry-After", "1")
-                .set_body_string("slow down"),
-        )
-        .up_to_n_times(1)
-        .mount(&mock)
-        .await;
-    Mock::given(method("POST"))
-        .and(path("/images/generations"))
-        .respond_with(b64_answer(&tiny_png([1, 2, 3])))
-        .mount(&mock)
-        .await;
+    answer_images_once(
+        &mock,
+        ResponseTemplate::new(429)
+            .insert_header("Retry-After", "1")
+            .set_body_string("slow down"),
+    )
+    .await;
+    answer_images(&mock, b64_answer(&tiny_png([1, 2, 3]))).await;
     let server = Server::start_with(live(&mock, &[("TB_DALLE_NO_ENHANCE", "1")]));
     let start = Instant::now();
-    get_json(&server.url(&format!("/dalle/simple/{A}?generate=1"))).await;
-    let done = poll_done(&server, "simple", A, Duration::from_secs(30)).await;
+    let done = generate_and_wait(&server, A, Duration::from_secs(30)).await;
     assert!(
         done.get("png").is_some() || done["data"]["error"] == "",
         "{done:#}"
@@ -570,11 +571,11 @@ async fn rate_limits_honour_retry_after() {
 #[tokio::test]
 async fn a_stalled_image_request_is_not_repeated() {
     let mock = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path("/images/generations"))
-        .respond_with(b64_answer(&tiny_png([1, 2, 3])).set_delay(Duration::from_secs(5)))
-        .mount(&mock)
-        .await;
+    answer_images(
+        &mock,
+        b64_answer(&tiny_png([1, 2, 3])).set_delay(Duration::from_secs(5)),
+    )
+    .await;
     let server = Server::start_with(live(
         &mock,
         &[
@@ -582,8 +583,7 @@ async fn a_stalled_image_request_is_not_repeated() {
             ("TB_DALLE_IMAGE_TIMEOUT", "1s"),
         ],
     ));
-    get_json(&server.url(&format!("/dalle/simple/{A}?generate=1"))).await;
-    let done = poll_done(&server, "simple", A, Duration::from_secs(30)).await;
+    let done = generate_and_wait(&server, A, Duration::from_secs(30)).await;
     assert_eq!(done["data"]["currentPhase"], "failed", "{done:#}");
     assert!(
         done["data"]["error"]
@@ -602,11 +602,11 @@ async fn a_stalled_image_request_is_not_repeated() {
 #[tokio::test]
 async fn runs_beyond_the_concurrency_limit_wait_in_a_queue() {
     let mock = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path("/images/generations"))
-        .respond_with(b64_answer(&tiny_png([9, 9, 9])).set_delay(Duration::from_millis(800)))
-        .mount(&mock)
-        .await;
+    answer_images(
+        &mock,
+        b64_answer(&tiny_png([9, 9, 9])).set_delay(Duration::from_millis(800)),
+    )
+    .await;
     let mut opts = live(&mock, &[("TB_DALLE_NO_ENHANCE", "1")]);
     opts.args = vec!["--max-concurrent".into(), "1".into()];
     let server = Server::start_with(opts);
@@ -633,8 +633,7 @@ async fn phase_averages_survive_a_restart() {
     };
     {
         let server = Server::start_with(opts());
-        get_json(&server.url(&format!("/dalle/simple/{A}?generate=1"))).await;
-        poll_done(&server, "simple", A, Duration::from_secs(60)).await;
+        generate_and_wait(&server, A, Duration::from_secs(60)).await;
     }
     let stats: Value = serde_json::from_slice(
         &std::fs::read(data.join("metrics/progress_phase_stats.json")).unwrap(),
