@@ -604,3 +604,55 @@ fn unloadable_databases_make_the_server_unready_not_dead() {
     assert_eq!(resp.status(), 503);
     assert_eq!(json(resp)["error"]["code"], "SERVICE_UNAVAILABLE");
 }
+
+#[test]
+fn files_serves_only_plain_files_inside_the_output_dir() {
+    let server = Server::start();
+    let out = server.data_dir.join("output/simple/annotated");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join("0xabc.png"), b"\x89PNG\r\n\x1a\nfake").unwrap();
+    std::fs::write(out.join(".hidden.png"), b"secret").unwrap();
+    std::fs::write(server.data_dir.join("outside.txt"), b"secret").unwrap();
+    std::os::unix::fs::symlink(server.data_dir.join("outside.txt"), out.join("link.txt")).unwrap();
+    let c = client();
+
+    let resp = c
+        .get(server.url("/files/simple/annotated/0xabc.png"))
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "image/png");
+    assert_eq!(resp.headers()["cache-control"], "no-cache");
+    assert!(resp.headers()["etag"].to_str().unwrap().starts_with('"'));
+    assert!(
+        resp.headers().contains_key("x-request-id"),
+        "/files goes through the middleware"
+    );
+    assert_eq!(resp.bytes().unwrap().as_ref(), b"\x89PNG\r\n\x1a\nfake");
+
+    for path in [
+        "/files/simple/annotated/",
+        "/files/simple",
+        "/files/simple/annotated/.hidden.png",
+        "/files/simple/annotated/link.txt",
+        "/files/nope.png",
+    ] {
+        let resp = c.get(server.url(path)).send().unwrap();
+        assert_eq!(resp.status(), 404, "{path}");
+        assert_eq!(json(resp)["error"]["code"], "NOT_FOUND", "{path}");
+    }
+    // Encoded traversal is refused before any file access; double-encoded is just a name.
+    for (path, status) in [
+        ("/files/%2e%2e/outside.txt", 400),
+        ("/files/simple/..%2F..%2Foutside.txt", 400),
+        ("/files/%252e%252e/outside.txt", 404),
+        (
+            "/files/simple/%252e%252e%252f%252e%252e%252foutside.txt",
+            404,
+        ),
+    ] {
+        let resp = raw_request(&server.addr, "GET", path);
+        assert_eq!(resp.status, status, "{path}: {}", resp.body);
+        assert!(!resp.body.contains("secret"), "{path}");
+    }
+}
