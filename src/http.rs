@@ -11,6 +11,7 @@ mod files;
 mod health;
 mod metrics;
 pub mod observe;
+mod preview;
 pub mod request_id;
 mod root;
 mod series;
@@ -33,6 +34,7 @@ pub fn router(state: AppState) -> Router {
         .route("/dalle/", get(dalle::dalle))
         .route("/dalle/{*rest}", get(dalle::dalle))
         .route("/files/{*path}", get(files::files))
+        .route("/preview", get(preview::preview))
         .route("/health", get(health::health))
         .route("/livez", get(health::livez))
         .route("/readyz", get(health::readyz))

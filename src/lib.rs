@@ -7,6 +7,7 @@
 //! - [`health`], [`metrics`]: operational views over the components.
 //! - [`attributes`], [`prompts`]: the pure domain — databases, series, selection, prompts.
 //! - [`generation`], [`progress`], [`openai`], [`annotate`]: the `/dalle` pipeline.
+//! - [`gallery`]: the image listing behind `/preview`.
 //! - [`storage`]: the data directory and atomic writes.
 //! - [`config`]: flags, environment and `.env`.
 
@@ -14,6 +15,7 @@ pub mod annotate;
 pub mod app;
 pub mod attributes;
 pub mod config;
+pub mod gallery;
 pub mod generation;
 pub mod health;
 pub mod http;

@@ -11,6 +11,7 @@ pub const ENDPOINTS: &str = "\
 Endpoints:
   /series - list valid series
   /dalle/<series>/<address>?[generate=1|remove] - request, poll or remove an image
+  /preview[?series=&page=&per_page=] - HTML gallery of generated annotated images
   /files/<series>/annotated/<address>.png - generated files
   /health[?check=liveness|readiness] | /livez | /readyz - health probes
   /metrics[?format=json] - Prometheus metrics

@@ -1,0 +1,222 @@
+//! `GET /preview`: the HTML gallery (S§14) — series groups newest first, a client-side
+//! filter, a column slider kept in `localStorage`, lazy images from `/files/`, live progress
+//! bars for runs in flight, and server-side `?series=`, `?page=`, `?per_page=` so that large
+//! galleries stay fast. The page is rendered to a string first, so a template failure is a
+//! clean 500 `TEMPLATE_ERROR` instead of half a page.
+
+use std::collections::HashMap;
+use std::time::SystemTime;
+
+use askama::Template;
+use axum::extract::{Query, State};
+use axum::response::{Html, IntoResponse, Response};
+use time::OffsetDateTime;
+
+use super::ApiError;
+use crate::app::AppState;
+use crate::gallery::{self, DEFAULT_PER_PAGE, checksum_address};
+
+#[derive(Template)]
+#[template(path = "preview.html")]
+struct PreviewPage {
+    groups: Vec<Group>,
+    series: Vec<SeriesLink>,
+    running: Vec<Running>,
+    selected: Option<String>,
+    total: usize,
+    total_all: usize,
+    page: usize,
+    pages: usize,
+    prev_href: Option<String>,
+    next_href: Option<String>,
+    generated_at: String,
+}
+
+struct Group {
+    series: String,
+    total: usize,
+    figures: Vec<Figure>,
+}
+
+struct Figure {
+    src: String,
+    address: String,
+    time: String,
+}
+
+struct SeriesLink {
+    name: String,
+    count: usize,
+    href: String,
+    active: bool,
+}
+
+struct Running {
+    series: String,
+    address: String,
+    poll_url: String,
+    percent: u32,
+    phase: String,
+}
+
+/// `GET /preview`.
+pub async fn preview(
+    State(state): State<AppState>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let selected = q
+        .get("series")
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty());
+    let number = |key: &str, default: usize| {
+        q.get(key)
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(default)
+    };
+    let (page_no, per_page) = (number("page", 1), number("per_page", DEFAULT_PER_PAGE));
+    let output = state.data.output();
+    let entries = tokio::task::spawn_blocking(move || gallery::scan(&output))
+        .await
+        .map_err(|e| ApiError::Internal(format!("gallery scan failed: {e}")))?;
+    let page = gallery::paginate(entries, selected.as_deref(), page_no, per_page);
+    let html = render(&state, page, selected).map_err(|e| ApiError::Template(e.to_string()))?;
+    Ok(Html(html).into_response())
+}
+
+fn render(
+    state: &AppState,
+    page: gallery::Page,
+    selected: Option<String>,
+) -> askama::Result<String> {
+    let href = |series: Option<&str>, page_no: usize| {
+        let mut query = form_urlencoded::Serializer::new(String::new());
+        if let Some(s) = series {
+            query.append_pair("series", s);
+        }
+        if page_no > 1 {
+            query.append_pair("page", &page_no.to_string());
+        }
+        if page.per_page != DEFAULT_PER_PAGE {
+            query.append_pair("per_page", &page.per_page.to_string());
+        }
+        let query = query.finish();
+        if query.is_empty() {
+            "/preview".to_string()
+        } else {
+            format!("/preview?{query}")
+        }
+    };
+    let mut groups: Vec<Group> = Vec::new();
+    for entry in page.entries {
+        let figure = Figure {
+            src: format!("/files/{}", encode_path(&entry.rel_path)),
+            address: checksum_address(&entry.stem),
+            time: clock(entry.modified),
+        };
+        match groups.last_mut() {
+            Some(g) if g.series == entry.series => g.figures.push(figure),
+            _ => groups.push(Group {
+                total: page
+                    .series
+                    .iter()
+                    .find(|s| s.series == entry.series)
+                    .map_or(0, |s| s.count),
+                series: entry.series,
+                figures: vec![figure],
+            }),
+        }
+    }
+    let running = state
+        .progress
+        .active()
+        .into_iter()
+        .filter(|s| !s.done)
+        .map(|s| Running {
+            poll_url: format!(
+                "/dalle/{}/{}",
+                encode_path(&s.series),
+                encode_path(&s.address)
+            ),
+            address: checksum_address(&s.address),
+            percent: s.percent.clamp(0.0, 100.0) as u32,
+            phase: s.current_phase.as_str().to_string(),
+            series: s.series,
+        })
+        .collect();
+    let view = PreviewPage {
+        series: page
+            .series
+            .iter()
+            .map(|s| SeriesLink {
+                href: href(Some(&s.series), 1),
+                active: selected.as_deref() == Some(s.series.as_str()),
+                name: s.series.clone(),
+                count: s.count,
+            })
+            .collect(),
+        total_all: page.series.iter().map(|s| s.count).sum(),
+        prev_href: (page.page > 1).then(|| href(selected.as_deref(), page.page - 1)),
+        next_href: (page.page < page.pages).then(|| href(selected.as_deref(), page.page + 1)),
+        groups,
+        running,
+        selected,
+        total: page.total,
+        page: page.page,
+        pages: page.pages,
+        generated_at: format!("{} UTC", clock(SystemTime::now())),
+    };
+    view.render()
+}
+
+/// `YYYY-MM-DD HH:MM:SS` in UTC.
+fn clock(t: SystemTime) -> String {
+    let d = OffsetDateTime::from(t);
+    format!(
+        "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
+        d.year(),
+        u8::from(d.month()),
+        d.day(),
+        d.hour(),
+        d.minute(),
+        d.second()
+    )
+}
+
+/// Percent-encodes each `/`-separated segment (file and series names may hold spaces).
+fn encode_path(path: &str) -> String {
+    path.split('/')
+        .map(|seg| {
+            seg.bytes()
+                .map(|b| match b {
+                    b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                        (b as char).to_string()
+                    }
+                    _ => format!("%{b:02X}"),
+                })
+                .collect::<String>()
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_encoded_per_segment() {
+        assert_eq!(
+            encode_path("my series/annotated/0xab.png"),
+            "my%20series/annotated/0xab.png"
+        );
+        assert_eq!(encode_path("a\"b/<c>"), "a%22b/%3Cc%3E");
+    }
+
+    #[test]
+    fn clock_is_utc() {
+        assert_eq!(
+            clock(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(86_400 + 3_661)),
+            "1970-01-02 01:01:01"
+        );
+    }
+}
