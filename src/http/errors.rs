@@ -67,6 +67,9 @@ fn report(s: &MetricsSnapshot) -> String {
             s.file_operation_errors, s.file_operations
         );
     }
-    out.push_str("\nUse ?clear to reset error metrics\nUse ?format=json for JSON output\n");
+    if !out.ends_with("\n\n") {
+        out.push('\n');
+    }
+    out.push_str("Use ?clear to reset error metrics\nUse ?format=json for JSON output\n");
     out
 }
