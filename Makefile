@@ -2,7 +2,7 @@
 
 CARGO ?= cargo
 
-.PHONY: run build test lint fmt bench clean
+.PHONY: run build test lint fmt bench book clean
 
 ## Run the server (mock mode when OPENAI_API_KEY is unset).
 run:
@@ -26,5 +26,10 @@ fmt:
 bench:
 	$(CARGO) bench
 
+## The mdBook (needs `cargo install mdbook --locked --version 0.4.52 --no-default-features`).
+book:
+	mdbook build book
+
 clean:
 	$(CARGO) clean
+	rm -rf book/book

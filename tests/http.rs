@@ -656,3 +656,65 @@ fn files_serves_only_plain_files_inside_the_output_dir() {
         assert!(!resp.body.contains("secret"), "{path}");
     }
 }
+
+#[test]
+fn preview_lists_pages_and_escapes_what_it_shows() {
+    let server = Server::start();
+    let c = client();
+    let resp = c.get(server.url("/preview")).send().unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "text/html; charset=utf-8");
+    let empty = resp.text().unwrap();
+    assert!(
+        empty.contains("No annotated images found yet"),
+        "clean empty state"
+    );
+    assert!(empty.contains("Found 0 images."));
+
+    let out = server.data_dir.join("output");
+    for (series, n) in [("simple", 5usize), ("odd<b>&\"name", 1)] {
+        let dir = out.join(series).join("annotated");
+        std::fs::create_dir_all(&dir).unwrap();
+        for i in 0..n {
+            std::fs::write(dir.join(format!("0x{i:040x}.png")), b"png").unwrap();
+        }
+    }
+    let page = c
+        .get(server.url("/preview"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(page.contains("Found 6 images."), "{page}");
+    assert!(!page.contains("odd<b>"), "series names must be escaped");
+    assert!(
+        page.contains("odd&#60;b&#62;&#38;&#34;name")
+            || page.contains("odd&lt;b&gt;&amp;&quot;name"),
+        "{page}"
+    );
+    assert!(
+        page.contains("src=\"/files/odd%3Cb%3E%26%22name/annotated/"),
+        "URL-encoded image path"
+    );
+    assert!(page.contains("loading=\"lazy\""));
+
+    // Server-side paging and series selection.
+    let page = c
+        .get(server.url("/preview?series=simple&per_page=2&page=3"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(page.contains("Page 3 of 3"), "{page}");
+    assert!(page.contains("Found 5 images."));
+    assert_eq!(page.matches("<figure>").count(), 1);
+    let page = c
+        .get(server.url("/preview?page=abc&per_page=-1"))
+        .send()
+        .unwrap();
+    assert_eq!(
+        page.status(),
+        200,
+        "bad paging values fall back to defaults"
+    );
+}
