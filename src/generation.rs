@@ -10,9 +10,10 @@ use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 
 use crate::attributes::Attributes;
+use crate::attributes::dress::DalleDress;
 use crate::metrics::Metrics;
 use crate::openai::OpenAiClient;
 use crate::progress::{Progress, RunKey, Snapshot, StartOutcome};
@@ -27,6 +28,49 @@ pub enum ImageSource {
     /// OpenAI (or any compatible server).
     OpenAi(Arc<OpenAiClient>),
 }
+
+/// What a run should do.
+#[derive(Debug, Clone, Default)]
+pub struct JobOptions {
+    /// Legacy `/dalle` runs also write the prompt sidecars and the selector JSON.
+    pub legacy: bool,
+    pub enhance: bool,
+    pub image: bool,
+    pub annotate: bool,
+    pub backstyle: Option<String>,
+    /// An enhanced prompt to reuse instead of calling the chat model again.
+    pub enhanced: Option<String>,
+}
+
+impl JobOptions {
+    /// The `/dalle` run: enhance when possible, image, caption, sidecars.
+    pub fn legacy() -> JobOptions {
+        JobOptions {
+            legacy: true,
+            enhance: true,
+            image: true,
+            annotate: true,
+            ..JobOptions::default()
+        }
+    }
+}
+
+/// What a finished run produced.
+#[derive(Debug, Clone)]
+pub struct RunOutput {
+    pub dress: DalleDress,
+    pub prompts: crate::prompts::Prompts,
+    pub enhanced: String,
+    /// True when `enhanced` came from the chat model (now or reused), not the base prompt.
+    pub enhanced_ran: bool,
+    /// The technical prompt followed by the enhanced one: what the image request sends.
+    pub technical: String,
+    pub generated: Option<PathBuf>,
+    pub annotated: Option<PathBuf>,
+}
+
+/// How a run ended, for callers that wait for it.
+pub type RunResult = Result<Arc<RunOutput>, String>;
 
 /// Everything the generator needs, shared with its tasks.
 #[derive(Debug)]
@@ -43,6 +87,8 @@ pub struct Generator {
     gates: Mutex<HashMap<RunKey, Arc<Mutex<()>>>>,
     slots: Arc<Semaphore>,
     queue: Mutex<VecDeque<RunKey>>,
+    /// The outcome channel of every run in flight, for callers that wait (the `/v1` API).
+    running: Mutex<HashMap<RunKey, watch::Receiver<Option<RunResult>>>>,
 }
 
 /// What a `/dalle` request resolved to.
@@ -98,6 +144,7 @@ impl Generator {
             gates: Mutex::new(HashMap::new()),
             slots: Arc::new(Semaphore::new(settings.max_concurrent.max(1))),
             queue: Mutex::new(VecDeque::new()),
+            running: Mutex::new(HashMap::new()),
         }
     }
 
@@ -182,20 +229,39 @@ impl Generator {
         ))
     }
 
-    /// Starts a run for `key` unless one is in flight (then its snapshot is the answer).
+    /// Starts a legacy `/dalle` run for `key` unless one is in flight (then its snapshot is
+    /// the answer).
     pub fn start(self: &Arc<Self>, key: RunKey, request_id: &str) -> Snapshot {
-        let token = {
+        self.start_job(key, JobOptions::legacy(), request_id).0
+    }
+
+    /// Starts a run (or joins the one in flight for `key`) and returns its first snapshot and
+    /// a channel that receives the outcome; `true` when a new run was started.
+    pub fn start_job(
+        self: &Arc<Self>,
+        key: RunKey,
+        options: JobOptions,
+        request_id: &str,
+    ) -> (Snapshot, watch::Receiver<Option<RunResult>>, bool) {
+        let (token, outcome) = {
             let mut locks = lock(&self.locks);
             let Some(token) = locks.try_acquire(&key) else {
                 drop(locks);
-                return self
+                let snapshot = self
                     .progress
                     .snapshot(&key)
                     .unwrap_or_else(|| Snapshot::empty(&key));
+                let outcome = lock(&self.running)
+                    .get(&key)
+                    .cloned()
+                    .unwrap_or_else(|| watch::channel(None).1);
+                return (snapshot, outcome, false);
             };
             // Under the lock table's mutex, so a stale run cannot update progress in between.
             self.progress.restart(&key, request_id);
-            token
+            let (tx, rx) = watch::channel(None);
+            lock(&self.running).insert(key.clone(), rx.clone());
+            ((token, tx), rx)
         };
         let snapshot = self
             .progress
@@ -203,11 +269,17 @@ impl Generator {
             .unwrap_or_else(|| Snapshot::empty(&key));
         let this = Arc::clone(self);
         let request_id = request_id.to_string();
-        tokio::spawn(async move { this.run(key, token, request_id).await });
-        snapshot
+        tokio::spawn(async move { this.run(key, token, options, request_id).await });
+        (snapshot, outcome, true)
     }
 
-    async fn run(self: Arc<Self>, key: RunKey, token: Token, request_id: String) {
+    async fn run(
+        self: Arc<Self>,
+        key: RunKey,
+        (token, outcome): (Token, watch::Sender<Option<RunResult>>),
+        options: JobOptions,
+        request_id: String,
+    ) {
         let span = tracing::info_span!("generation", request_id = %request_id, series = %key.series, address = %key.address);
         let _permit = match self.slots.clone().try_acquire_owned() {
             Ok(permit) => permit,
@@ -217,25 +289,34 @@ impl Generator {
                 self.dequeue(&key);
                 match permit {
                     Ok(permit) => permit,
-                    Err(_) => return, // the semaphore is never closed
+                    // The semaphore is never closed; answer waiters anyway.
+                    Err(_) => {
+                        outcome.send_replace(Some(Err("generation slots closed".into())));
+                        return;
+                    }
                 }
             }
         };
         self.metrics.generations_in_flight.inc();
-        let result =
-            tracing::Instrument::instrument(pipeline::run(&self, &key, token), span.clone()).await;
+        let result = tracing::Instrument::instrument(
+            pipeline::run(&self, &key, token, &options),
+            span.clone(),
+        )
+        .await;
         self.metrics.generations_in_flight.dec();
         let _enter = span.enter();
-        match result {
-            Ok(()) => {
+        let reported = match result {
+            Ok(output) => {
                 self.metrics
                     .generations
                     .with_label_values(&["completed"])
                     .inc();
                 tracing::info!("generation completed");
+                Ok(Arc::new(output))
             }
             Err(pipeline::Error::Superseded) => {
-                tracing::warn!("lock taken over after its TTL; this run stopped")
+                tracing::warn!("lock taken over after its TTL; this run stopped");
+                Err(pipeline::Error::Superseded.to_string())
             }
             Err(err) => {
                 self.metrics
@@ -245,9 +326,17 @@ impl Generator {
                 self.metrics.record_error("GENERATION_ERROR", "dalle");
                 tracing::error!(error = %err, "generation failed");
                 let _ = self.guarded(&key, token, |p| p.fail(&key, err.to_string()));
+                Err(err.to_string())
             }
+        };
+        {
+            let mut locks = lock(&self.locks);
+            if locks.owns(&key, token) {
+                lock(&self.running).remove(&key);
+            }
+            locks.release(&key, token);
         }
-        lock(&self.locks).release(&key, token);
+        outcome.send_replace(Some(reported));
         self.drop_gate(&key);
     }
 

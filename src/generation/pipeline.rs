@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::{Generator, ImageSource, Token};
+use super::{Generator, ImageSource, JobOptions, RunOutput, Token};
 use crate::annotate;
 use crate::attributes::dress::DalleDress;
 use crate::openai::{ImageAnswer, OpenAiError, enhancement_system_prompt};
@@ -60,6 +60,7 @@ struct Run<'a> {
     key: &'a RunKey,
     token: Token,
     clock: PhaseClock,
+    options_legacy: bool,
 }
 
 impl Run<'_> {
@@ -127,58 +128,98 @@ fn ensure_png(raw: &[u8]) -> Result<Vec<u8>, Error> {
     Ok(out.into_inner())
 }
 
-/// Runs the whole pipeline for `key`.
-pub async fn run(generator: &Arc<Generator>, key: &RunKey, token: Token) -> Result<(), Error> {
+/// Runs the whole pipeline for `key` with `options`.
+pub async fn run(
+    generator: &Arc<Generator>,
+    key: &RunKey,
+    token: Token,
+    options: &JobOptions,
+) -> Result<RunOutput, Error> {
     let mut run = Run {
         generator,
         key,
         token,
         clock: PhaseClock { current: None },
+        options_legacy: options.legacy,
     };
     run.clock.enter(generator, Phase::Setup);
 
     run.phase(Phase::BasePrompts)?;
-    let (dress, prompts) = generator
-        .attributes
-        .dress(&key.address, &key.series, None)?;
+    let (dress, prompts) =
+        generator
+            .attributes
+            .dress(&key.address, &key.series, options.backstyle.as_deref())?;
     generator.guarded(key, token, |p| p.set_dress(key, dress.clone()))?;
-    for (kind, text) in [
-        ("data", &prompts.data),
-        ("title", &prompts.title),
-        ("terse", &prompts.terse),
-        ("prompt", &prompts.base),
-    ] {
-        run.write(kind, "txt", text.clone().into_bytes()).await?;
+    if options.legacy {
+        for (kind, text) in [
+            ("data", &prompts.data),
+            ("title", &prompts.title),
+            ("terse", &prompts.terse),
+            ("prompt", &prompts.base),
+        ] {
+            run.write(kind, "txt", text.clone().into_bytes()).await?;
+        }
     }
 
     let client = match &generator.source {
         ImageSource::OpenAi(client) => Some(client.clone()),
         ImageSource::Mock => None,
     };
-    let enhanced = match &client {
-        Some(client) if !generator.no_enhance && !prompts.author.is_empty() => {
+    let (enhanced, enhanced_ran) = match (&options.enhanced, &client) {
+        (Some(previous), _) => {
+            run.skip(Phase::EnhancePrompt)?;
+            (previous.clone(), true)
+        }
+        (None, Some(client))
+            if options.enhance && !generator.no_enhance && !prompts.author.is_empty() =>
+        {
             run.phase(Phase::EnhancePrompt)?;
-            client
-                .enhance(&enhancement_system_prompt(&prompts.author), &prompts.base)
-                .await?
+            let system = enhancement_system_prompt(&prompts.author);
+            (client.enhance(&system, &prompts.base).await?, true)
         }
         _ => {
             run.skip(Phase::EnhancePrompt)?;
-            prompts.base.clone()
+            (prompts.base.clone(), false)
         }
     };
     let technical = format!("{}\n\n{}", prompts.technical, enhanced);
-    run.write("enhanced", "txt", enhanced.clone().into_bytes())
-        .await?;
-    run.write("technical", "txt", technical.clone().into_bytes())
-        .await?;
+    if options.legacy {
+        run.write("enhanced", "txt", enhanced.clone().into_bytes())
+            .await?;
+        run.write("technical", "txt", technical.clone().into_bytes())
+            .await?;
+    }
     run.dress(|d| d.enhanced_prompt = enhanced.clone())?;
+
+    let mut output = RunOutput {
+        dress,
+        prompts,
+        enhanced,
+        enhanced_ran,
+        technical,
+        generated: None,
+        annotated: None,
+    };
+    if !options.image {
+        for phase in [
+            Phase::ImagePrep,
+            Phase::ImageWait,
+            Phase::ImageDownload,
+            Phase::Annotate,
+        ] {
+            run.skip(phase)?;
+        }
+        return finish(&mut run, output, None).await;
+    }
 
     run.phase(Phase::ImagePrep)?;
     let raw = match &client {
         Some(client) => {
             run.phase(Phase::ImageWait)?;
-            match client.request_image(&technical, &enhanced).await? {
+            match client
+                .request_image(&output.technical, &output.enhanced)
+                .await?
+            {
                 ImageAnswer::Url(url) => {
                     run.dress(|d| {
                         d.image_url = url.clone();
@@ -197,7 +238,7 @@ pub async fn run(generator: &Arc<Generator>, key: &RunKey, token: Token) -> Resu
         None => {
             run.phase(Phase::ImageWait)?;
             let palette = [1, 2, 3].map(|n| {
-                annotate::parse_hex_color(&dress.color(false, n)).unwrap_or([128, 128, 128])
+                annotate::parse_hex_color(&output.dress.color(false, n)).unwrap_or([128, 128, 128])
             });
             let address = key.address.clone();
             let png = tokio::task::spawn_blocking(move || annotate::mock_png(&address, palette))
@@ -208,38 +249,60 @@ pub async fn run(generator: &Arc<Generator>, key: &RunKey, token: Token) -> Resu
         }
     };
 
-    run.phase(Phase::Annotate)?;
-    let caption = prompts.terse.clone();
+    let caption = options.annotate.then(|| output.prompts.terse.clone());
+    if caption.is_some() {
+        run.phase(Phase::Annotate)?;
+    } else {
+        run.skip(Phase::Annotate)?;
+    }
     let (generated, annotated) = tokio::task::spawn_blocking(move || -> Result<_, Error> {
-        let annotated = annotate::annotate_png(&raw, &caption)?;
+        let annotated = caption
+            .map(|c| annotate::annotate_png(&raw, &c))
+            .transpose()?;
         Ok((ensure_png(&raw)?, annotated))
     })
     .await
     .map_err(|e| Error::Task(e.to_string()))??;
+    output.generated = Some(run.write("generated", "png", generated).await?);
+    finish(&mut run, output, annotated).await
+}
 
-    let output = generator.data.output();
-    let relative = |p: &PathBuf| p.strip_prefix(&output).unwrap_or(p).display().to_string();
-    let generated_path = run.write("generated", "png", generated).await?;
-    let annotated_path = generator.artifact_path(key, "annotated", "png");
-    run.dress(|d| {
-        d.generated_path = relative(&generated_path);
-        d.annotated_path = relative(&annotated_path);
-        d.completed = true;
-    })?;
-    let mut final_dress = generator
+/// Records the artifact paths, writes the legacy selector, then the annotated PNG (last: its
+/// presence is what tells `/dalle` the image is done) and completes the run.
+async fn finish(
+    run: &mut Run<'_>,
+    mut output: RunOutput,
+    annotated: Option<Vec<u8>>,
+) -> Result<RunOutput, Error> {
+    let generator = run.generator;
+    let root = generator.data.output();
+    let relative = |p: &PathBuf| p.strip_prefix(&root).unwrap_or(p).display().to_string();
+    let annotated_path = annotated
+        .as_ref()
+        .map(|_| generator.artifact_path(run.key, "annotated", "png"));
+    output.dress.enhanced_prompt = output.enhanced.clone();
+    output.dress.generated_path = output.generated.as_ref().map(relative).unwrap_or_default();
+    output.dress.annotated_path = annotated_path.as_ref().map(relative).unwrap_or_default();
+    output.dress.completed = true;
+    if let Some(snapshot) = generator
         .progress
-        .snapshot(key)
+        .snapshot(run.key)
         .and_then(|s| s.dalle_dress)
-        .unwrap_or(dress);
-    final_dress.generated_path = relative(&generated_path);
-    final_dress.annotated_path = relative(&annotated_path);
-    final_dress.completed = true;
-    let selector =
-        serde_json::to_vec_pretty(&final_dress).map_err(|e| Error::Task(e.to_string()))?;
-    run.write("selector", "json", selector).await?;
-    // The annotated PNG goes last: its presence is what tells `/dalle` the image is done.
-    run.write("annotated", "png", annotated).await?;
+    {
+        output.dress.image_url = snapshot.image_url;
+        output.dress.download_mode = snapshot.download_mode;
+    }
+    let final_dress = output.dress.clone();
+    run.dress(move |d| *d = final_dress)?;
+    if run.options_legacy {
+        let selector =
+            serde_json::to_vec_pretty(&output.dress).map_err(|e| Error::Task(e.to_string()))?;
+        run.write("selector", "json", selector).await?;
+    }
+    if let Some(bytes) = annotated {
+        output.annotated = Some(run.write("annotated", "png", bytes).await?);
+    }
     run.clock.enter(generator, Phase::Completed);
-    generator.guarded(key, token, |p| p.complete(key))?;
-    Ok(())
+    generator.guarded(run.key, run.token, |p| p.complete(run.key))?;
+    Ok(output)
 }
