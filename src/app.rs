@@ -9,6 +9,7 @@ use std::time::{Instant, SystemTime};
 use crate::attributes::Attributes;
 use crate::attributes::database::{BACKSTYLES, SELECTION_DATABASES, Source};
 use crate::config::Config;
+use crate::engine::service::Engine;
 use crate::generation::{Generator, ImageSource, Settings};
 use crate::metrics::Metrics;
 use crate::openai::breaker::CircuitBreaker;
@@ -34,6 +35,8 @@ pub struct App {
     pub generator: Result<Arc<Generator>, String>,
     /// Served files and their ETags.
     pub file_cache: FileCache,
+    /// The `/v1` engine; unavailable when the attributes are.
+    pub engine: Result<Arc<Engine>, String>,
     pub started: Instant,
     pub started_at: SystemTime,
 }
@@ -97,9 +100,18 @@ impl App {
                 settings,
             ))
         });
+        let engine = match (&attributes, &generator) {
+            (Ok(attributes), Ok(generator)) => Ok(Arc::new(Engine::new(
+                attributes.clone(),
+                generator.clone(),
+                data.root().to_path_buf(),
+            ))),
+            (Err(e), _) | (_, Err(e)) => Err(e.clone()),
+        };
         Ok(App {
             attributes,
             progress,
+            engine,
             generator,
             file_cache: FileCache::new(FILE_CACHE_BYTES),
             data,
@@ -109,6 +121,11 @@ impl App {
             started_at: SystemTime::now(),
             config,
         })
+    }
+
+    /// The `/v1` engine, or why it is unavailable.
+    pub fn engine(&self) -> Result<&Arc<Engine>, &str> {
+        self.engine.as_ref().map_err(String::as_str)
     }
 
     /// The generator, or why it is unavailable.

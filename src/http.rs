@@ -15,10 +15,11 @@ mod preview;
 pub mod request_id;
 mod root;
 mod series;
+mod v1;
 
 use axum::Router;
 use axum::middleware::{from_fn, from_fn_with_state};
-use axum::routing::get;
+use axum::routing::{any, get, post};
 use tower::ServiceBuilder;
 
 use crate::app::AppState;
@@ -35,6 +36,18 @@ pub fn router(state: AppState) -> Router {
         .route("/dalle/{*rest}", get(dalle::dalle))
         .route("/files/{*path}", get(files::files))
         .route("/preview", get(preview::preview))
+        .route("/openapi.json", get(v1::openapi))
+        .route("/v1/images/generate", post(v1::generate))
+        .route("/v1/images/preview", post(v1::preview))
+        .route("/v1/images", get(v1::list_images))
+        .route("/v1/images/", any(v1::empty_image_id))
+        .route("/v1/images/{*rest}", any(v1::image_item))
+        .route("/v1/series", get(v1::list_series))
+        .route("/v1/series/{*rest}", any(v1::series_item))
+        .route("/v1/databases", get(v1::list_databases))
+        .route("/v1/databases/{*rest}", any(v1::database_item))
+        .route("/v1/validate", post(v1::validate))
+        .route("/v1/progress/{series}/{seed}", get(v1::progress))
         .route("/health", get(health::health))
         .route("/livez", get(health::livez))
         .route("/readyz", get(health::readyz))

@@ -84,11 +84,22 @@ pub struct Database {
     pub records: Vec<String>,
     /// The version column of the first data line (`v0.1.0`).
     pub version: String,
+    /// Lower-case hex SHA-256 of the file's raw bytes (for the `/v1` database manifest).
+    pub sha256: String,
+    /// Every header field as a CSV parser reads it, `version` included (manifest `columns`;
+    /// unlike [`Database::columns`] it is never replaced by the noun enrichment).
+    pub raw_columns: Vec<String>,
+    /// Data records as a CSV parser counts them: blank lines are skipped, the header is not
+    /// counted (manifest `rows`; unlike [`Database::len`], empty keys count).
+    pub raw_rows: usize,
 }
 
 impl Database {
     /// Parses a CSV in the upstream format.
     pub fn parse(name: &str, text: &str) -> Database {
+        use sha2::Digest;
+        let sha256 = hex::encode(sha2::Sha256::digest(text.as_bytes()));
+        let (raw_columns, raw_rows) = csv_shape(text);
         let text = text.replace("\r\n", "\n");
         let mut lines: Vec<&str> = text.split('\n').collect();
         if lines.last() == Some(&"") {
@@ -115,6 +126,9 @@ impl Database {
             columns,
             records,
             version,
+            sha256,
+            raw_columns,
+            raw_rows,
         }
     }
 
@@ -127,6 +141,60 @@ impl Database {
     pub fn is_empty(&self) -> bool {
         self.records.is_empty()
     }
+}
+
+/// The header fields and the data-record count of a CSV, read the way a standard CSV reader
+/// (RFC 4180, as Go's `encoding/csv` that upstream's manifest used) reads it: quoted fields
+/// may hold commas, doubled quotes and newlines, blank lines are skipped, CRLF is a newline.
+/// Fields are not trimmed. Unlike the record parser above, this is only used for the
+/// manifest, never for selection.
+pub fn csv_shape(text: &str) -> (Vec<String>, usize) {
+    let text = text.replace("\r\n", "\n");
+    let mut header: Option<Vec<String>> = None;
+    let mut records = 0usize;
+    let mut fields: Vec<String> = Vec::new();
+    let mut field = String::new();
+    let (mut quoted, mut in_record) = (false, false);
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' if quoted && chars.peek() == Some(&'"') => {
+                chars.next();
+                field.push('"');
+            }
+            '"' if quoted => quoted = false,
+            '"' if field.is_empty() => (quoted, in_record) = (true, true),
+            '\n' if !quoted => {
+                if in_record {
+                    fields.push(std::mem::take(&mut field));
+                    let record = std::mem::take(&mut fields);
+                    if header.is_none() {
+                        header = Some(record);
+                    } else {
+                        records += 1;
+                    }
+                }
+                in_record = false;
+            }
+            ',' if !quoted => {
+                fields.push(std::mem::take(&mut field));
+                in_record = true;
+            }
+            _ => {
+                field.push(c);
+                in_record = true;
+            }
+        }
+    }
+    if in_record {
+        fields.push(field);
+        if header.is_none() {
+            header = Some(fields);
+        } else {
+            records += 1;
+        }
+    }
+    (header.unwrap_or_default(), records)
 }
 
 /// Where a set of databases came from.
@@ -288,6 +356,38 @@ mod tests {
         assert_eq!(db.version, "v0.1.0");
         // Only the first prefix is stripped; the comma inside the definition stays.
         assert_eq!(db.records, ["gently,in a soft way, kindly", "v0.1.0,odd"]);
+    }
+
+    #[test]
+    fn csv_shape_reads_like_a_standard_csv_reader() {
+        let (header, rows) = csv_shape("version,a,b\r\nv0.1.0,x,y\n\nv0.1.0,\"q,\"\"r\"\"\ns\",z");
+        assert_eq!(header, ["version", "a", "b"]);
+        assert_eq!(
+            rows, 2,
+            "blank line skipped, quoted newline inside one record"
+        );
+        assert_eq!(csv_shape(""), (Vec::new(), 0));
+        assert_eq!(csv_shape("h\n").1, 0);
+        assert_eq!(csv_shape(" version , a\n").0, [" version ", " a"]);
+    }
+
+    #[test]
+    fn parse_records_the_raw_file_shape_and_hash() {
+        let text = "version,noun,family\nv0.1.0,fox,Canidae\nv0.1.0, ,none\n";
+        let db = Database::parse("nouns", text);
+        // The hash is of the bytes as given, before any CRLF or prefix handling.
+        use sha2::Digest;
+        assert_eq!(
+            db.sha256,
+            hex::encode(sha2::Sha256::digest(text.as_bytes()))
+        );
+        assert_eq!(db.sha256.len(), 64);
+        assert_eq!(db.raw_columns, ["version", "noun", "family"]);
+        assert_eq!(
+            (db.raw_rows, db.len()),
+            (2, 1),
+            "the empty key still counts as a row"
+        );
     }
 
     #[test]

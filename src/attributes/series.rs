@@ -142,6 +142,39 @@ impl SeriesStore {
         self.builtins.keys().map(String::as_str)
     }
 
+    /// Every embedded series, sorted by name (`source` = `builtin`).
+    pub fn builtins(&self) -> impl Iterator<Item = &Series> {
+        self.builtins.values()
+    }
+
+    /// The embedded series called `name`, if any.
+    pub fn builtin(&self, name: &str) -> Option<&Series> {
+        self.builtins.get(name)
+    }
+
+    /// The directory holding the user series files.
+    pub fn user_dir(&self) -> &Path {
+        &self.user_dir
+    }
+
+    /// Every readable user series (`source` = `user`), in file-name order; invalid files are
+    /// skipped, as [`SeriesStore::get`] treats them as absent.
+    pub fn user_series(&self) -> Vec<Series> {
+        let Ok(entries) = std::fs::read_dir(&self.user_dir) else {
+            return Vec::new();
+        };
+        let mut stems: Vec<String> = entries
+            .filter_map(Result::ok)
+            .filter_map(|e| {
+                let path = e.path();
+                let stem = path.file_stem()?.to_str()?.to_string();
+                (path.extension()? == "json" && !stem.starts_with("._")).then_some(stem)
+            })
+            .collect();
+        stems.sort();
+        stems.iter().filter_map(|n| self.read_user(n)).collect()
+    }
+
     /// A series by (already normalised) name: the user's file first, then the built-in.
     pub fn get(&self, name: &str) -> Option<Series> {
         self.read_user(name)
@@ -252,6 +285,30 @@ mod tests {
         assert!(
             names.windows(2).all(|w| w[0] < w[1]),
             "sorted and unique: {names:?}"
+        );
+    }
+
+    #[test]
+    fn accessors_expose_builtins_and_valid_user_series() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SeriesStore::new(dir.path().to_path_buf()).unwrap();
+        assert_eq!(store.user_dir(), dir.path());
+        assert!(store.builtins().all(|s| s.source == "builtin"));
+        assert_eq!(store.builtins().count(), store.builtin_names().count());
+        assert_eq!(store.builtin("simple").unwrap().suffix, "simple");
+        assert!(store.builtin("nope").is_none());
+        assert!(store.user_series().is_empty());
+        std::fs::write(dir.path().join("b.json"), r#"{"purpose":"b"}"#).unwrap();
+        std::fs::write(dir.path().join("a.json"), r#"{"suffix":"a"}"#).unwrap();
+        std::fs::write(dir.path().join("bad.json"), "{").unwrap();
+        std::fs::write(dir.path().join("._a.json"), "{}").unwrap();
+        let users = store.user_series();
+        let names: Vec<&str> = users.iter().map(|s| s.suffix.as_str()).collect();
+        assert_eq!(names, ["a", "b"]);
+        assert!(users.iter().all(|s| s.source == "user"));
+        assert!(
+            store.builtin("b").is_none(),
+            "user series are not built-ins"
         );
     }
 

@@ -91,6 +91,10 @@ pub enum ApiError {
     /// Anything else: the cause is logged once, the client sees a stable message.
     #[error("Internal server error")]
     Internal(String),
+    /// A `/v1` engine error: lower-case code, status by the S§5.1 mapping, and the engine's
+    /// own text (`<code>: <message>`) as the message.
+    #[error("{0}")]
+    Engine(crate::engine::error::EngineError),
 }
 
 impl ApiError {
@@ -117,6 +121,8 @@ impl ApiError {
 
     fn status(&self) -> StatusCode {
         match self {
+            ApiError::Engine(e) => StatusCode::from_u16(e.code.http_status())
+                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
@@ -125,15 +131,16 @@ impl ApiError {
         }
     }
 
-    fn code(&self) -> ErrorCode {
+    fn code(&self) -> &'static str {
         match self {
-            ApiError::BadRequest { code, .. } => *code,
-            ApiError::NotFound { .. } => ErrorCode::NotFound,
-            ApiError::MethodNotAllowed { v1: true } => ErrorCode::V1InvalidInput,
-            ApiError::MethodNotAllowed { v1: false } => ErrorCode::InvalidRequest,
-            ApiError::Unavailable { .. } => ErrorCode::ServiceUnavailable,
-            ApiError::Template(_) => ErrorCode::TemplateError,
-            ApiError::Internal(_) => ErrorCode::InternalServerError,
+            ApiError::BadRequest { code, .. } => code.as_str(),
+            ApiError::NotFound { .. } => ErrorCode::NotFound.as_str(),
+            ApiError::MethodNotAllowed { v1: true } => ErrorCode::V1InvalidInput.as_str(),
+            ApiError::MethodNotAllowed { v1: false } => ErrorCode::InvalidRequest.as_str(),
+            ApiError::Unavailable { .. } => ErrorCode::ServiceUnavailable.as_str(),
+            ApiError::Template(_) => ErrorCode::TemplateError.as_str(),
+            ApiError::Internal(_) => ErrorCode::InternalServerError.as_str(),
+            ApiError::Engine(e) => e.code.as_str(),
         }
     }
 
@@ -143,9 +150,10 @@ impl ApiError {
                 details.clone()
             }
             ApiError::NotFound { details } => Some(details.clone()),
-            ApiError::MethodNotAllowed { .. } | ApiError::Template(_) | ApiError::Internal(_) => {
-                None
-            }
+            ApiError::MethodNotAllowed { .. }
+            | ApiError::Template(_)
+            | ApiError::Internal(_)
+            | ApiError::Engine(_) => None,
         }
     }
 
@@ -161,7 +169,7 @@ impl ApiError {
 /// The part of an error response that the request-id middleware renders into the body.
 #[derive(Debug, Clone)]
 pub struct PendingError {
-    pub code: ErrorCode,
+    pub code: &'static str,
     pub message: String,
     pub details: Option<String>,
 }
@@ -173,7 +181,7 @@ impl PendingError {
         ErrorEnvelope {
             success: false,
             error: ErrorBody {
-                code: self.code.as_str(),
+                code: self.code,
                 message: &self.message,
                 details: self.details.as_deref(),
                 timestamp: unix_seconds(std::time::SystemTime::now()),
@@ -209,6 +217,9 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         match &self {
             ApiError::Internal(cause) => tracing::error!(%cause, "internal error"),
+            ApiError::Engine(e) if e.code.http_status() >= 500 => {
+                tracing::error!(error = %e, "engine error")
+            }
             ApiError::Template(cause) => tracing::error!(%cause, "template rendering failed"),
             _ => {}
         }
@@ -239,7 +250,7 @@ mod tests {
     #[test]
     fn envelope_has_upstream_field_names() {
         let pending = PendingError {
-            code: ErrorCode::InvalidSeries,
+            code: ErrorCode::InvalidSeries.as_str(),
             message: "Invalid series name".into(),
             details: Some("Series 'foo' not found".into()),
         };

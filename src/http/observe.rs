@@ -18,6 +18,9 @@ use crate::app::AppState;
 const SLOW_REQUEST: Duration = Duration::from_secs(5);
 /// A handler gets this long to produce its response (body streaming is not counted).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// `/v1` generate and regenerate answer when the image is done, which can take minutes
+/// (a 300 s image timeout, retries): they get this instead.
+pub const GENERATION_REQUEST_TIMEOUT: Duration = Duration::from_secs(20 * 60);
 
 /// The bounded endpoint label used by logs and metrics (never an address or a file name).
 pub fn endpoint_label(path: &str) -> &'static str {
@@ -136,11 +139,20 @@ fn unsafe_path(path: &str) -> Option<&'static str> {
 
 /// Bounds how long a handler may take; the client gets a 503 envelope instead of a hang.
 pub async fn timeout(req: Request, next: Next) -> Response {
-    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(req)).await {
+    let path = req.uri().path();
+    let generates = req.method() == Method::POST
+        && (path == "/v1/images/generate"
+            || (path.starts_with("/v1/images/") && path.ends_with("/regenerate")));
+    let limit = if generates {
+        GENERATION_REQUEST_TIMEOUT
+    } else {
+        REQUEST_TIMEOUT
+    };
+    match tokio::time::timeout(limit, next.run(req)).await {
         Ok(response) => response,
         Err(_) => ApiError::Unavailable {
             message: "Request timed out".into(),
-            details: Some(format!("no response within {}s", REQUEST_TIMEOUT.as_secs())),
+            details: Some(format!("no response within {}s", limit.as_secs())),
         }
         .into_response(),
     }
@@ -214,6 +226,6 @@ mod timeout_tests {
             .extensions()
             .get::<super::super::error::PendingError>()
             .unwrap();
-        assert_eq!(pending.code, ErrorCode::ServiceUnavailable);
+        assert_eq!(pending.code, ErrorCode::ServiceUnavailable.as_str());
     }
 }

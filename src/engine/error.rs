@@ -1,0 +1,173 @@
+//! The engine's coded errors (L§1.4) and their HTTP statuses (S§5.1).
+//!
+//! One deliberate difference from upstream: an error without a code is `internal` with
+//! status 500, where the Go server answered `invalid_input` with status 500.
+
+use std::fmt;
+
+use serde::Serialize;
+
+/// What went wrong, as a stable lower-case code that `/v1` clients see.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Code {
+    InvalidInput,
+    SeriesNotFound,
+    SeriesInvalid,
+    DatabaseManifestInvalid,
+    DatabaseVersionUnavailable,
+    DatabaseHashMismatch,
+    RegenerationRefused,
+    MetadataInvalid,
+    ArtifactMissing,
+    ProviderUnavailable,
+    ProviderFailed,
+    /// Ours: every failure upstream left uncoded (I/O, serialisation, bugs).
+    Internal,
+}
+
+impl Code {
+    /// Every code, for exhaustive tests and documentation.
+    pub const ALL: [Code; 12] = [
+        Code::InvalidInput,
+        Code::SeriesNotFound,
+        Code::SeriesInvalid,
+        Code::DatabaseManifestInvalid,
+        Code::DatabaseVersionUnavailable,
+        Code::DatabaseHashMismatch,
+        Code::RegenerationRefused,
+        Code::MetadataInvalid,
+        Code::ArtifactMissing,
+        Code::ProviderUnavailable,
+        Code::ProviderFailed,
+        Code::Internal,
+    ];
+
+    /// The wire form, e.g. `invalid_input`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Code::InvalidInput => "invalid_input",
+            Code::SeriesNotFound => "series_not_found",
+            Code::SeriesInvalid => "series_invalid",
+            Code::DatabaseManifestInvalid => "database_manifest_invalid",
+            Code::DatabaseVersionUnavailable => "database_version_unavailable",
+            Code::DatabaseHashMismatch => "database_hash_mismatch",
+            Code::RegenerationRefused => "regeneration_refused",
+            Code::MetadataInvalid => "metadata_invalid",
+            Code::ArtifactMissing => "artifact_missing",
+            Code::ProviderUnavailable => "provider_unavailable",
+            Code::ProviderFailed => "provider_failed",
+            Code::Internal => "internal",
+        }
+    }
+
+    /// The HTTP status of S§5.1; the manifest, metadata and uncoded failures are server faults.
+    pub fn http_status(self) -> u16 {
+        match self {
+            Code::InvalidInput | Code::SeriesInvalid => 400,
+            Code::SeriesNotFound | Code::ArtifactMissing | Code::DatabaseVersionUnavailable => 404,
+            Code::RegenerationRefused | Code::DatabaseHashMismatch => 409,
+            Code::ProviderUnavailable => 503,
+            Code::ProviderFailed => 502,
+            Code::DatabaseManifestInvalid | Code::MetadataInvalid | Code::Internal => 500,
+        }
+    }
+}
+
+impl fmt::Display for Code {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A coded engine failure. Its text is upstream's: `<code>: <message>` or
+/// `<code>: <message>: <cause>` (the code is repeated inside the `/v1` error message).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineError {
+    pub code: Code,
+    pub message: String,
+    /// The underlying failure, already rendered (an I/O or JSON error, or a wrapped engine error).
+    pub cause: Option<String>,
+}
+
+impl EngineError {
+    /// An error with a code and a message, no cause.
+    pub fn new(code: Code, message: impl Into<String>) -> EngineError {
+        EngineError {
+            code,
+            message: message.into(),
+            cause: None,
+        }
+    }
+
+    /// Attaches the underlying failure.
+    pub fn with_cause(mut self, cause: impl fmt::Display) -> EngineError {
+        self.cause = Some(cause.to_string());
+        self
+    }
+}
+
+impl fmt::Display for EngineError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)?;
+        match &self.cause {
+            Some(cause) => write!(f, ": {cause}"),
+            None => Ok(()),
+        }
+    }
+}
+
+impl std::error::Error for EngineError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_render_and_map_like_upstream() {
+        let table = [
+            (Code::InvalidInput, "invalid_input", 400),
+            (Code::SeriesNotFound, "series_not_found", 404),
+            (Code::SeriesInvalid, "series_invalid", 400),
+            (
+                Code::DatabaseManifestInvalid,
+                "database_manifest_invalid",
+                500,
+            ),
+            (
+                Code::DatabaseVersionUnavailable,
+                "database_version_unavailable",
+                404,
+            ),
+            (Code::DatabaseHashMismatch, "database_hash_mismatch", 409),
+            (Code::RegenerationRefused, "regeneration_refused", 409),
+            (Code::MetadataInvalid, "metadata_invalid", 500),
+            (Code::ArtifactMissing, "artifact_missing", 404),
+            (Code::ProviderUnavailable, "provider_unavailable", 503),
+            (Code::ProviderFailed, "provider_failed", 502),
+            (Code::Internal, "internal", 500),
+        ];
+        assert_eq!(table.len(), Code::ALL.len());
+        for ((code, text, status), listed) in table.into_iter().zip(Code::ALL) {
+            assert_eq!(code, listed);
+            assert_eq!(code.as_str(), text);
+            assert_eq!(code.to_string(), text);
+            assert_eq!(serde_json::to_value(code).unwrap(), text);
+            assert_eq!(code.http_status(), status, "{text}");
+        }
+    }
+
+    #[test]
+    fn display_repeats_the_code_and_appends_the_cause() {
+        let e = EngineError::new(Code::ArtifactMissing, "image metadata record was not found");
+        assert_eq!(
+            e.to_string(),
+            "artifact_missing: image metadata record was not found"
+        );
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "gone");
+        let e = EngineError::new(Code::Internal, "reading x").with_cause(io);
+        assert_eq!(e.to_string(), "internal: reading x: gone");
+        let boxed: Box<dyn std::error::Error> = Box::new(e);
+        assert!(boxed.source().is_none());
+    }
+}

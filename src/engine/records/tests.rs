@@ -1,0 +1,337 @@
+//! Unit tests of the image-record operations, each on its own temporary data directory.
+
+use super::*;
+use crate::engine::metadata::{Prompts, metadata_path};
+
+/// A valid record for `input` in `series`, with every prompt set.
+fn meta(input: &str, series: &str, seed: &str) -> ImageMetadata {
+    let mut m = ImageMetadata {
+        metadata_version: "1.0.0".into(),
+        input: input.into(),
+        seed: seed.into(),
+        prompts: Prompts {
+            prompt: "the prompt".into(),
+            data_prompt: "the data".into(),
+            title_prompt: "the title".into(),
+            terse_prompt: "the terse".into(),
+            enhanced_prompt: "the enhanced".into(),
+            technical_prompt: "the technical".into(),
+        },
+        ..ImageMetadata::default()
+    };
+    m.series.name = series.into();
+    m.recipe = metadata::Recipe::default();
+    m.image_id = m.compute_image_id();
+    m
+}
+
+fn save(root: &Path, m: &ImageMetadata) -> PathBuf {
+    let path = metadata_path(root, &m.series.name, &m.seed);
+    metadata::write(&path, m).unwrap();
+    path
+}
+
+fn paths(records: &[Record]) -> Vec<&str> {
+    records.iter().map(|r| r.path.as_str()).collect()
+}
+
+#[test]
+fn list_sorts_by_input_series_and_path_and_filters_by_series() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    assert!(
+        list(root, None, true).unwrap().is_empty(),
+        "no output dir yet"
+    );
+    save(root, &meta("b", "alpha", "s1"));
+    save(root, &meta("a", "beta", "s2"));
+    save(root, &meta("a", "alpha", "s4"));
+    save(root, &meta("a", "alpha", "s3"));
+    // Noise that is not a record.
+    std::fs::write(root.join("output/alpha/metadata/notes.txt"), "x").unwrap();
+    std::fs::write(root.join("output/alpha/metadata/._s1.json"), "junk").unwrap();
+    std::fs::create_dir_all(root.join("output/alpha/metadata/sub.json")).unwrap();
+    std::fs::write(root.join("output/stray.json"), "{}").unwrap();
+
+    let all = list(root, None, false).unwrap();
+    assert_eq!(
+        paths(&all),
+        [
+            "output/alpha/metadata/s3.json",
+            "output/alpha/metadata/s4.json",
+            "output/beta/metadata/s2.json",
+            "output/alpha/metadata/s1.json",
+        ]
+    );
+    assert!(all.iter().all(|r| !r.archived));
+    let alpha = list(root, Some("alpha"), false).unwrap();
+    assert_eq!(alpha.len(), 3);
+    assert_eq!(list(root, Some(""), false).unwrap().len(), 4, "empty = all");
+    assert!(
+        list(root, Some("Alpha"), false).unwrap().is_empty(),
+        "exact match"
+    );
+
+    let json = serde_json::to_value(&all[0]).unwrap();
+    let keys: Vec<&String> = json.as_object().unwrap().keys().collect();
+    assert_eq!(keys, ["archived", "metadata", "path"]);
+}
+
+#[test]
+fn one_invalid_record_fails_the_listing() {
+    let dir = tempfile::tempdir().unwrap();
+    save(dir.path(), &meta("a", "alpha", "s1"));
+    std::fs::write(dir.path().join("output/alpha/metadata/bad.json"), "{").unwrap();
+    let err = list(dir.path(), None, false).unwrap_err();
+    assert_eq!(err.code, Code::MetadataInvalid);
+    assert_eq!(
+        get(dir.path(), "s1").unwrap_err().code,
+        Code::MetadataInvalid
+    );
+}
+
+#[test]
+fn archived_records_are_listed_only_on_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    save(root, &meta("a", "alpha", "live"));
+    let archived = meta("b", "alpha", "gone");
+    let path = root.join("archives/alpha/metadata/gone.json");
+    metadata::write(&path, &archived).unwrap();
+    assert_eq!(
+        paths(&list(root, None, false).unwrap()),
+        ["output/alpha/metadata/live.json"]
+    );
+    let all = list(root, None, true).unwrap();
+    assert_eq!(all.len(), 2);
+    assert_eq!(all[1].path, "archives/alpha/metadata/gone.json");
+    assert!(all[1].archived && !all[0].archived);
+    assert_eq!(get(root, "gone").unwrap_err().code, Code::ArtifactMissing);
+}
+
+#[test]
+fn get_finds_by_image_id_first_then_by_seed() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let b = meta("b", "beta", "seed-b");
+    // `a` sorts first and its seed is `b`'s image id: the id match must still win.
+    let a = meta("a", "alpha", &b.image_id);
+    save(root, &a);
+    save(root, &b);
+    assert_eq!(get(root, &b.image_id).unwrap().metadata, b);
+    assert_eq!(get(root, &a.image_id).unwrap().metadata, a);
+    assert_eq!(get(root, " seed-b ").unwrap().metadata, b);
+    let missing = get(root, "nope").unwrap_err();
+    assert_eq!(
+        missing.to_string(),
+        "artifact_missing: image metadata record was not found"
+    );
+    assert_eq!(get(root, "  ").unwrap_err().code, Code::InvalidInput);
+}
+
+#[test]
+fn delete_moves_images_then_metadata_into_archives() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let mut m = meta("a", "alpha", "s1");
+    m.artifacts.generated = "output/alpha/generated/s1.png".into();
+    m.artifacts.annotated = "output/alpha/annotated/s1.png".into();
+    save(root, &m);
+    for kind in ["generated", "annotated"] {
+        std::fs::create_dir_all(root.join(format!("output/alpha/{kind}"))).unwrap();
+        std::fs::write(root.join(format!("output/alpha/{kind}/s1.png")), kind).unwrap();
+    }
+    delete(root, &m.image_id).unwrap();
+    for kind in ["generated", "annotated"] {
+        assert!(!root.join(format!("output/alpha/{kind}/s1.png")).exists());
+        let moved = std::fs::read_to_string(root.join(format!("archives/alpha/{kind}/s1.png")));
+        assert_eq!(moved.unwrap(), kind);
+    }
+    assert!(!root.join("output/alpha/metadata/s1.json").exists());
+    assert!(list(root, None, false).unwrap().is_empty());
+    let archived = list(root, None, true).unwrap();
+    assert_eq!(paths(&archived), ["archives/alpha/metadata/s1.json"]);
+    assert!(archived[0].archived);
+    assert_eq!(delete(root, "s1").unwrap_err().code, Code::ArtifactMissing);
+}
+
+#[test]
+fn delete_skips_absent_images_and_refuses_paths_outside_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let mut m = meta("a", "alpha", "s1");
+    m.artifacts.generated = "output/alpha/generated/s1.png".into(); // never written
+    save(root, &m);
+    delete(root, "s1").unwrap();
+    assert!(root.join("archives/alpha/metadata/s1.json").exists());
+
+    std::fs::write(root.join("secret"), "keep").unwrap();
+    for bad in [
+        "output/../secret",
+        "/etc/passwd",
+        "user-series/x.json",
+        "output",
+    ] {
+        let mut m = meta("b", "beta", "s2");
+        m.artifacts.annotated = bad.into();
+        let path = save(root, &m);
+        let err = delete(root, "s2").unwrap_err();
+        assert_eq!(err.code, Code::InvalidInput, "{bad}");
+        assert!(path.exists(), "nothing moved for {bad}");
+    }
+    assert!(root.join("secret").exists());
+}
+
+#[test]
+fn export_writes_the_default_texts_into_the_default_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let mut m = meta("a", "alpha", "s1");
+    m.prompts.data_prompt = "  ".into(); // blank texts are not written
+    save(root, &m);
+    let result = export(root, "s1", &ExportOptions::default()).unwrap();
+    assert_eq!(result.dir, "output/alpha/exports/s1");
+    let names: Vec<&String> = result.files.keys().collect();
+    assert_eq!(names, ["enhanced", "prompt", "terse", "title"]);
+    assert_eq!(result.files["prompt"], "output/alpha/exports/s1/prompt.txt");
+    let text = std::fs::read_to_string(root.join(&result.files["terse"])).unwrap();
+    assert_eq!(text, "the terse");
+    assert!(!root.join("output/alpha/exports/s1/technical.txt").exists());
+    assert_eq!(
+        export(root, "nope", &ExportOptions::default())
+            .unwrap_err()
+            .code,
+        Code::ArtifactMissing
+    );
+}
+
+#[test]
+fn export_flags_choose_the_texts_and_technical_is_the_technical_prompt() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    save(root, &meta("a", "alpha", "s1"));
+    let opts = ExportOptions {
+        include_technical: Some(true),
+        include_title: Some(true),
+        include_prompt: Some(false),
+        ..ExportOptions::default()
+    };
+    let result = export(root, "s1", &opts).unwrap();
+    let names: Vec<&String> = result.files.keys().collect();
+    assert_eq!(names, ["technical", "title"]);
+    let technical = std::fs::read_to_string(root.join(&result.files["technical"])).unwrap();
+    assert_eq!(technical, "the technical");
+    // Only false flags count as no flags: the defaults apply.
+    let none_true = ExportOptions {
+        include_prompt: Some(false),
+        ..ExportOptions::default()
+    };
+    assert_eq!(export(root, "s1", &none_true).unwrap().files.len(), 5);
+}
+
+#[test]
+fn export_options_match_keys_case_insensitively() {
+    let parse = |json: &str| serde_json::from_str::<ExportOptions>(json);
+    let opts = parse(
+        r#"{"Dir":"x","IncludePrompt":true,"includedata":false,"INCLUDETITLE":true,
+            "includeTerse":null,"IncludeEnhanced":true,"includeTechnical":true,"other":[1]}"#,
+    )
+    .unwrap();
+    assert_eq!(
+        opts,
+        ExportOptions {
+            dir: Some("x".into()),
+            include_prompt: Some(true),
+            include_data: Some(false),
+            include_title: Some(true),
+            include_terse: None,
+            include_enhanced: Some(true),
+            include_technical: Some(true),
+        }
+    );
+    assert_eq!(parse(r#"{"dir":"y"}"#).unwrap().dir.as_deref(), Some("y"));
+    assert_eq!(parse("null").unwrap(), ExportOptions::default());
+    assert_eq!(parse("{}").unwrap(), ExportOptions::default());
+    assert!(parse(r#"{"includePrompt":"yes"}"#).is_err());
+    assert!(parse(r#"{"DIR":7}"#).is_err());
+    assert!(parse("[]").is_err());
+
+    let value = serde_json::json!({"IncludeTechnical": true});
+    let opts = ExportOptions::from_json(&value).unwrap();
+    assert_eq!(opts.include_technical, Some(true));
+    assert_eq!(
+        ExportOptions::from_json(&serde_json::Value::Null).unwrap(),
+        ExportOptions::default()
+    );
+    let err = ExportOptions::from_json(&serde_json::json!({"dir": false})).unwrap_err();
+    assert_eq!(err.code, Code::InvalidInput);
+    assert!(
+        err.to_string()
+            .starts_with("invalid_input: invalid export options: "),
+        "{err}"
+    );
+}
+
+#[test]
+fn export_dirs_inside_the_data_dir_are_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    save(root, &meta("a", "alpha", "s1"));
+    let with_dir = |d: &str| ExportOptions {
+        dir: Some(d.into()),
+        ..ExportOptions::default()
+    };
+    let relative = export(root, "s1", &with_dir("exports/mine")).unwrap();
+    assert_eq!(relative.dir, "exports/mine");
+    assert!(root.join("exports/mine/prompt.txt").exists());
+    let absolute = root.join("elsewhere/./deep/../here");
+    let result = export(root, "s1", &with_dir(absolute.to_str().unwrap())).unwrap();
+    assert_eq!(result.dir, "elsewhere/here");
+    assert!(root.join("elsewhere/here/title.txt").exists());
+}
+
+#[test]
+fn export_dirs_escaping_the_data_dir_are_rejected() {
+    let parent = tempfile::tempdir().unwrap();
+    let root = parent.path().join("data");
+    std::fs::create_dir_all(&root).unwrap();
+    save(&root, &meta("a", "alpha", "s1"));
+    let outside = parent.path().join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    std::os::unix::fs::symlink(&outside, root.join("link")).unwrap();
+    for bad in [
+        "../..".to_string(),
+        "../outside".to_string(),
+        "output/../../outside".to_string(),
+        outside.display().to_string(),
+        "/tmp".to_string(),
+        "~/exports".to_string(),
+        "~".to_string(),
+        "link".to_string(),
+        "link/sub".to_string(),
+        ".".to_string(),
+    ] {
+        let opts = ExportOptions {
+            dir: Some(bad.clone()),
+            ..ExportOptions::default()
+        };
+        let err = export(&root, "s1", &opts).unwrap_err();
+        assert_eq!(err.code, Code::InvalidInput, "{bad}");
+    }
+    for onto_a_file in [
+        "output/alpha/metadata/s1.json",
+        "output/alpha/metadata/s1.json/sub",
+    ] {
+        let opts = ExportOptions {
+            dir: Some(onto_a_file.into()),
+            ..ExportOptions::default()
+        };
+        let err = export(&root, "s1", &opts).unwrap_err();
+        assert_eq!(err.code, Code::InvalidInput, "{onto_a_file}");
+    }
+    assert_eq!(
+        std::fs::read_dir(&outside).unwrap().count(),
+        0,
+        "nothing written outside"
+    );
+}

@@ -1,0 +1,551 @@
+//! The engine behind `/v1` (L§4.6, L§5.4, CONTRACT §8): input → seed → dress → metadata
+//! record, with generation running through the same generator as `/dalle` (locks, queue,
+//! breaker, retries, progress keyed by series + seed, mock mode) and answering when done.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use super::error::{Code, EngineError};
+use super::manifest::{DATABASE_VERSION, Manifest};
+use super::metadata::{
+    self, Artifacts, DatabaseRef, ImageMetadata, RECIPE_VERSION, Recipe, Stage, StageStatus,
+    metadata_path, normalize_seed,
+};
+use super::{records, series_admin};
+use crate::attributes::Attributes;
+use crate::attributes::series::{Series, normalize_name};
+use crate::generation::{Generator, JobOptions, RunOutput};
+use crate::progress::{RunKey, Snapshot};
+
+/// `POST /v1/images/generate` and `/preview` bodies (unknown fields are ignored).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct GenerateRequest {
+    pub input: String,
+    pub seed: Option<String>,
+    pub series: Option<String>,
+    pub recipe: Option<String>,
+    pub backstyle: Option<String>,
+    pub enhance: bool,
+    pub image: bool,
+    pub annotate: bool,
+    pub force: bool,
+}
+
+/// What generate, preview and regenerate answer. Paths are relative to the data directory.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GenerateResult {
+    pub input: String,
+    pub seed: String,
+    pub series: String,
+    pub recipe: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub metadata_path: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub generated_path: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub annotated_path: String,
+    pub metadata: ImageMetadata,
+}
+
+/// One database's rows (`GET /v1/databases/{version}/records/{name}`).
+#[derive(Debug, Clone, Serialize)]
+pub struct DatabaseRecords {
+    pub name: String,
+    pub version: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub columns: Vec<String>,
+    pub records: Vec<RecordRow>,
+}
+
+/// One row: its key (first field) and all its fields.
+#[derive(Debug, Clone, Serialize)]
+pub struct RecordRow {
+    pub key: String,
+    pub values: Vec<String>,
+}
+
+/// The engine.
+#[derive(Debug)]
+pub struct Engine {
+    attributes: Arc<Attributes>,
+    generator: Arc<Generator>,
+    root: PathBuf,
+    manifest: Manifest,
+}
+
+fn internal(e: impl std::fmt::Display) -> EngineError {
+    EngineError::new(Code::Internal, "background task failed").with_cause(e)
+}
+
+/// Runs blocking file work off the async runtime.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, EngineError> + Send + 'static,
+) -> Result<T, EngineError> {
+    tokio::task::spawn_blocking(f).await.map_err(internal)?
+}
+
+impl Engine {
+    /// An engine over the app's attributes, generator and data directory.
+    pub fn new(attributes: Arc<Attributes>, generator: Arc<Generator>, root: PathBuf) -> Engine {
+        let manifest = super::manifest::from_databases(&attributes.databases);
+        Engine {
+            attributes,
+            generator,
+            root,
+            manifest,
+        }
+    }
+
+    /// The databases' manifest.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    fn relative(&self, path: &std::path::Path) -> String {
+        path.strip_prefix(&self.root)
+            .unwrap_or(path)
+            .display()
+            .to_string()
+    }
+
+    fn series(&self, requested: Option<&str>) -> Result<Series, EngineError> {
+        let name = normalize_name(
+            requested
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .unwrap_or("empty"),
+        );
+        self.attributes.series.get(&name).ok_or_else(|| {
+            EngineError::new(Code::SeriesInvalid, format!("series not found: {name}"))
+        })
+    }
+
+    /// Refuses records made with other databases — also under `force` (upstream skipped the
+    /// check then, and regenerated with different data under the old identity).
+    fn check_compatible(&self, meta: &ImageMetadata) -> Result<(), EngineError> {
+        let refused = |cause: EngineError| {
+            EngineError::new(
+                Code::RegenerationRefused,
+                "the stored record was made with other databases",
+            )
+            .with_cause(cause)
+        };
+        if !meta.database.version.is_empty() && meta.database.version != DATABASE_VERSION {
+            return Err(refused(EngineError::new(
+                Code::DatabaseVersionUnavailable,
+                format!(
+                    "database version {} is not available",
+                    meta.database.version
+                ),
+            )));
+        }
+        if !meta.database.archive_hash.is_empty()
+            && meta.database.archive_hash != self.manifest.archive_hash
+        {
+            return Err(refused(EngineError::new(
+                Code::DatabaseHashMismatch,
+                format!(
+                    "recorded {}, current {}",
+                    meta.database.archive_hash, self.manifest.archive_hash
+                ),
+            )));
+        }
+        Ok(())
+    }
+
+    fn result(&self, meta: ImageMetadata, path: &std::path::Path) -> GenerateResult {
+        GenerateResult {
+            input: meta.input.clone(),
+            seed: meta.seed.clone(),
+            series: meta.series.name.clone(),
+            recipe: meta.recipe.name.clone(),
+            metadata_path: self.relative(path),
+            generated_path: meta.artifacts.generated.clone(),
+            annotated_path: meta.artifacts.annotated.clone(),
+            metadata: meta,
+        }
+    }
+
+    fn new_record(
+        &self,
+        req: &GenerateRequest,
+        seed: &str,
+        series: &Series,
+        output: &RunOutput,
+    ) -> ImageMetadata {
+        let recipe = Recipe {
+            name: req
+                .recipe
+                .clone()
+                .filter(|r| !r.trim().is_empty())
+                .unwrap_or_else(|| Recipe::default().name),
+            version: RECIPE_VERSION.to_string(),
+        };
+        let database = DatabaseRef {
+            version: DATABASE_VERSION.to_string(),
+            archive_hash: self.manifest.archive_hash.clone(),
+        };
+        let mut dress = output.dress.clone();
+        dress.enhanced_prompt = if output.enhanced_ran {
+            output.enhanced.clone()
+        } else {
+            String::new()
+        };
+        let mut meta = ImageMetadata::from_dress(
+            &req.input,
+            seed,
+            series,
+            recipe,
+            database,
+            &dress,
+            &output.prompts,
+        );
+        meta.prompts.technical_prompt = output.technical.clone();
+        let stage = |done: bool| {
+            Stage::with(if done {
+                StageStatus::Complete
+            } else {
+                StageStatus::Skipped
+            })
+        };
+        meta.stages.enhanced = stage(output.enhanced_ran);
+        meta.stages.generated = stage(output.generated.is_some());
+        meta.stages.annotated = stage(output.annotated.is_some());
+        meta.artifacts = Artifacts {
+            generated: output
+                .generated
+                .as_deref()
+                .map(|p| self.relative(p))
+                .unwrap_or_default(),
+            annotated: output
+                .annotated
+                .as_deref()
+                .map(|p| self.relative(p))
+                .unwrap_or_default(),
+        };
+        meta
+    }
+
+    /// `POST /v1/images/generate`: cached record unless `force`, else a run through the
+    /// generator; answers when the run is done.
+    pub async fn generate(
+        &self,
+        req: GenerateRequest,
+        request_id: &str,
+    ) -> Result<GenerateResult, EngineError> {
+        if req.annotate && !req.image {
+            return Err(EngineError::new(
+                Code::ProviderUnavailable,
+                "annotation requires image generation",
+            ));
+        }
+        let seed = normalize_seed(&req.input, req.seed.as_deref())?;
+        let series = self.series(req.series.as_deref())?;
+        let path = metadata_path(&self.root, &series.suffix, &seed);
+        let existing = blocking({
+            let path = path.clone();
+            move || metadata::read(&path)
+        })
+        .await?;
+        if let Some(meta) = &existing {
+            self.check_compatible(meta)?;
+            if !req.force && satisfies(meta, &req) {
+                let mut hit = meta.clone();
+                hit.status.cache_hit = true;
+                return Ok(self.result(hit, &path));
+            }
+        }
+        let options = JobOptions {
+            legacy: false,
+            enhance: req.enhance,
+            image: req.image,
+            annotate: req.annotate,
+            backstyle: req.backstyle.clone().filter(|b| !b.trim().is_empty()),
+            enhanced: existing
+                .as_ref()
+                .filter(|_| req.enhance)
+                .map(|m| m.prompts.enhanced_prompt.clone())
+                .filter(|e| !e.is_empty()),
+        };
+        let key = RunKey::new(series.suffix.clone(), seed.clone());
+        let output = self.run(key, options, request_id).await?;
+        let meta = self.new_record(&req, &seed, &series, &output);
+        let written = meta.clone();
+        blocking({
+            let path = path.clone();
+            move || metadata::write(&path, &written)
+        })
+        .await?;
+        Ok(self.result(meta, &path))
+    }
+
+    /// Runs (or joins) the job for `key` and waits for it; a joined run made with other
+    /// options is followed by a run of our own.
+    async fn run(
+        &self,
+        key: RunKey,
+        options: JobOptions,
+        request_id: &str,
+    ) -> Result<Arc<RunOutput>, EngineError> {
+        for _ in 0..2 {
+            let (_, mut outcome, started) =
+                self.generator
+                    .start_job(key.clone(), options.clone(), request_id);
+            let result = outcome
+                .wait_for(Option::is_some)
+                .await
+                .map_err(|_| {
+                    EngineError::new(
+                        Code::ProviderFailed,
+                        "the generation stopped without an answer",
+                    )
+                })?
+                .clone();
+            let output = match result {
+                Some(Ok(output)) => output,
+                Some(Err(message)) => {
+                    return Err(EngineError::new(Code::ProviderFailed, "generation failed")
+                        .with_cause(message));
+                }
+                None => continue,
+            };
+            let enough = (!options.image || output.generated.is_some())
+                && (!options.annotate || output.annotated.is_some());
+            if started || enough {
+                return Ok(output);
+            }
+        }
+        Err(EngineError::new(
+            Code::ProviderFailed,
+            "another run for this seed kept the key busy",
+        ))
+    }
+
+    /// `POST /v1/images/preview`: prompts only, no provider calls; writes the record.
+    pub async fn preview(&self, req: GenerateRequest) -> Result<GenerateResult, EngineError> {
+        let seed = normalize_seed(&req.input, req.seed.as_deref())?;
+        let series = self.series(req.series.as_deref())?;
+        let path = metadata_path(&self.root, &series.suffix, &seed);
+        let attributes = Arc::clone(&self.attributes);
+        let existing = blocking({
+            let path = path.clone();
+            move || metadata::read(&path)
+        })
+        .await?;
+        if let Some(meta) = existing {
+            self.check_compatible(&meta)?;
+            if !req.force {
+                let mut hit = meta;
+                hit.status.cache_hit = true;
+                return Ok(self.result(hit, &path));
+            }
+        }
+        let backstyle = req.backstyle.clone().filter(|b| !b.trim().is_empty());
+        let (dress, prompts) = attributes
+            .dress_in(&seed, &series, backstyle.as_deref())
+            .map_err(|e| {
+                EngineError::new(Code::InvalidInput, "cannot build the prompts").with_cause(e)
+            })?;
+        let output = RunOutput {
+            technical: prompts.technical.clone(),
+            enhanced: String::new(),
+            enhanced_ran: false,
+            dress,
+            prompts,
+            generated: None,
+            annotated: None,
+        };
+        let meta = self.new_record(&req, &seed, &series, &output);
+        let written = meta.clone();
+        blocking({
+            let path = path.clone();
+            move || metadata::write(&path, &written)
+        })
+        .await?;
+        Ok(self.result(meta, &path))
+    }
+
+    /// `GET /v1/images`.
+    pub async fn list_images(
+        &self,
+        series: Option<String>,
+    ) -> Result<Vec<records::Record>, EngineError> {
+        let root = self.root.clone();
+        blocking(move || records::list(&root, series.as_deref(), false)).await
+    }
+
+    /// `GET /v1/images/{id}`: by image id, then by seed.
+    pub async fn get_image(&self, id: &str) -> Result<records::Record, EngineError> {
+        let (root, id) = (self.root.clone(), id.to_string());
+        blocking(move || records::get(&root, &id)).await
+    }
+
+    /// `DELETE /v1/images/{id}`: soft delete into `<data>/archives/`.
+    pub async fn delete_image(&self, id: &str) -> Result<(), EngineError> {
+        let (root, id) = (self.root.clone(), id.to_string());
+        blocking(move || records::delete(&root, &id)).await
+    }
+
+    /// `POST /v1/images/{id}/regenerate`: the record's request again, with `force` and an image.
+    pub async fn regenerate(
+        &self,
+        id: &str,
+        request_id: &str,
+    ) -> Result<GenerateResult, EngineError> {
+        let meta = self.get_image(id).await?.metadata;
+        let backstyle = meta
+            .selected_records
+            .iter()
+            .find(|r| r.attribute == "backStyle")
+            .map(|r| r.record.clone());
+        let req = GenerateRequest {
+            input: meta.input.clone(),
+            seed: Some(meta.seed.clone()),
+            series: Some(meta.series.name.clone()),
+            recipe: Some(meta.recipe.name.clone()),
+            backstyle,
+            enhance: !meta.prompts.enhanced_prompt.is_empty(),
+            image: true,
+            annotate: !meta.artifacts.annotated.is_empty(),
+            force: true,
+        };
+        self.generate(req, request_id).await
+    }
+
+    /// `POST /v1/images/{id}/export`.
+    pub async fn export(
+        &self,
+        id: &str,
+        options: serde_json::Value,
+    ) -> Result<records::ExportResult, EngineError> {
+        let options = records::ExportOptions::from_json(&options)?;
+        let (root, id) = (self.root.clone(), id.to_string());
+        blocking(move || records::export(&root, &id, &options)).await
+    }
+
+    /// `GET /v1/series`.
+    pub fn list_series(&self, include_hidden: bool, only_hidden: bool) -> Vec<Series> {
+        series_admin::list(&self.attributes.series, include_hidden, only_hidden)
+    }
+
+    /// `GET /v1/series/{name}`.
+    pub fn get_series(&self, name: &str) -> Result<Series, EngineError> {
+        series_admin::get(&self.attributes.series, name)
+    }
+
+    /// `PUT /v1/series/{name}`.
+    pub async fn save_series(&self, name: &str, series: Series) -> Result<Series, EngineError> {
+        let (store, name) = (self.attributes.series.clone(), name.to_string());
+        blocking(move || series_admin::save(&store, &name, series)).await
+    }
+
+    /// `POST /v1/series/{name}/hidden`.
+    pub async fn set_series_hidden(&self, name: &str, hidden: bool) -> Result<Series, EngineError> {
+        let (store, name, output) = (
+            self.attributes.series.clone(),
+            name.to_string(),
+            self.root.join("output"),
+        );
+        blocking(move || series_admin::set_hidden(&store, &output, &name, hidden)).await
+    }
+
+    /// `GET /v1/databases/{version}`: the manifest for an empty or matching version.
+    pub fn database(&self, version: &str) -> Result<Manifest, EngineError> {
+        let version = version.trim_end_matches('/');
+        if version.is_empty() || version == self.manifest.version {
+            Ok(self.manifest.clone())
+        } else {
+            Err(EngineError::new(
+                Code::DatabaseVersionUnavailable,
+                format!("database version {version} is not available"),
+            ))
+        }
+    }
+
+    /// `GET /v1/databases/{version}/records/{name}`: the first `limit` rows (≤ 0 or > 10 000
+    /// means 200). The version must match (upstream ignored it).
+    pub fn records(
+        &self,
+        version: &str,
+        name: &str,
+        limit: i64,
+    ) -> Result<DatabaseRecords, EngineError> {
+        self.database(version)?;
+        let name = normalize_name(name.trim_end_matches(".csv"));
+        if name == "unknown" {
+            return Err(EngineError::new(
+                Code::InvalidInput,
+                "database name is required",
+            ));
+        }
+        let db = self.attributes.databases.get(&name).ok_or_else(|| {
+            EngineError::new(
+                Code::DatabaseVersionUnavailable,
+                format!("database {name} is not available"),
+            )
+        })?;
+        let limit = if limit <= 0 || limit > 10_000 {
+            200
+        } else {
+            limit as usize
+        };
+        Ok(DatabaseRecords {
+            name: db.name.clone(),
+            version: db.version.clone(),
+            columns: db.columns.clone(),
+            records: db
+                .records
+                .iter()
+                .take(limit)
+                .map(|r| {
+                    let values: Vec<String> = r.split(',').map(str::to_string).collect();
+                    RecordRow {
+                        key: values
+                            .first()
+                            .map(|k| k.trim().to_string())
+                            .unwrap_or_default(),
+                        values,
+                    }
+                })
+                .collect(),
+        })
+    }
+
+    /// `POST /v1/validate`.
+    pub fn validate(&self) -> Result<(), EngineError> {
+        self.manifest.validate()
+    }
+
+    /// The live (or retained) snapshot of the engine run for `series` and `seed`.
+    pub fn progress(&self, series: &str, seed: &str) -> Result<Snapshot, EngineError> {
+        let key = RunKey::new(normalize_name(series), seed.trim().to_string());
+        self.generator.progress.snapshot(&key).ok_or_else(|| {
+            EngineError::new(
+                Code::ArtifactMissing,
+                format!("no run for {}/{}", key.series, key.address),
+            )
+        })
+    }
+}
+
+/// Does a stored record already hold what the request asks for (L§4.6)?
+fn satisfies(meta: &ImageMetadata, req: &GenerateRequest) -> bool {
+    let backstyle_ok = req
+        .backstyle
+        .as_deref()
+        .map(str::trim)
+        .filter(|b| !b.is_empty())
+        .is_none_or(|wanted| {
+            meta.selected_records
+                .iter()
+                .any(|r| r.attribute == "backStyle" && r.record == wanted)
+        });
+    (!req.enhance || !meta.prompts.enhanced_prompt.is_empty())
+        && (!req.image || !meta.artifacts.generated.is_empty())
+        && (!req.annotate || !meta.artifacts.annotated.is_empty())
+        && backstyle_ok
+}

@@ -1,0 +1,236 @@
+//! The `/v1` management API (S§5, CONTRACT §8): images (generate, preview, list, get, delete,
+//! regenerate, export), series (list, get, save, hide), databases (manifest, records) and
+//! validation, plus `GET /v1/progress/{series}/{seed}` and the OpenAPI document.
+//!
+//! Bodies are decoded leniently like the Go server: unknown fields are ignored and only the
+//! first JSON value is read; an empty or malformed body is `400 invalid_input`. Errors carry
+//! the engine's lower-case codes with the S§5.1 status mapping.
+
+use std::collections::HashMap;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::header::{ALLOW, CONTENT_TYPE};
+use axum::http::{HeaderValue, Method};
+use axum::response::{IntoResponse, Response};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use super::{ApiError, Envelope, RequestId};
+use crate::app::AppState;
+use crate::attributes::series::Series;
+use crate::engine::error::{Code, EngineError};
+use crate::engine::service::{Engine, GenerateRequest};
+
+/// The OpenAPI 3.1 description of this server, embedded.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+type V1Result = Result<Response, ApiError>;
+
+fn engine(state: &AppState) -> Result<&std::sync::Arc<Engine>, ApiError> {
+    state.engine().map_err(ApiError::databases_unavailable)
+}
+
+fn invalid(message: &str) -> ApiError {
+    ApiError::Engine(EngineError::new(Code::InvalidInput, message))
+}
+
+/// Lenient JSON decoding: the first value only, unknown fields ignored.
+fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(invalid("invalid JSON request"));
+    }
+    match serde_json::Deserializer::from_slice(body)
+        .into_iter::<T>()
+        .next()
+    {
+        Some(Ok(value)) => Ok(value),
+        _ => Err(invalid("invalid JSON request")),
+    }
+}
+
+fn ok<T: Serialize>(data: T, rid: &RequestId) -> V1Result {
+    Ok(Envelope::ok(data, rid).into_response())
+}
+
+/// 405 with the methods the path does allow.
+fn not_allowed(allow: &'static str) -> V1Result {
+    let mut response = ApiError::MethodNotAllowed { v1: true }.into_response();
+    response
+        .headers_mut()
+        .insert(ALLOW, HeaderValue::from_static(allow));
+    Ok(response)
+}
+
+/// `POST /v1/images/generate`.
+pub async fn generate(State(state): State<AppState>, rid: RequestId, body: Bytes) -> V1Result {
+    let request: GenerateRequest = decode(&body)?;
+    ok(engine(&state)?.generate(request, rid.as_str()).await?, &rid)
+}
+
+/// `POST /v1/images/preview`.
+pub async fn preview(State(state): State<AppState>, rid: RequestId, body: Bytes) -> V1Result {
+    let request: GenerateRequest = decode(&body)?;
+    ok(engine(&state)?.preview(request).await?, &rid)
+}
+
+/// `GET /v1/images[?series=]`.
+pub async fn list_images(
+    State(state): State<AppState>,
+    rid: RequestId,
+    Query(q): Query<HashMap<String, String>>,
+) -> V1Result {
+    let series = q.get("series").filter(|s| !s.is_empty()).cloned();
+    ok(engine(&state)?.list_images(series).await?, &rid)
+}
+
+/// `/v1/images/` with no id.
+pub async fn empty_image_id() -> V1Result {
+    Err(invalid("image id is required"))
+}
+
+/// `/v1/images/{id}`, `/v1/images/{id}/regenerate`, `/v1/images/{id}/export`.
+pub async fn image_item(
+    State(state): State<AppState>,
+    rid: RequestId,
+    method: Method,
+    Path(rest): Path<String>,
+    body: Bytes,
+) -> V1Result {
+    let engine = engine(&state)?;
+    if let Some(id) = rest.strip_suffix("/regenerate") {
+        if method != Method::POST {
+            return not_allowed("POST");
+        }
+        return ok(engine.regenerate(id, rid.as_str()).await?, &rid);
+    }
+    if let Some(id) = rest.strip_suffix("/export") {
+        if method != Method::POST {
+            return not_allowed("POST");
+        }
+        let options = if body.is_empty() {
+            serde_json::Value::Object(Default::default())
+        } else {
+            decode(&body)?
+        };
+        return ok(engine.export(id, options).await?, &rid);
+    }
+    match method {
+        Method::GET | Method::HEAD => ok(engine.get_image(&rest).await?, &rid),
+        Method::DELETE => {
+            engine.delete_image(&rest).await?;
+            ok(Deleted { deleted: true }, &rid)
+        }
+        _ => not_allowed("GET,HEAD,DELETE"),
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct Deleted {
+    deleted: bool,
+}
+
+/// `GET /v1/series[?includeHidden=1|onlyHidden=1]`.
+pub async fn list_series(
+    State(state): State<AppState>,
+    rid: RequestId,
+    Query(q): Query<HashMap<String, String>>,
+) -> V1Result {
+    let flag = |k: &str| q.get(k).is_some_and(|v| v == "1");
+    ok(
+        engine(&state)?.list_series(flag("includeHidden"), flag("onlyHidden")),
+        &rid,
+    )
+}
+
+#[derive(Debug, Deserialize)]
+struct Hidden {
+    hidden: bool,
+}
+
+/// `/v1/series/{name}` (GET, PUT) and `/v1/series/{name}/hidden` (POST).
+pub async fn series_item(
+    State(state): State<AppState>,
+    rid: RequestId,
+    method: Method,
+    Path(rest): Path<String>,
+    body: Bytes,
+) -> V1Result {
+    let engine = engine(&state)?;
+    if let Some(name) = rest.strip_suffix("/hidden") {
+        if method != Method::POST {
+            return not_allowed("POST");
+        }
+        let Hidden { hidden } = decode(&body)?;
+        return ok(engine.set_series_hidden(name, hidden).await?, &rid);
+    }
+    match method {
+        Method::GET | Method::HEAD => ok(engine.get_series(&rest)?, &rid),
+        Method::PUT => {
+            let series: Series = decode(&body)?;
+            ok(engine.save_series(&rest, series).await?, &rid)
+        }
+        _ => not_allowed("GET,HEAD,PUT"),
+    }
+}
+
+/// `GET /v1/databases`.
+pub async fn list_databases(State(state): State<AppState>, rid: RequestId) -> V1Result {
+    ok(vec![engine(&state)?.manifest().clone()], &rid)
+}
+
+/// `GET /v1/databases/{version}` and `GET /v1/databases/{version}/records/{name}[?limit=]`.
+pub async fn database_item(
+    State(state): State<AppState>,
+    rid: RequestId,
+    method: Method,
+    Path(rest): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> V1Result {
+    if method != Method::GET && method != Method::HEAD {
+        return not_allowed("GET,HEAD");
+    }
+    let engine = engine(&state)?;
+    if let Some((version, name)) = rest.split_once("/records/") {
+        let limit = match q.get("limit") {
+            None => 0,
+            Some(v) => v
+                .trim()
+                .parse::<i64>()
+                .map_err(|_| invalid("invalid limit"))?,
+        };
+        return ok(engine.records(version, name, limit)?, &rid);
+    }
+    ok(engine.database(&rest)?, &rid)
+}
+
+#[derive(Debug, Serialize)]
+struct Valid {
+    valid: bool,
+}
+
+/// `POST /v1/validate`.
+pub async fn validate(State(state): State<AppState>, rid: RequestId) -> V1Result {
+    engine(&state)?.validate()?;
+    ok(Valid { valid: true }, &rid)
+}
+
+/// `GET /v1/progress/{series}/{seed}`: the live snapshot of an engine run.
+pub async fn progress(
+    State(state): State<AppState>,
+    rid: RequestId,
+    Path((series, seed)): Path<(String, String)>,
+) -> V1Result {
+    ok(engine(&state)?.progress(&series, &seed)?, &rid)
+}
+
+/// `GET /openapi.json`.
+pub async fn openapi() -> Response {
+    ([(CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> ApiError {
+        ApiError::Engine(e)
+    }
+}
