@@ -188,3 +188,24 @@ fn every_setting_the_code_reads_is_documented() {
     }
     assert!(missing.is_empty(), "{}", missing.join("\n"));
 }
+
+#[test]
+fn the_endpoint_lists_in_the_docs_are_the_real_one() {
+    let server = Server::start();
+    let real = reqwest::blocking::get(server.url("/"))
+        .unwrap()
+        .text()
+        .unwrap();
+    for page in ["book/src/usage.md", "book/src/getting-started.md"] {
+        let text = read(page);
+        let start = text
+            .find("Endpoints:\n")
+            .unwrap_or_else(|| panic!("{page} shows no endpoint list"));
+        let end = start + text[start..].find("```").unwrap();
+        assert_eq!(
+            &text[start..end],
+            real,
+            "{page} shows a stale endpoint list"
+        );
+    }
+}
