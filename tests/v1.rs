@@ -786,3 +786,51 @@ async fn generate_shares_the_dalle_machinery_and_reports_provider_failures() {
             .contains("OpenAI API error (status 400): rejected by the safety system")
     );
 }
+
+#[tokio::test]
+async fn legacy_json_responses_match_the_openapi_document_too() {
+    let api = Api::new(Server::start()).await;
+    let a = "0xf503017d7baf7fbc0fff7492b751025c6a78179b";
+    for (url, template) in [
+        ("/series".to_string(), "/series"),
+        ("/health".to_string(), "/health"),
+        ("/health?check=liveness".to_string(), "/health"),
+        ("/health?check=readiness".to_string(), "/health"),
+        ("/livez".to_string(), "/livez"),
+        ("/readyz".to_string(), "/readyz"),
+        ("/metrics?format=json".to_string(), "/metrics"),
+        (format!("/dalle/simple/{a}"), "/dalle/{series}/{address}"),
+        (
+            format!("/dalle/simple/{a}?generate=1"),
+            "/dalle/{series}/{address}",
+        ),
+        (format!("/dalle/nope/{a}"), "/dalle/{series}/{address}"),
+        (
+            "/dalle/simple/0x12".to_string(),
+            "/dalle/{series}/{address}",
+        ),
+    ] {
+        let (status, _) = api.call("GET", &url, template, None).await;
+        assert!(status == 200 || status == 400, "{url}: {status}");
+    }
+}
+
+#[tokio::test]
+async fn an_invalid_database_manifest_fails_validation() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/attributes/data");
+    for entry in std::fs::read_dir(&src).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
+    }
+    // A taxonomy file with no header at all: it loads (nouns lose their enrichment), but the
+    // manifest has a file without columns.
+    std::fs::write(dir.path().join("phyla.csv"), "").unwrap();
+    let api = Api::new(Server::start_with(Options {
+        args: vec!["--databases".into(), dir.path().display().to_string()],
+        ..Options::default()
+    }))
+    .await;
+    let (s, e) = api.call("POST", "/v1/validate", "/v1/validate", None).await;
+    assert_eq!((s, code(&e)), (500, "database_manifest_invalid"), "{e:#}");
+}
