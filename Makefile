@@ -2,7 +2,7 @@
 
 CARGO ?= cargo
 
-.PHONY: run build test lint fmt bench book clean
+.PHONY: run build test lint fmt bench book chaos clean
 
 ## Run the server (mock mode when OPENAI_API_KEY is unset).
 run:
@@ -29,6 +29,10 @@ bench:
 ## The mdBook (needs `cargo install mdbook --locked --version 0.4.52 --no-default-features`).
 book:
 	mdbook build book
+
+## Reliability under a misbehaving OpenAI and kill -9 (see book/src/reliability.md).
+chaos:
+	bash scripts/chaos.sh
 
 clean:
 	$(CARGO) clean
