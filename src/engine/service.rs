@@ -15,6 +15,7 @@ use super::metadata::{
 };
 use super::{records, series_admin};
 use crate::attributes::Attributes;
+use crate::attributes::selection::extended_seed;
 use crate::attributes::series::{Series, normalize_name};
 use crate::generation::{Generator, JobOptions, RunOutput};
 use crate::progress::{RunKey, Snapshot};
@@ -237,13 +238,15 @@ impl Engine {
         req: GenerateRequest,
         request_id: &str,
     ) -> Result<GenerateResult, EngineError> {
+        // A contradiction in the request: 400 (upstream answered 503 provider_unavailable,
+        // which invites retrying a request that can never succeed).
         if req.annotate && !req.image {
             return Err(EngineError::new(
-                Code::ProviderUnavailable,
+                Code::InvalidInput,
                 "annotation requires image generation",
             ));
         }
-        let seed = normalize_seed(&req.input, req.seed.as_deref())?;
+        let (req, seed) = checked_seed(req)?;
         let series = self.series(req.series.as_deref())?;
         let path = metadata_path(&self.root, &series.suffix, &seed);
         let existing = blocking({
@@ -327,7 +330,7 @@ impl Engine {
 
     /// `POST /v1/images/preview`: prompts only, no provider calls; writes the record.
     pub async fn preview(&self, req: GenerateRequest) -> Result<GenerateResult, EngineError> {
-        let seed = normalize_seed(&req.input, req.seed.as_deref())?;
+        let (req, seed) = checked_seed(req)?;
         let series = self.series(req.series.as_deref())?;
         let path = metadata_path(&self.root, &series.suffix, &seed);
         let attributes = Arc::clone(&self.attributes);
@@ -532,6 +535,20 @@ impl Engine {
     }
 }
 
+/// The request's engine seed, checked before any work is done: with a blank input the
+/// explicit seed stands in for it (a record needs an input; upstream wrote none and failed
+/// with `500 metadata_invalid`, after generating the image), and a seed too short to select
+/// attributes is `400 invalid_input` (upstream: so was preview's, but generate's failed in
+/// the run as `502 provider_failed`).
+fn checked_seed(mut req: GenerateRequest) -> Result<(GenerateRequest, String), EngineError> {
+    let seed = normalize_seed(&req.input, req.seed.as_deref())?;
+    if req.input.trim().is_empty() {
+        req.input = seed.clone();
+    }
+    extended_seed(&seed).map_err(|e| EngineError::new(Code::InvalidInput, e.to_string()))?;
+    Ok((req, seed))
+}
+
 /// Does a stored record already hold what the request asks for (L§4.6)?
 fn satisfies(meta: &ImageMetadata, req: &GenerateRequest) -> bool {
     let backstyle_ok = req
@@ -548,4 +565,56 @@ fn satisfies(meta: &ImageMetadata, req: &GenerateRequest) -> bool {
         && (!req.image || !meta.artifacts.generated.is_empty())
         && (!req.annotate || !meta.artifacts.annotated.is_empty())
         && backstyle_ok
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(input: &str, seed: Option<&str>) -> GenerateRequest {
+        GenerateRequest {
+            input: input.into(),
+            seed: seed.map(String::from),
+            ..GenerateRequest::default()
+        }
+    }
+
+    /// Found by schemathesis: `{"input":"","seed":"<64 hex>"}` ran the generation and then
+    /// failed to write its record (`500 metadata_invalid: image metadata input is required`).
+    #[test]
+    fn an_explicit_seed_stands_in_for_a_blank_input() {
+        let seed = "10da1b4746b8e55a163137edd37cc7e5796f84781b1e5e9994e9b73bbbb0da46";
+        let (req, got) = checked_seed(request(" ", Some(seed))).unwrap();
+        assert_eq!((req.input.as_str(), got.as_str()), (seed, seed));
+        let (req, got) = checked_seed(request("Wimp", Some(seed))).unwrap();
+        assert_eq!((req.input.as_str(), got.as_str()), ("Wimp", seed));
+        let (req, got) = checked_seed(request("Wimp", None)).unwrap();
+        assert_eq!(req.input, "Wimp");
+        assert_eq!(got, crate::attributes::selection::seed_from_input("Wimp"));
+    }
+
+    /// Found by schemathesis: a short explicit seed failed inside the run, as `502
+    /// provider_failed: generation failed: seed length is less than 66`.
+    #[test]
+    fn unusable_seeds_are_invalid_input() {
+        for (input, seed) in [
+            ("", None),
+            ("  ", Some(" ")),
+            ("a", Some("short")),
+            ("", Some("\u{a5}#")),
+        ] {
+            let err = checked_seed(request(input, seed)).unwrap_err();
+            assert_eq!(err.code, Code::InvalidInput, "{input:?} {seed:?}");
+            assert_eq!(err.code.http_status(), 400);
+        }
+        // 33 bytes before the first comma is the minimum (doubled, 66).
+        assert!(checked_seed(request("", Some(&"a".repeat(33)))).is_ok());
+        assert!(
+            checked_seed(request(
+                "",
+                Some(&format!("{},{}", "a".repeat(32), "b".repeat(40)))
+            ))
+            .is_err()
+        );
+    }
 }

@@ -192,12 +192,10 @@ pub async fn database_item(
     }
     let engine = engine(&state)?;
     if let Some((version, name)) = rest.split_once("/records/") {
-        let limit = match q.get("limit") {
+        // A blank `limit=` is no limit given (the default), as an absent one.
+        let limit = match q.get("limit").map(|v| v.trim()).filter(|v| !v.is_empty()) {
             None => 0,
-            Some(v) => v
-                .trim()
-                .parse::<i64>()
-                .map_err(|_| invalid("invalid limit"))?,
+            Some(v) => v.parse::<i64>().map_err(|_| invalid("invalid limit"))?,
         };
         return ok(engine.records(version, name, limit)?, &rid);
     }
