@@ -2,7 +2,7 @@
 
 CARGO ?= cargo
 
-.PHONY: run build test lint fmt bench book chaos clean
+.PHONY: run build test lint fmt bench book chaos clean fuzz schemathesis slow-client load
 
 ## Run the server (mock mode when OPENAI_API_KEY is unset).
 run:
@@ -25,6 +25,24 @@ fmt:
 ## Criterion benchmarks (numbers go in book/src/benchmarks.md).
 bench:
 	$(CARGO) bench
+
+## Reliability (book/src/reliability.md). Each is bounded in time and uses loopback only.
+## cargo-fuzz on every target in fuzz/, FUZZ_SECONDS each (default 60); installs cargo-fuzz.
+fuzz:
+	scripts/fuzz.sh
+
+## schemathesis (PyPI, into a venv under target/) against /openapi.json of the release server.
+schemathesis:
+	scripts/schemathesis.sh
+
+## Slow-client protection on the release server: header bytes every 0.5 s, closed at 10 s.
+slow-client:
+	scripts/slow_client.sh
+
+## Load benchmarks against nginx and ImageMagick (needs nginx, wrk, imagemagick, hyperfine,
+## curl, jq; not part of `make test`). Results in target/load/; see book/src/benchmarks.md.
+load:
+	bash scripts/load.sh
 
 ## The mdBook (needs `cargo install mdbook --locked --version 0.4.52 --no-default-features`).
 book:

@@ -192,7 +192,8 @@ fn draw_caption(
 /// Decodes a PNG, JPEG or WebP (sniffed from the bytes), annotates it, and encodes a PNG.
 pub fn annotate_png(input: &[u8], caption: &str) -> Result<Vec<u8>, AnnotateError> {
     let decoded = image::load_from_memory(input).map_err(AnnotateError::Decode)?;
-    let annotated = annotate(&decoded.to_rgba8(), caption)?;
+    // `into_`: an RGB decode is converted and dropped, not kept beside its RGBA copy.
+    let annotated = annotate(&decoded.into_rgba8(), caption)?;
     encode_png(&annotated)
 }
 

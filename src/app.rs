@@ -33,8 +33,8 @@ pub struct App {
     pub progress: Arc<Progress>,
     /// The `/dalle` generator; unavailable when the attributes are.
     pub generator: Result<Arc<Generator>, String>,
-    /// Served files and their ETags.
-    pub file_cache: FileCache,
+    /// Served files and their ETags (shared with the connections, which `sendfile` them).
+    pub file_cache: Arc<FileCache>,
     /// The `/v1` engine; unavailable when the attributes are.
     pub engine: Result<Arc<Engine>, String>,
     pub started: Instant,
@@ -113,7 +113,7 @@ impl App {
             progress,
             engine,
             generator,
-            file_cache: FileCache::new(FILE_CACHE_BYTES),
+            file_cache: Arc::new(FileCache::new(FILE_CACHE_BYTES)),
             data,
             metrics,
             breaker,

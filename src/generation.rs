@@ -86,6 +86,9 @@ pub struct Generator {
     /// key's gate, so a run that lost its lock can never write after the new owner started.
     gates: Mutex<HashMap<RunKey, Arc<Mutex<()>>>>,
     slots: Arc<Semaphore>,
+    /// Decoding, captioning and encoding images: one job per core. More at once is no faster,
+    /// and 50 runs whose images arrive together would hold ~17 MB of pixels each.
+    pub(crate) image_slots: Semaphore,
     queue: Mutex<VecDeque<RunKey>>,
     /// The outcome channel of every run in flight, for callers that wait (the `/v1` API).
     running: Mutex<HashMap<RunKey, watch::Receiver<Option<RunResult>>>>,
@@ -98,6 +101,8 @@ pub enum Outcome {
     Png(PathBuf),
     /// Answer with this progress snapshot.
     Snapshot(Box<Snapshot>),
+    /// Answer with this progress snapshot, already JSON ([`Progress::poll`]).
+    Progress(Vec<u8>),
     /// `data: {}`.
     Empty,
     /// The image was removed; the text names it relative to the output dir.
@@ -143,6 +148,9 @@ impl Generator {
             locks: Mutex::new(LockTable::new(settings.lock_ttl)),
             gates: Mutex::new(HashMap::new()),
             slots: Arc::new(Semaphore::new(settings.max_concurrent.max(1))),
+            image_slots: Semaphore::new(
+                std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
+            ),
             queue: Mutex::new(VecDeque::new()),
             running: Mutex::new(HashMap::new()),
         }
@@ -164,10 +172,14 @@ impl Generator {
 
     /// Applies the decision table of CONTRACT §4 to one request.
     pub async fn handle(self: &Arc<Self>, key: RunKey, flags: Flags, request_id: &str) -> Outcome {
-        let png = self.annotated_path(&key);
-        let exists = tokio::fs::metadata(&png).await.is_ok_and(|m| m.is_file());
-        let in_flight = self.is_in_flight(&key);
-        if exists && !in_flight {
+        // A run in flight answers its snapshot whatever is on disk, so a poll (the most
+        // frequent request) needs no file-system call. Otherwise one stat of a local file,
+        // answered from the kernel's inode cache: done inline, as a trip to the blocking pool
+        // costs more than the call.
+        let png = (!self.is_in_flight(&key))
+            .then(|| self.annotated_path(&key))
+            .filter(|png| std::fs::metadata(png).is_ok_and(|m| m.is_file()));
+        if let Some(png) = png {
             if flags.remove {
                 return self.remove(&key, png).await;
             }
@@ -176,15 +188,15 @@ impl Generator {
             }
             return Outcome::Png(png);
         }
-        match self.progress.snapshot(&key) {
-            Some(snap) if !snap.done => Outcome::Snapshot(Box::new(snap)),
+        match self.progress.poll(&key) {
+            Some(polled) if !polled.done => Outcome::Progress(polled.json),
             // A failed run stays visible until it is removed; polling never retries it.
-            Some(snap) if !snap.error.is_empty() => {
+            Some(polled) if polled.failed => {
                 if flags.remove {
                     self.progress.forget(&key);
                     Outcome::Empty
                 } else {
-                    Outcome::Snapshot(Box::new(snap))
+                    Outcome::Progress(polled.json)
                 }
             }
             // Completed but the file is gone (removed behind our back): as if there were no run.

@@ -3,7 +3,7 @@
 //! Stack, outermost first (CONTRACT §3): request id → tracing span and log line → metrics →
 //! path guard → request timeout → handler. It wraps every route and the 404 fallback alike.
 
-mod dalle;
+pub mod dalle;
 pub mod error;
 mod errors;
 mod file;
@@ -57,10 +57,7 @@ pub fn router(state: AppState) -> Router {
         .layer(
             ServiceBuilder::new()
                 .layer(from_fn(request_id::middleware))
-                .layer(from_fn(observe::trace))
-                .layer(from_fn_with_state(state.clone(), observe::metrics))
-                .layer(from_fn(observe::path_guard))
-                .layer(from_fn(observe::timeout)),
+                .layer(from_fn_with_state(state.clone(), observe::observe)),
         )
         .with_state(state)
 }

@@ -31,9 +31,13 @@ use tokio::time::Instant;
 
 use crate::attributes::dress::DalleDress;
 
+mod rendered;
+mod shared_dress;
 mod snapshot;
 mod stats;
 
+pub use rendered::PolledSnapshot;
+pub use shared_dress::SharedDress;
 use snapshot::Run;
 pub use snapshot::{PhaseTiming, Snapshot};
 use stats::{Ledger, Saver};
@@ -170,6 +174,9 @@ struct State {
     /// Ordered, so `active()` lists by series then address without sorting.
     runs: BTreeMap<RunKey, Run>,
     ledger: Ledger,
+    /// No finished run's retention ends before this, so pruning (a scan of every run) is only
+    /// needed from then on, not on each of the many polls in between.
+    next_expiry: Option<Instant>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -196,6 +203,7 @@ impl Progress {
         let state = State {
             runs: BTreeMap::new(),
             ledger: Ledger::new(stats),
+            next_expiry: None,
         };
         Progress {
             inner: Arc::new(Inner {
@@ -210,8 +218,15 @@ impl Progress {
     fn state(&self) -> (MutexGuard<'_, State>, Instant) {
         let mut state = lock(&self.inner.state);
         let now = Instant::now();
-        let retention = self.inner.retention;
-        state.runs.retain(|_, run| !run.expired(now, retention));
+        if state.next_expiry.is_some_and(|at| now >= at) {
+            let retention = self.inner.retention;
+            state.runs.retain(|_, run| !run.expired(now, retention));
+            state.next_expiry = state
+                .runs
+                .values()
+                .filter_map(|run| run.expires_at(retention))
+                .min();
+        }
         (state, now)
     }
 
@@ -219,10 +234,19 @@ impl Progress {
     fn update(&self, key: &RunKey, f: impl FnOnce(&mut Run, &mut Ledger, Instant)) {
         let changed = {
             let (mut guard, now) = self.state();
-            let State { runs, ledger } = &mut *guard;
+            let State {
+                runs,
+                ledger,
+                next_expiry,
+            } = &mut *guard;
             let before = ledger.version();
             if let Some(run) = runs.get_mut(key) {
                 f(run, ledger, now);
+                run.version += 1;
+                // Runs finish only in here, so this keeps `next_expiry` the earliest one.
+                if let Some(at) = run.expires_at(self.inner.retention) {
+                    *next_expiry = Some(next_expiry.map_or(at, |next| next.min(at)));
+                }
             }
             ledger.version() != before
         };
@@ -275,13 +299,15 @@ impl Progress {
 
     /// Sets the run's DalleDress.
     pub fn set_dress(&self, key: &RunKey, dress: DalleDress) {
-        self.update(key, |run, _, _| run.dress = Some(dress));
+        self.update(key, |run, _, _| run.dress = Some(SharedDress::new(dress)));
     }
 
-    /// Edits the run's DalleDress in place (no-op when it has none). Snapshots get a copy, so
-    /// unlike upstream's shared pointer, encoding never races with this.
+    /// Edits the run's DalleDress (no-op when it has none). The edit makes a new copy that
+    /// later snapshots share, so unlike upstream's shared pointer, encoding never races with it.
     pub fn update_dress(&self, key: &RunKey, f: impl FnOnce(&mut DalleDress)) {
-        self.update(key, |run, _, _| run.dress.as_mut().map_or((), f));
+        self.update(key, |run, _, _| {
+            run.dress = run.dress.as_ref().map(|dress| dress.edited(f));
+        });
     }
 
     /// Completes an in-flight run: the current phase feeds its average, unstarted work phases
@@ -321,6 +347,21 @@ impl Progress {
             .runs
             .get(key)
             .map(|run| run.snapshot(key, state.ledger.stats(), now))
+    }
+
+    /// The run's snapshot as JSON, the same bytes as serialising [`Progress::snapshot`] but
+    /// mostly reused from the previous poll (see [`PolledSnapshot`]).
+    pub fn poll(&self, key: &RunKey) -> Option<PolledSnapshot> {
+        let (mut guard, now) = self.state();
+        let State { runs, ledger, .. } = &mut *guard;
+        let run = runs.get_mut(key)?;
+        Some(rendered::render(
+            run,
+            key,
+            ledger.stats(),
+            ledger.version(),
+            now,
+        ))
     }
 
     /// Every run, in flight or retained, sorted by series then address. Non-destructive, so the

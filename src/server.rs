@@ -6,6 +6,10 @@
 //! connection carries a small [`Activity`] record instead, and a watchdog closes it when the
 //! client takes more than 10 s to send a request's headers or stays idle for more than 120 s.
 //! Time spent inside a handler is bounded separately by the request timeout middleware.
+//!
+//! Bodies that are large cached files are written with `sendfile(2)` (see [`zero_copy`]).
+
+mod zero_copy;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -27,6 +31,7 @@ use tokio::time::Instant;
 use tower::ServiceExt;
 
 use crate::app::AppState;
+use crate::storage::FileCache;
 
 /// Connection-level limits of the server.
 #[derive(Debug, Clone, Copy)]
@@ -55,8 +60,16 @@ pub async fn serve(
     state: AppState,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
+    let files = state.file_cache.clone();
     let router = crate::http::router(state);
-    serve_router(listener, router, shutdown, ServerTimeouts::default()).await
+    serve_connections(
+        listener,
+        router,
+        shutdown,
+        ServerTimeouts::default(),
+        Some(files),
+    )
+    .await
 }
 
 /// Serves any router over HTTP/1.1; after `shutdown` resolves, stops accepting, lets open
@@ -66,6 +79,17 @@ pub async fn serve_router(
     router: axum::Router,
     shutdown: impl Future<Output = ()>,
     timeouts: ServerTimeouts,
+) -> std::io::Result<()> {
+    serve_connections(listener, router, shutdown, timeouts, None).await
+}
+
+/// [`serve_router`], with bodies taken from `files` sent by `sendfile`.
+async fn serve_connections(
+    listener: TcpListener,
+    router: axum::Router,
+    shutdown: impl Future<Output = ()>,
+    timeouts: ServerTimeouts,
+    files: Option<Arc<FileCache>>,
 ) -> std::io::Result<()> {
     let mut http = hyper::server::conn::http1::Builder::new();
     // Our watchdog owns header and idle timing (see the module docs).
@@ -105,6 +129,7 @@ pub async fn serve_router(
         let io = TokioIo::new(WatchedIo {
             inner: stream,
             activity: activity.clone(),
+            files: files.clone(),
         });
         let conn = graceful.watch(http.serve_connection(io, TowerToHyperService::new(service)));
         // Reap finished connection tasks so the set only holds live ones.
@@ -236,6 +261,8 @@ async fn watchdog(activity: &Activity, timeouts: ServerTimeouts) -> &'static str
 struct WatchedIo {
     inner: TcpStream,
     activity: Arc<Activity>,
+    /// Cached files whose slices are sent with `sendfile`.
+    files: Option<Arc<FileCache>>,
 }
 
 impl AsyncRead for WatchedIo {
@@ -260,7 +287,7 @@ impl AsyncWrite for WatchedIo {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        self.poll_write_vectored(cx, &[std::io::IoSlice::new(buf)])
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -276,7 +303,8 @@ impl AsyncWrite for WatchedIo {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        zero_copy::poll_write_vectored(&mut this.inner, cx, bufs, this.files.as_deref())
     }
 
     fn is_write_vectored(&self) -> bool {

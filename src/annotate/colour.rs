@@ -122,27 +122,36 @@ pub fn over_white(p: [u8; 4]) -> [u8; 3] {
 }
 
 /// Sorts 24-bit keys with three 8-bit LSD radix passes: linear time, several times faster than
-/// a comparison sort on a 1024×1024 image.
+/// a comparison sort on a 1024×1024 image. One read of the keys counts all three digits; the
+/// bucket offsets are indexed by a `u8`, so the scatter loops carry no bounds checks on them.
 fn radix_sort_24(mut keys: Vec<u32>) -> Vec<u32> {
+    let mut counts = [[0usize; 256]; 3];
+    for &k in &keys {
+        let [_, high, mid, low] = k.to_be_bytes();
+        counts[0][usize::from(low)] += 1;
+        counts[1][usize::from(mid)] += 1;
+        counts[2][usize::from(high)] += 1;
+    }
     let mut scratch = vec![0u32; keys.len()];
-    for shift in [0u32, 8, 16] {
-        let digit = |k: u32| ((k >> shift) & 0xff) as usize;
-        let mut offsets = [0usize; 257];
-        for &k in &keys {
-            if let Some(slot) = offsets.get_mut(digit(k) + 1) {
-                *slot += 1;
-            }
+    for (pass, count) in counts.iter().enumerate() {
+        // A digit every key shares (common in pictures with few hues) needs no pass.
+        if count.contains(&keys.len()) {
+            continue;
         }
-        for i in 1..offsets.len() {
-            offsets[i] += offsets[i - 1];
+        let mut offsets = [0usize; 256];
+        let mut total = 0;
+        for (offset, &n) in offsets.iter_mut().zip(count) {
+            *offset = total;
+            total += n;
         }
+        let shift = 8 * pass;
         for &k in &keys {
-            if let Some(offset) = offsets.get_mut(digit(k)) {
-                if let Some(slot) = scratch.get_mut(*offset) {
-                    *slot = k;
-                }
-                *offset += 1;
+            let digit = usize::from((k >> shift) as u8);
+            let offset = &mut offsets[digit];
+            if let Some(slot) = scratch.get_mut(*offset) {
+                *slot = k;
             }
+            *offset += 1;
         }
         std::mem::swap(&mut keys, &mut scratch);
     }
@@ -215,6 +224,19 @@ mod tests {
         let mut expected = keys.clone();
         expected.sort_unstable();
         assert_eq!(radix_sort_24(keys), expected);
+        // Shared digits (skipped passes), one key, none, and a pseudo-random million.
+        let shared: Vec<u32> = (0..300).rev().map(|i| 0x12_00_00 | (i * 7 % 256)).collect();
+        let mut expected = shared.clone();
+        expected.sort_unstable();
+        assert_eq!(radix_sort_24(shared), expected);
+        assert_eq!(radix_sort_24(vec![5]), [5]);
+        assert!(radix_sort_24(Vec::new()).is_empty());
+        let many: Vec<u32> = (0u32..1 << 20)
+            .map(|i| i.wrapping_mul(2_654_435_761) >> 8)
+            .collect();
+        let mut expected = many.clone();
+        expected.sort_unstable();
+        assert_eq!(radix_sort_24(many), expected);
     }
 
     #[test]

@@ -214,6 +214,11 @@ pub fn make_dress(
 /// Upstream's file-name cleaning: `/ \ : * ? " < > |` become `_`, spaces are trimmed, then
 /// one left-to-right pass turns `__` into `_`.
 pub fn valid_filename(name: &str) -> String {
+    // Addresses and series names (every request builds a path from one) need no change.
+    let special = |c: char| matches!(c, '/' | '\\' | ':' | '*' | '?' | '"' | '<' | '>' | '|');
+    if !name.contains(special) && !name.contains("__") && name.trim() == name {
+        return name.to_string();
+    }
     let replaced: String = name
         .chars()
         .map(|c| {
@@ -357,6 +362,8 @@ mod tests {
             "file_name_test__.txt"
         );
         assert_eq!(valid_filename("  0xabc  "), "0xabc");
+        assert_eq!(valid_filename("a__b"), "a_b");
+        assert_eq!(valid_filename("simple"), "simple");
     }
 
     proptest! {

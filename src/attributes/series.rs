@@ -190,6 +190,12 @@ impl SeriesStore {
         names
     }
 
+    /// Whether [`SeriesStore::names`] lists `name`, without listing the user directory: a
+    /// built-in costs nothing, a user series one file read (`/dalle` asks on every request).
+    pub fn contains(&self, name: &str) -> bool {
+        self.builtins.contains_key(name) || self.read_user(name).is_some()
+    }
+
     fn user_names(&self) -> Vec<String> {
         let Ok(entries) = std::fs::read_dir(&self.user_dir) else {
             return Vec::new();
@@ -286,6 +292,15 @@ mod tests {
             names.windows(2).all(|w| w[0] < w[1]),
             "sorted and unique: {names:?}"
         );
+        for name in [
+            "simple", "empty", "fresh", "broken", "notes", "nope", "", ".hidden",
+        ] {
+            assert_eq!(
+                store.contains(name),
+                names.iter().any(|n| n == name),
+                "contains({name:?}) must agree with names()"
+            );
+        }
     }
 
     #[test]

@@ -115,17 +115,33 @@ impl Run<'_> {
 }
 
 /// The raw image as PNG: PNG bytes pass through, JPEG or WebP (from a URL) are re-encoded.
-fn ensure_png(raw: &[u8]) -> Result<Vec<u8>, Error> {
+fn ensure_png(raw: Vec<u8>) -> Result<Vec<u8>, Error> {
     const PNG_MAGIC: &[u8] = b"\x89PNG\r\n\x1a\n";
     if raw.starts_with(PNG_MAGIC) {
-        return Ok(raw.to_vec());
+        return Ok(raw);
     }
-    let image = image::load_from_memory(raw).map_err(|e| Error::Image(e.to_string()))?;
+    let image = image::load_from_memory(&raw).map_err(|e| Error::Image(e.to_string()))?;
     let mut out = std::io::Cursor::new(Vec::new());
     image
         .write_to(&mut out, image::ImageFormat::Png)
         .map_err(|e| Error::Image(e.to_string()))?;
     Ok(out.into_inner())
+}
+
+/// Runs CPU-bound image work on the blocking pool once one of the generator's image slots
+/// (one per core) is free.
+async fn image_work<T: Send + 'static>(
+    generator: &Generator,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, Error> {
+    let _slot = generator
+        .image_slots
+        .acquire()
+        .await
+        .map_err(|e| Error::Task(e.to_string()))?;
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| Error::Task(e.to_string()))
 }
 
 /// Runs the whole pipeline for `key` with `options`.
@@ -241,9 +257,8 @@ pub async fn run(
                 annotate::parse_hex_color(&output.dress.color(false, n)).unwrap_or([128, 128, 128])
             });
             let address = key.address.clone();
-            let png = tokio::task::spawn_blocking(move || annotate::mock_png(&address, palette))
-                .await
-                .map_err(|e| Error::Task(e.to_string()))??;
+            let png =
+                image_work(generator, move || annotate::mock_png(&address, palette)).await??;
             run.skip(Phase::ImageDownload)?;
             png
         }
@@ -255,14 +270,13 @@ pub async fn run(
     } else {
         run.skip(Phase::Annotate)?;
     }
-    let (generated, annotated) = tokio::task::spawn_blocking(move || -> Result<_, Error> {
+    let (generated, annotated) = image_work(generator, move || -> Result<_, Error> {
         let annotated = caption
             .map(|c| annotate::annotate_png(&raw, &c))
             .transpose()?;
-        Ok((ensure_png(&raw)?, annotated))
+        Ok((ensure_png(raw)?, annotated))
     })
-    .await
-    .map_err(|e| Error::Task(e.to_string()))??;
+    .await??;
     output.generated = Some(run.write("generated", "png", generated).await?);
     finish(&mut run, output, annotated).await
 }
@@ -289,6 +303,7 @@ async fn finish(
         .snapshot(run.key)
         .and_then(|s| s.dalle_dress)
     {
+        let snapshot = snapshot.into_inner();
         output.dress.image_url = snapshot.image_url;
         output.dress.download_mode = snapshot.download_mode;
     }

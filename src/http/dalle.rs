@@ -28,16 +28,16 @@ pub async fn dalle(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let generator = state.generator().map_err(ApiError::databases_unavailable)?;
-    let key = parse_path(
+    let (key, flags) = parse_request(
         uri.path(),
         rest.as_deref().map_or("", String::as_str),
-        |s| generator.attributes.series.names().iter().any(|n| n == s),
+        query.as_deref(),
+        |s| generator.attributes.series.contains(s),
     )?;
-    let outcome = Arc::clone(generator)
-        .handle(key, parse_flags(query.as_deref()), rid.as_str())
-        .await;
+    let outcome = Arc::clone(generator).handle(key, flags, rid.as_str()).await;
     Ok(match outcome {
         Outcome::Snapshot(snapshot) => Envelope::ok(snapshot, &rid).into_response(),
+        Outcome::Progress(json) => Envelope::ok_json(&json, &rid),
         Outcome::Empty => Envelope::ok(Nothing {}, &rid).into_response(),
         Outcome::Removed(name) => (
             [(CONTENT_TYPE, "text/plain; charset=utf-8")],
@@ -50,6 +50,18 @@ pub async fn dalle(
             None => Envelope::ok(Nothing {}, &rid).into_response(),
         },
     })
+}
+
+/// The run key and flags of `/dalle/<rest>?<query>` (`full_path` is only quoted in errors),
+/// exactly as the handler parses them; public so the fuzz targets can reach it.
+pub fn parse_request(
+    full_path: &str,
+    rest: &str,
+    query: Option<&str>,
+    series_exists: impl Fn(&str) -> bool,
+) -> Result<(RunKey, Flags), ApiError> {
+    let key = parse_path(full_path, rest, series_exists)?;
+    Ok((key, parse_flags(query)))
 }
 
 /// S§6.1: split at the first `/`, lower-case both parts, validate series then address.

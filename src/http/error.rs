@@ -30,6 +30,30 @@ impl<T: Serialize> Envelope<T> {
     }
 }
 
+impl Envelope<()> {
+    /// The success envelope around `data`, which is already JSON (a progress snapshot from
+    /// [`crate::progress::Progress::poll`]): the same bytes as [`Envelope::ok`] would write
+    /// for the value, without serialising it again.
+    pub fn ok_json(data: &[u8], request_id: &super::RequestId) -> Response {
+        let mut body = Vec::with_capacity(data.len() + 96);
+        body.extend_from_slice(br#"{"success":true,"data":"#);
+        body.extend_from_slice(data);
+        body.extend_from_slice(br#","request_id":"#);
+        if serde_json::to_writer(&mut body, request_id.as_str()).is_err() {
+            body.extend_from_slice(b"\"\"");
+        }
+        body.push(b'}');
+        (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                axum::http::HeaderValue::from_static("application/json"),
+            )],
+            body,
+        )
+            .into_response()
+    }
+}
+
 /// The stable error codes. Legacy routes use the upper-case set; `/v1` uses lower-case
 /// engine codes (S§5.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -237,6 +261,21 @@ impl IntoResponse for ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn ok_json_writes_what_ok_writes() {
+        use http_body_util::BodyExt;
+        let rid = super::super::RequestId::parse("abc-1").unwrap();
+        let value = serde_json::json!({"series": "simple", "percent": 12.5, "text": "a \"q\""});
+        let body = |response: Response| async {
+            let headers = response.headers().clone();
+            let bytes = response.into_body().collect().await.unwrap().to_bytes();
+            (headers["content-type"].clone(), bytes)
+        };
+        let expected = body(Envelope::ok(&value, &rid).into_response()).await;
+        let json = serde_json::to_vec(&value).unwrap();
+        assert_eq!(body(Envelope::ok_json(&json, &rid)).await, expected);
+    }
 
     #[test]
     fn internal_errors_never_leak_their_cause() {

@@ -13,8 +13,15 @@ use super::ApiError;
 use crate::app::AppState;
 use crate::storage::CachedFile;
 
-/// Reads a file through the app's cache on the blocking pool; `None` when it is not there.
+/// Reads a file through the app's cache; `None` when it is not there. A cache hit is
+/// answered here (one `stat`); only reading the bytes goes to the blocking pool, since the
+/// hop there and back cost more than the whole hit (wake-ups and context switches).
 pub async fn read(state: &AppState, path: PathBuf) -> Option<CachedFile> {
+    match state.file_cache.fresh(&path) {
+        Ok(Some(file)) => return Some(file),
+        Ok(None) => {}
+        Err(_) => return None,
+    }
     let app = state.0.clone();
     tokio::task::spawn_blocking(move || app.file_cache.read(&path).ok())
         .await

@@ -73,7 +73,15 @@ pub struct OpenAiClient {
     breaker: Arc<CircuitBreaker>,
     metrics: Arc<Metrics>,
     retry: RetryPolicy,
+    /// Response bodies being read at once (see [`BODY_READS`]).
+    body_reads: Arc<tokio::sync::Semaphore>,
 }
+
+/// How many response bodies are read at the same time. Image answers are ~3 MB of base64;
+/// when a burst of runs gets its images together, reading all of them at once held every body
+/// in memory at the same moment. The others wait in their sockets' buffers meanwhile; waiting
+/// for the answers themselves (the slow part) is never limited.
+const BODY_READS: usize = 8;
 
 impl OpenAiClient {
     /// A client for `config`, reporting to the shared breaker and metrics.
@@ -98,6 +106,7 @@ impl OpenAiClient {
             enhance_timeout: config.enhance_timeout,
             breaker,
             metrics,
+            body_reads: Arc::new(tokio::sync::Semaphore::new(BODY_READS)),
             retry: RetryPolicy {
                 base: config.retry_base,
                 ..RetryPolicy::default()
@@ -187,31 +196,7 @@ impl OpenAiClient {
                 self.exchange(self.post(key, &url, &body), self.image_timeout)
             })
             .await?;
-        let reply = parse(&bytes, "image generation")?;
-        let first = reply
-            .pointer("/data/0")
-            .ok_or_else(|| OpenAiError::Decode("no images returned".into()))?;
-        let field = |name| {
-            first
-                .get(name)
-                .and_then(Value::as_str)
-                .map(str::trim)
-                .filter(|text| !text.is_empty())
-        };
-        if let Some(url) = field("url") {
-            return Ok(ImageAnswer::Url(url.to_string()));
-        }
-        match field("b64_json") {
-            Some(b64) => base64::engine::general_purpose::STANDARD
-                .decode(b64)
-                .map(ImageAnswer::Bytes)
-                .map_err(|e| {
-                    OpenAiError::Decode(format!("image response has invalid base64: {e}"))
-                }),
-            None => Err(OpenAiError::Decode(
-                "image response missing both url and b64_json".into(),
-            )),
-        }
+        image_answer(&bytes)
     }
 
     /// Fetches a generated image. The API key is not sent: the URL is already signed and may
@@ -307,7 +292,11 @@ impl OpenAiClient {
         {
             return Err(too_large());
         }
-        let mut body = Vec::new();
+        // The semaphore is never closed; if it were, reading anyway is harmless.
+        let _reading = self.body_reads.acquire().await.ok();
+        // Sized from Content-Length when known: a 3 MB image answer then needs no regrowth.
+        let expected = response.content_length().unwrap_or(0) as usize;
+        let mut body = Vec::with_capacity(expected.min(MAX_BODY_BYTES));
         while let Some(chunk) = response
             .chunk()
             .await
@@ -397,6 +386,61 @@ fn to_json(body: &Value) -> Result<Vec<u8>, OpenAiError> {
     serde_json::to_vec(body).map_err(|e| OpenAiError::Setup(format!("cannot encode request: {e}")))
 }
 
+/// The first image of an image-generation answer.
+fn image_answer(bytes: &[u8]) -> Result<ImageAnswer, OpenAiError> {
+    // The usual answer is read in place: its multi-megabyte `b64_json` borrowed from the body,
+    // not copied into a `Value` first. Any other shape takes the general path below.
+    if let Ok(reply) = serde_json::from_slice::<ImageReply<'_>>(bytes) {
+        let first = reply
+            .data
+            .and_then(|data| data.into_iter().next())
+            .ok_or_else(|| OpenAiError::Decode("no images returned".into()))?;
+        return image_fields(first.url, first.b64_json);
+    }
+    let reply = parse(bytes, "image generation")?;
+    let first = reply
+        .pointer("/data/0")
+        .ok_or_else(|| OpenAiError::Decode("no images returned".into()))?;
+    let field = |name| first.get(name).and_then(Value::as_str);
+    image_fields(field("url"), field("b64_json"))
+}
+
+/// The answer's `data[0]` as far as it is read.
+#[derive(serde::Deserialize)]
+struct ImageReply<'a> {
+    #[serde(default, borrow)]
+    data: Option<Vec<ImageDatum<'a>>>,
+}
+
+/// Strings borrowed from the body: one with escapes fails this parse and takes the general
+/// path (base64 and URLs normally have none).
+#[derive(serde::Deserialize)]
+struct ImageDatum<'a> {
+    #[serde(default, borrow)]
+    url: Option<&'a str>,
+    #[serde(default, borrow)]
+    b64_json: Option<&'a str>,
+}
+
+/// A URL when there is one, else the decoded `b64_json`.
+fn image_fields(url: Option<&str>, b64_json: Option<&str>) -> Result<ImageAnswer, OpenAiError> {
+    fn present(text: Option<&str>) -> Option<&str> {
+        text.map(str::trim).filter(|text| !text.is_empty())
+    }
+    if let Some(url) = present(url) {
+        return Ok(ImageAnswer::Url(url.to_string()));
+    }
+    match present(b64_json) {
+        Some(b64) => base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .map(ImageAnswer::Bytes)
+            .map_err(|e| OpenAiError::Decode(format!("image response has invalid base64: {e}"))),
+        None => Err(OpenAiError::Decode(
+            "image response missing both url and b64_json".into(),
+        )),
+    }
+}
+
 fn parse(bytes: &[u8], what: &str) -> Result<Value, OpenAiError> {
     serde_json::from_slice(bytes)
         .map_err(|e| OpenAiError::Decode(format!("invalid {what} response: {e}")))
@@ -460,5 +504,43 @@ mod tests {
         assert!(!err.to_string().contains("sk-unit-secret"), "{err}");
         assert!(err.to_string().ends_with("provided: [redacted]"));
         assert!(!format!("{:?}", client()).contains("sk-unit-secret"));
+    }
+
+    #[test]
+    fn image_answers_in_every_shape() {
+        let bytes = |a: &ImageAnswer| match a {
+            ImageAnswer::Bytes(b) => b.clone(),
+            ImageAnswer::Url(u) => u.as_bytes().to_vec(),
+        };
+        let ok = |body: &str| image_answer(body.as_bytes()).map(|a| bytes(&a));
+        let err = |body: &str| image_answer(body.as_bytes()).unwrap_err().to_string();
+        // "aGk/" is base64 for "hi?"; the second form escapes its slash, as JSON allows.
+        assert_eq!(
+            ok(r#"{"data":[{"b64_json":"aGk/"}],"created":1}"#).unwrap(),
+            b"hi?"
+        );
+        assert_eq!(ok(r#"{"data":[{"b64_json":"aGk\/"}]}"#).unwrap(), b"hi?");
+        assert_eq!(
+            ok(r#"{"data":[{"url":" https://x/y.png ","b64_json":"aGk/"}]}"#).unwrap(),
+            b"https://x/y.png"
+        );
+        assert_eq!(
+            ok(r#"{"data":[{"url":7,"b64_json":"aGk/"}]}"#).unwrap(),
+            b"hi?"
+        );
+        for empty in [
+            r#"{"data":[]}"#,
+            r#"{"data":null}"#,
+            "{}",
+            r#"{"data":{"x":1}}"#,
+        ] {
+            assert_eq!(err(empty), "no images returned", "{empty}");
+        }
+        assert_eq!(
+            err(r#"{"data":[{"url":"","b64_json":null}]}"#),
+            "image response missing both url and b64_json"
+        );
+        assert!(err(r#"{"data":[{"b64_json":"@@@"}]}"#).contains("invalid base64"));
+        assert!(err("not json").contains("invalid image generation response"));
     }
 }

@@ -11,8 +11,7 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 use tokio::time::Instant;
 
-use super::{Phase, PhaseStats, RunKey};
-use crate::attributes::dress::DalleDress;
+use super::{Phase, PhaseStats, RunKey, SharedDress};
 
 const NS_PER_SECOND: f64 = 1e9;
 
@@ -43,7 +42,8 @@ pub struct Snapshot {
     pub cache_hit: bool,
     /// All 9 phases, in order.
     pub phases: Vec<PhaseTiming>,
-    pub dalle_dress: Option<DalleDress>,
+    /// Shared with the run and serialised once per change (see [`SharedDress`]).
+    pub dalle_dress: Option<SharedDress>,
     /// Average nanoseconds of every phase with at least one sample.
     pub phase_averages: BTreeMap<Phase, i64>,
     /// The request that started the run.
@@ -107,8 +107,12 @@ pub(super) struct Run {
     finished_at: Option<Instant>,
     error: String,
     pub(super) cache_hit: bool,
-    pub(super) dress: Option<DalleDress>,
+    pub(super) dress: Option<SharedDress>,
     queue_position: Option<usize>,
+    /// Counts changes (every [`super::Progress`] update), so a rendering knows it is current.
+    pub(super) version: u64,
+    /// The last JSON rendering of this run's snapshot (see [`super::rendered`]).
+    pub(super) rendered: Option<super::rendered::Rendered>,
 }
 
 impl Run {
@@ -128,13 +132,25 @@ impl Run {
             cache_hit: false,
             dress: None,
             queue_position: None,
+            version: 0,
+            rendered: None,
         }
+    }
+
+    /// Finished with an error.
+    pub(super) fn failed(&self) -> bool {
+        self.done && !self.error.is_empty()
     }
 
     /// Whether the run finished at least `retention` ago.
     pub(super) fn expired(&self, now: Instant, retention: Duration) -> bool {
         self.finished_at
             .is_some_and(|at| now.saturating_duration_since(at) >= retention)
+    }
+
+    /// When the run's retention ends, once it has finished (`None` while in flight).
+    pub(super) fn expires_at(&self, retention: Duration) -> Option<Instant> {
+        self.finished_at.and_then(|at| at.checked_add(retention))
     }
 
     /// Records the queue place; a queued run is still in `setup`, so leaving setup clears it.
@@ -270,7 +286,7 @@ impl Run {
     }
 
     /// Percent through the current work phase and its remaining seconds, from its average.
-    fn phase_progress(&self, stats: &PhaseStats, now: Instant) -> (f64, f64) {
+    pub(super) fn phase_progress(&self, stats: &PhaseStats, now: Instant) -> (f64, f64) {
         match average(stats, self.current) {
             Some(avg) if self.current.is_work() => {
                 let elapsed = self.elapsed_ns(self.current, now);
@@ -285,7 +301,7 @@ impl Run {
 
     /// L§6 overall percent and ETA: the averages of the phases already ended, plus the time
     /// spent in the current one (capped at its average), over the sum of all work averages.
-    fn overall_progress(&self, stats: &PhaseStats, now: Instant) -> (f64, f64) {
+    pub(super) fn overall_progress(&self, stats: &PhaseStats, now: Instant) -> (f64, f64) {
         let total: f64 = Phase::WORK.iter().filter_map(|&p| average(stats, p)).sum();
         if total <= 0.0 {
             return (0.0, 0.0);
@@ -331,6 +347,7 @@ mod tests {
     use super::super::tests::{generate, key};
     use super::super::{Progress, StartOutcome};
     use super::*;
+    use crate::attributes::dress::DalleDress;
     use tokio::time::advance;
 
     const RETENTION: Duration = Duration::from_secs(60);

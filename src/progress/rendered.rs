@@ -1,0 +1,162 @@
+//! Progress snapshots rendered straight to JSON, for the frequent `/dalle` polls.
+//!
+//! A snapshot is ~12 KB of JSON (mostly the run's dress) and many clients poll it several
+//! times a second, yet between two updates of a run only four of its numbers change: percent,
+//! ETA, and the current phase's percent and ETA, which move with the clock. So the rest is
+//! rendered once per change of the run or of the phase statistics, as the text before and
+//! after those four fields, and a poll writes four numbers between the two. The bytes are
+//! exactly what serialising the [`Snapshot`] gives (the tests compare them).
+
+use tokio::time::Instant;
+
+use super::snapshot::Run;
+use super::{PhaseStats, RunKey, Snapshot};
+
+/// The four clock-driven fields with the values [`split`] renders them with.
+const CLOCK_FIELDS: &str =
+    r#""percent":0.0,"etaSeconds":0.0,"phasePercent":0.0,"phaseETASeconds":0.0,"#;
+
+/// A run's snapshot JSON without its clock-driven fields, for one version of the run and of
+/// the phase statistics.
+#[derive(Debug)]
+pub(super) struct Rendered {
+    run_version: u64,
+    stats_version: u64,
+    before: String,
+    after: String,
+}
+
+/// A run's snapshot as served to a poller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolledSnapshot {
+    /// The snapshot's JSON, byte for byte what serialising [`Snapshot`] gives.
+    pub json: Vec<u8>,
+    pub done: bool,
+    /// Finished with an error.
+    pub failed: bool,
+}
+
+/// The snapshot of `run` at `now` as JSON, reusing (or first making) its rendering.
+pub(super) fn render(
+    run: &mut Run,
+    key: &RunKey,
+    stats: &PhaseStats,
+    stats_version: u64,
+    now: Instant,
+) -> PolledSnapshot {
+    let (done, failed) = (run.done, run.failed());
+    let current = run
+        .rendered
+        .as_ref()
+        .is_some_and(|r| r.run_version == run.version && r.stats_version == stats_version);
+    if !current {
+        run.rendered = split(&run.snapshot(key, stats, now), run.version, stats_version);
+    }
+    let json = match &run.rendered {
+        Some(rendered) => {
+            let (phase_percent, phase_eta) = run.phase_progress(stats, now);
+            let (percent, eta) = run.overall_progress(stats, now);
+            let mut json = Vec::with_capacity(rendered.before.len() + rendered.after.len() + 160);
+            json.extend_from_slice(rendered.before.as_bytes());
+            for (name, value) in [
+                ("\"percent\":", percent),
+                (",\"etaSeconds\":", eta),
+                (",\"phasePercent\":", phase_percent),
+                (",\"phaseETASeconds\":", phase_eta),
+            ] {
+                json.extend_from_slice(name.as_bytes());
+                // serde_json's own number formatting, so the bytes match a full serialisation.
+                if serde_json::to_writer(&mut json, &value).is_err() {
+                    json.extend_from_slice(b"null");
+                }
+            }
+            json.push(b',');
+            json.extend_from_slice(rendered.after.as_bytes());
+            json
+        }
+        // Only if the markers were not found (see `split`): serialise it all.
+        None => serde_json::to_vec(&run.snapshot(key, stats, now)).unwrap_or_default(),
+    };
+    PolledSnapshot { json, done, failed }
+}
+
+/// `snapshot`'s JSON cut around its clock-driven fields. A quote inside a JSON string is
+/// always escaped, so the bare-quoted field names can only match the fields themselves.
+fn split(snapshot: &Snapshot, run_version: u64, stats_version: u64) -> Option<Rendered> {
+    let mut snapshot = snapshot.clone();
+    snapshot.percent = 0.0;
+    snapshot.eta_seconds = 0.0;
+    snapshot.phase_percent = 0.0;
+    snapshot.phase_eta_seconds = 0.0;
+    let json = serde_json::to_string(&snapshot).ok()?;
+    let at = json.find(CLOCK_FIELDS)?;
+    Some(Rendered {
+        run_version,
+        stats_version,
+        before: json.get(..at)?.to_string(),
+        after: json.get(at + CLOCK_FIELDS.len()..)?.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::key;
+    use super::super::{Phase, Progress, StartOutcome};
+    use crate::attributes::dress::DalleDress;
+    use std::time::Duration;
+    use tokio::time::advance;
+
+    /// The polled JSON equals the serialised snapshot at every step of a run.
+    async fn same_bytes(p: &Progress, k: &super::RunKey) {
+        let polled = p.poll(k).unwrap();
+        let snapshot = p.snapshot(k).unwrap();
+        assert_eq!(
+            String::from_utf8(polled.json).unwrap(),
+            serde_json::to_string(&snapshot).unwrap()
+        );
+        assert_eq!(polled.done, snapshot.done);
+        assert_eq!(polled.failed, snapshot.done && !snapshot.error.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn polls_render_exactly_the_snapshot() {
+        let p = Progress::in_memory(Duration::from_secs(60));
+        let k = key("simple", 1);
+        assert!(p.poll(&k).is_none());
+        assert_eq!(p.start(&k, "req-1"), StartOutcome::Started);
+        same_bytes(&p, &k).await;
+        p.set_dress(
+            &k,
+            DalleDress {
+                prompt: "a \"quoted\" \"percent\":0.0, prompt".into(),
+                ..DalleDress::default()
+            },
+        );
+        same_bytes(&p, &k).await;
+        for phase in [Phase::BasePrompts, Phase::EnhancePrompt, Phase::ImageWait] {
+            advance(Duration::from_millis(1234)).await;
+            p.transition(&k, phase);
+            same_bytes(&p, &k).await;
+            // The clock moves the percentages without any update of the run.
+            advance(Duration::from_millis(777)).await;
+            same_bytes(&p, &k).await;
+        }
+        p.set_queue_position(&k, Some(3));
+        same_bytes(&p, &k).await;
+        p.complete(&k);
+        same_bytes(&p, &k).await;
+
+        // Another run's completion changes the averages every snapshot shows.
+        let other = key("simple", 2);
+        assert_eq!(p.start(&other, "req-2"), StartOutcome::Started);
+        p.transition(&other, Phase::ImageWait);
+        advance(Duration::from_secs(5)).await;
+        assert_eq!(p.start(&k, "req-3"), StartOutcome::Started);
+        same_bytes(&p, &k).await;
+        p.complete(&other);
+        same_bytes(&p, &k).await;
+        p.fail(&k, "boom".into());
+        same_bytes(&p, &k).await;
+        assert!(p.poll(&k).unwrap().failed);
+    }
+}
