@@ -349,7 +349,7 @@ SUMMARY=$OUT/summary.md
   echo "Run $(date -u +%Y-%m-%dT%H:%MZ), $CORES cores, load average $LOAD_START at the start;"
   echo "wrk: -t2, ${SECONDS_PER_RUN} s per run, $ROUNDS interleaved rounds, medians."
   echo
-  echo "| goal | measure | dalleserver | reference | ratio | target | result | load avg |"
+  echo "| goal | measure | dalleserver | reference | ratio | target | result | load avg after (1/5/15 min) |"
   echo "|---|---|---|---|---|---|---|---|"
   echo "| 1 cache hit ($PNG_BYTES-byte PNG, -c64) | requests/s (p99) | $G1_OURS ($G1_OURS_P99 ms) | nginx $G1_NGINX ($G1_NGINX_P99 ms) | $R1 | ≥ 1.00 | $P1 | $G1_LOAD |"
   echo "| 1 | server CPU per request | $G1_OURS_CPU µs | nginx $G1_NGINX_CPU µs | | | | |"

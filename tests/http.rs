@@ -658,6 +658,55 @@ fn files_serves_only_plain_files_inside_the_output_dir() {
     }
 }
 
+/// Large cached files go out with `sendfile` (src/server/zero_copy.rs): whole, by range, after
+/// an atomic replace, and many times over one keep-alive connection, byte for byte.
+#[test]
+fn large_files_are_served_whole_and_by_range_from_the_cache() {
+    let server = Server::start();
+    let address = "0x00000000000000000000000000000000000000aa";
+    let out = server.data_dir.join("output/simple/annotated");
+    std::fs::create_dir_all(&out).unwrap();
+    let png = |seed: u32| -> Vec<u8> {
+        (0..3_000_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8 ^ seed as u8)
+            .collect()
+    };
+    let first = png(1);
+    std::fs::write(out.join(format!("{address}.png")), &first).unwrap();
+    let c = client();
+    let url = server.url(&format!("/dalle/simple/{address}"));
+    for _ in 0..5 {
+        let resp = c.get(&url).send().unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["content-length"], "3000000");
+        assert!(resp.bytes().unwrap() == first, "whole body");
+    }
+    let resp = c
+        .get(&url)
+        .header("Range", "bytes=1000000-1999999")
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), 206);
+    assert!(
+        resp.bytes().unwrap() == first[1_000_000..2_000_000],
+        "range"
+    );
+    let files = server.url(&format!("/files/simple/annotated/{address}.png"));
+    assert!(c.get(&files).send().unwrap().bytes().unwrap() == first);
+
+    // An atomic replace is seen at once, and the new bytes are what is sent.
+    let second = png(2);
+    let tmp = out.join("replacement.tmp");
+    std::fs::write(&tmp, &second).unwrap();
+    std::fs::rename(&tmp, out.join(format!("{address}.png"))).unwrap();
+    for _ in 0..2 {
+        assert!(
+            c.get(&url).send().unwrap().bytes().unwrap() == second,
+            "replaced"
+        );
+    }
+}
+
 #[test]
 fn preview_lists_pages_and_escapes_what_it_shows() {
     let server = Server::start();
