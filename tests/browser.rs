@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use common::{Options, Server};
 use serde_json::{Value, json};
 use wiremock::matchers::{method, path};
-use wiremock::{Mock, MockServer, ResponseTemplate};
+use wiremock::{Mock, MockServer};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
@@ -193,21 +193,10 @@ async fn the_gallery_works_in_a_real_browser() {
         return;
     };
     let mock = MockServer::start().await;
-    let png = {
-        let img = image::RgbImage::from_fn(256, 256, |x, y| image::Rgb([x as u8, y as u8, 160]));
-        let mut out = std::io::Cursor::new(Vec::new());
-        img.write_to(&mut out, image::ImageFormat::Png).unwrap();
-        out.into_inner()
-    };
-    use base64::Engine;
-    let b64 = base64::engine::general_purpose::STANDARD.encode(&png);
+    let png = common::png(256, 256, [0, 0, 160]);
     Mock::given(method("POST"))
         .and(path("/images/generations"))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .set_body_json(json!({"data": [{"b64_json": b64}]}))
-                .set_delay(Duration::from_secs(3)),
-        )
+        .respond_with(common::b64_answer(&png).set_delay(Duration::from_secs(3)))
         .mount(&mock)
         .await;
     let server = Server::start_with(Options {

@@ -59,23 +59,10 @@ async fn generate_and_wait(server: &Server, address: &str, limit: Duration) -> V
 
 /// A small real PNG for the mock OpenAI to return.
 fn tiny_png(rgb: [u8; 3]) -> Vec<u8> {
-    let img = image::RgbImage::from_fn(64, 48, |x, y| {
-        image::Rgb([
-            rgb[0],
-            rgb[1].wrapping_add(x as u8),
-            rgb[2].wrapping_add(y as u8),
-        ])
-    });
-    let mut out = std::io::Cursor::new(Vec::new());
-    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
-    out.into_inner()
+    common::png(64, 48, rgb)
 }
 
-fn b64_answer(png: &[u8]) -> ResponseTemplate {
-    use base64::Engine;
-    let b64 = base64::engine::general_purpose::STANDARD.encode(png);
-    ResponseTemplate::new(200).set_body_json(serde_json::json!({"data": [{"b64_json": b64}]}))
-}
+use common::b64_answer;
 
 fn live(mock: &MockServer, extra: &[(&str, &str)]) -> Options {
     let mut env = vec![

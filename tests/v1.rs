@@ -736,21 +736,10 @@ async fn databases_records_and_validation() {
 #[tokio::test]
 async fn generate_shares_the_dalle_machinery_and_reports_provider_failures() {
     let mock = MockServer::start().await;
-    let png = {
-        let img = image::RgbImage::from_pixel(32, 32, image::Rgb([40, 90, 200]));
-        let mut out = std::io::Cursor::new(Vec::new());
-        img.write_to(&mut out, image::ImageFormat::Png).unwrap();
-        out.into_inner()
-    };
-    use base64::Engine as _;
-    let b64 = base64::engine::general_purpose::STANDARD.encode(&png);
+    let png = common::png(32, 32, [40, 90, 200]);
     Mock::given(method("POST"))
         .and(path("/images/generations"))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .set_body_json(json!({"data": [{"b64_json": b64}]}))
-                .set_delay(Duration::from_millis(500)),
-        )
+        .respond_with(common::b64_answer(&png).set_delay(Duration::from_millis(500)))
         .mount(&mock)
         .await;
     let server = Server::start_with(Options {

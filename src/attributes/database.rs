@@ -391,6 +391,19 @@ mod tests {
     }
 
     #[test]
+    fn the_embedded_set_is_exactly_the_named_databases() {
+        // EMBEDDED repeats the names because include_str! needs literals; keep them in step.
+        let embedded: Vec<&str> = EMBEDDED.iter().map(|(n, _)| *n).collect();
+        let named: Vec<&str> = SELECTION_DATABASES
+            .iter()
+            .copied()
+            .chain([BACKSTYLES])
+            .chain(TAXONOMY)
+            .collect();
+        assert_eq!(embedded, named);
+    }
+
+    #[test]
     fn embedded_databases_meet_the_minimum_sizes() {
         let dbs = Databases::embedded();
         for (name, min) in [

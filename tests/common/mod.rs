@@ -220,3 +220,25 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// A real PNG (`width`×`height`, a gradient over `rgb`) for the mock OpenAI to return.
+pub fn png(width: u32, height: u32, rgb: [u8; 3]) -> Vec<u8> {
+    let img = image::RgbImage::from_fn(width, height, |x, y| {
+        image::Rgb([
+            rgb[0],
+            rgb[1].wrapping_add(x as u8),
+            rgb[2].wrapping_add(y as u8),
+        ])
+    });
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+    out.into_inner()
+}
+
+/// An OpenAI image answer carrying `png` as `b64_json`.
+pub fn b64_answer(png: &[u8]) -> wiremock::ResponseTemplate {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(png);
+    wiremock::ResponseTemplate::new(200)
+        .set_body_json(serde_json::json!({"data": [{"b64_json": b64}]}))
+}
