@@ -478,6 +478,42 @@ async fn downloads_need_a_success_status_and_a_body() {
     assert_eq!(received(&server).await.len(), 2);
 }
 
+/// A URL answer is already made and billed: the breaker opening between the image request
+/// and its download must not lose it, and a failing storage host must not open the breaker.
+#[tokio::test]
+async fn downloads_bypass_the_breaker() {
+    let server = MockServer::start().await;
+    post(&server, IMAGES, ResponseTemplate::new(500)).await;
+    get(
+        &server,
+        "/img.png",
+        ResponseTemplate::new(200).set_body_bytes(PNG),
+    )
+    .await;
+    get(&server, "/broken.png", ResponseTemplate::new(500)).await;
+    let once = RetryPolicy {
+        attempts: 1,
+        ..tiny_retries()
+    };
+    let h = Harness::with_policy(config(&server.uri()), once);
+    let url = |name: &str| format!("{}/{name}", server.uri());
+
+    for _ in 0..5 {
+        let err = h.client.download(&url("broken.png")).await.unwrap_err();
+        assert_eq!(err.status(), Some(500));
+    }
+    assert_eq!(h.breaker.snapshot().state, BreakerState::Closed);
+    assert_eq!(h.breaker.snapshot().consecutive_failures, 0);
+
+    for _ in 0..5 {
+        h.image_err().await;
+    }
+    assert_eq!(h.breaker.snapshot().state, BreakerState::Open);
+    assert_eq!(h.client.download(&url("img.png")).await.unwrap(), PNG);
+    assert_eq!(h.breaker.snapshot().state, BreakerState::Open);
+    assert!(matches!(h.image_err().await, OpenAiError::BreakerOpen));
+}
+
 #[tokio::test]
 async fn no_key_means_no_request() {
     let server = MockServer::start().await;

@@ -1,4 +1,5 @@
-//! The circuit breaker that guards every OpenAI call (CONTRACT §5.2, S§9).
+//! The circuit breaker that guards every OpenAI API call (CONTRACT §5.2, S§9); image downloads
+//! bypass it (see `OpenAiClient::download`).
 //!
 //! Numbers are the upstream server's: open after 5 consecutive failures, half-open once 30 s
 //! have passed since the last failure, closed again after 2 successes. Unlike the Go breaker

@@ -37,6 +37,15 @@ pub enum ImageAnswer {
     Bytes(Vec<u8>),
 }
 
+/// Whether an attempt goes through the circuit breaker.
+#[derive(Debug, Clone, Copy)]
+enum Guard {
+    /// Admitted by the breaker (or refused with [`OpenAiError::BreakerOpen`]) and reported to it.
+    Breaker,
+    /// Neither admitted nor reported: the download of an image already made.
+    Bypass,
+}
+
 /// Reports an admitted attempt to the breaker exactly once. If the caller drops the future
 /// mid-flight the attempt counts as failed, so a half-open probe slot is never leaked.
 struct AttemptGuard<'a> {
@@ -142,7 +151,11 @@ impl OpenAiClient {
         let bytes = self
             .retry
             .run(Operation::Enhance, &self.metrics, || {
-                self.exchange(self.post(key, &url, &body), self.enhance_timeout)
+                self.exchange(
+                    self.post(key, &url, &body),
+                    self.enhance_timeout,
+                    Guard::Breaker,
+                )
             })
             .await?;
         let reply = parse(&bytes, "chat completion")?;
@@ -193,19 +206,25 @@ impl OpenAiClient {
         let bytes = self
             .retry
             .run(Operation::Image, &self.metrics, || {
-                self.exchange(self.post(key, &url, &body), self.image_timeout)
+                self.exchange(
+                    self.post(key, &url, &body),
+                    self.image_timeout,
+                    Guard::Breaker,
+                )
             })
             .await?;
         image_answer(&bytes)
     }
 
     /// Fetches a generated image. The API key is not sent: the URL is already signed and may
-    /// point at another host.
+    /// point at another host. The breaker neither refuses nor counts it: the image is already
+    /// made (and billed), so fetching it is never a wasted call, and the storage host's health
+    /// says nothing about the API's.
     pub async fn download(&self, url: &str) -> Result<Vec<u8>, OpenAiError> {
         let bytes = self
             .retry
             .run(Operation::Download, &self.metrics, || {
-                self.exchange(self.http.get(url), self.image_timeout)
+                self.exchange(self.http.get(url), self.image_timeout, Guard::Bypass)
             })
             .await?;
         if bytes.is_empty() {
@@ -223,25 +242,29 @@ impl OpenAiClient {
             .body(body.to_vec())
     }
 
-    /// One attempt: breaker admission, the request, the whole body, the breaker and metric
-    /// reports. Returns the body of a 2xx answer.
+    /// One attempt: breaker admission (when `guard` asks for it), the request, the whole body,
+    /// the breaker and metric reports. Returns the body of a 2xx answer.
     async fn exchange(
         &self,
         request: reqwest::RequestBuilder,
         timeout: Duration,
+        guard: Guard,
     ) -> Result<Vec<u8>, OpenAiError> {
         // Build first: a malformed URL is our fault, not the service's.
         let request = request
             .timeout(timeout)
             .build()
             .map_err(|e| OpenAiError::Setup(format!("invalid request: {}", e.without_url())))?;
-        let admission = self.breaker.admit().map_err(|rejected| {
-            tracing::debug!(reason = %rejected, "OpenAI call refused by the circuit breaker");
-            OpenAiError::BreakerOpen
-        })?;
+        let admission = match guard {
+            Guard::Breaker => Some(self.breaker.admit().map_err(|rejected| {
+                tracing::debug!(reason = %rejected, "OpenAI call refused by the circuit breaker");
+                OpenAiError::BreakerOpen
+            })?),
+            Guard::Bypass => None,
+        };
         let guard = AttemptGuard {
             breaker: &self.breaker,
-            admission: Some(admission),
+            admission,
         };
         let host = request.url().host_str().unwrap_or_default().to_string();
         let started = tokio::time::Instant::now();
