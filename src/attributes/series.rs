@@ -236,7 +236,8 @@ fn modified_rfc3339(path: &Path) -> Option<String> {
 }
 
 /// Upstream's series-name normalisation: trim, lower-case, spaces and path separators become
-/// `-`, `..` becomes `-`, surrounding dashes go, and an empty result is `unknown`.
+/// `-`, `..` becomes `-`, surrounding dashes go, and an empty result is `unknown` (as is one of
+/// only dots, which upstream kept: `...` became `.`).
 pub fn normalize_name(raw: &str) -> String {
     let lowered = raw.trim().to_lowercase().replace("..", "-");
     let mapped: String = lowered
@@ -250,7 +251,8 @@ pub fn normalize_name(raw: &str) -> String {
         })
         .collect();
     let trimmed = mapped.trim_matches('-');
-    if trimmed.is_empty() {
+    // Only dots left ("...", "-.-") would name the directory itself or its parent.
+    if trimmed.chars().all(|c| c == '.' || c == '-') {
         "unknown".to_string()
     } else {
         trimmed.to_string()
@@ -348,5 +350,8 @@ mod tests {
         );
         assert_eq!(normalize_name("../etc/passwd"), "etc-passwd");
         assert_eq!(normalize_name("   "), "unknown");
+        assert_eq!(normalize_name("..."), "unknown");
+        assert_eq!(normalize_name(". ."), "unknown");
+        assert_eq!(normalize_name("v1.2"), "v1.2");
     }
 }
