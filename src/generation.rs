@@ -17,7 +17,7 @@ use crate::attributes::dress::DalleDress;
 use crate::metrics::Metrics;
 use crate::openai::OpenAiClient;
 use crate::progress::{Progress, RunKey, Snapshot, StartOutcome};
-use crate::storage::DataDir;
+use crate::storage::{CachedFile, DataDir, FileCache};
 pub use locks::{LockTable, Token};
 
 /// Where images come from.
@@ -168,6 +168,16 @@ impl Generator {
             .join(&key.series)
             .join(kind)
             .join(format!("{stem}.{ext}"))
+    }
+
+    /// The annotated image of `key` from `cache`, when no run is in flight for it and the file
+    /// on disk is unchanged since it was cached (one `stat`, no other I/O): what a plain GET
+    /// would serve. `None` sends the request the usual way.
+    pub fn cached_image(&self, key: &RunKey, cache: &FileCache) -> Option<CachedFile> {
+        if self.is_in_flight(key) {
+            return None;
+        }
+        cache.fresh(&self.annotated_path(key)).ok().flatten()
     }
 
     /// Applies the decision table of CONTRACT §4 to one request.

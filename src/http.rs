@@ -6,6 +6,7 @@
 pub mod dalle;
 pub mod error;
 mod errors;
+pub mod fast;
 mod file;
 mod files;
 mod health;

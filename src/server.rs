@@ -11,6 +11,7 @@
 
 mod zero_copy;
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -20,7 +21,6 @@ use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::ConnectInfo;
-use axum::response::Response;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -60,14 +60,13 @@ pub async fn serve(
     state: AppState,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let files = state.file_cache.clone();
-    let router = crate::http::router(state);
+    let router = crate::http::router(state.clone());
     serve_connections(
         listener,
         router,
         shutdown,
         ServerTimeouts::default(),
-        Some(files),
+        Some(state),
     )
     .await
 }
@@ -83,14 +82,16 @@ pub async fn serve_router(
     serve_connections(listener, router, shutdown, timeouts, None).await
 }
 
-/// [`serve_router`], with bodies taken from `files` sent by `sendfile`.
+/// [`serve_router`]; with `app`, cached images are answered by the fast lane
+/// ([`crate::http::fast`]) and bodies taken from its file cache are sent by `sendfile`.
 async fn serve_connections(
     listener: TcpListener,
     router: axum::Router,
     shutdown: impl Future<Output = ()>,
     timeouts: ServerTimeouts,
-    files: Option<Arc<FileCache>>,
+    app: Option<AppState>,
 ) -> std::io::Result<()> {
+    let files = app.as_ref().map(|app| app.file_cache.clone());
     let mut http = hyper::server::conn::http1::Builder::new();
     // Our watchdog owns header and idle timing (see the module docs).
     http.header_read_timeout(None).keep_alive(true);
@@ -115,17 +116,32 @@ async fn serve_connections(
         let activity = Arc::new(Activity::new());
         let on_request = activity.clone();
         let on_response = activity.clone();
-        let service = router
-            .clone()
-            .map_request(move |mut req: hyper::Request<Incoming>| {
-                on_request.request_started();
-                req.extensions_mut().insert(ConnectInfo(peer));
-                req
-            })
-            .map_response(move |res: Response| {
-                let activity = on_response.clone();
-                res.map(|inner| Body::new(TrackedBody { inner, activity }))
-            });
+        let router = router.clone();
+        let app = app.clone();
+        let service = tower::service_fn(move |mut req: hyper::Request<Incoming>| {
+            on_request.request_started();
+            // Either the fast lane's answer now, or the router's future.
+            let answer = match app
+                .as_ref()
+                .and_then(|app| crate::http::fast::cached_image(app, &req, Some(peer)))
+            {
+                Some(response) => Ok(response),
+                None => {
+                    req.extensions_mut().insert(ConnectInfo(peer));
+                    Err(router.clone().oneshot(req))
+                }
+            };
+            let activity = on_response.clone();
+            async move {
+                let response = match answer {
+                    Ok(response) => response,
+                    Err(routed) => routed.await?,
+                };
+                Ok::<_, Infallible>(
+                    response.map(|inner| Body::new(TrackedBody { inner, activity })),
+                )
+            }
+        });
         let io = TokioIo::new(WatchedIo {
             inner: stream,
             activity: activity.clone(),

@@ -657,3 +657,84 @@ async fn phase_averages_survive_a_restart() {
         "averages must be loaded at start-up: {first:#}"
     );
 }
+
+/// Once an image is cached, a plain GET is answered by the fast lane (src/http/fast.rs) —
+/// with the caller's request id, counted in /metrics like any request — and a run in flight
+/// for the same key still answers its progress, not the old picture, until it is done.
+#[tokio::test]
+async fn cached_images_keep_ids_and_metrics_and_yield_to_a_run_in_flight() {
+    let mock = MockServer::start().await;
+    answer_images(
+        &mock,
+        b64_answer(&tiny_png([9, 8, 7])).set_delay(Duration::from_secs(2)),
+    )
+    .await;
+    let server = Server::start_with(live(&mock, &[("TB_DALLE_NO_ENHANCE", "1")]));
+    let old = tiny_png([1, 1, 1]);
+    let dir = server.data_dir.join("output/simple/annotated");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join(format!("{A}.png")), &old).unwrap();
+    let url = server.url(&format!(
+        "/dalle/simple/{}",
+        A.to_uppercase().replace("0X", "0x")
+    ));
+    let c = client();
+    for id in ["first-read", "cache-hit"] {
+        let resp = c.get(&url).header("X-Request-ID", id).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["x-request-id"], id);
+        assert_eq!(resp.headers()["content-type"], "image/png");
+        assert_eq!(resp.bytes().await.unwrap(), old);
+    }
+    let resp = c.get(&url).send().await.unwrap();
+    let minted = resp.headers()["x-request-id"].to_str().unwrap().to_string();
+    assert_eq!(minted.len(), 8, "an id is minted when none is sent");
+    let metrics = c
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let served = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("dalleserver_http_request_duration_seconds_count")
+                && l.contains("endpoint=\"dalle\"")
+                && l.contains("status=\"2xx\"")
+        })
+        .unwrap_or_else(|| panic!("no dalle requests in\n{metrics}"));
+    assert!(served.ends_with(" 3"), "{served}");
+
+    // Regenerate through /v1 (the mock takes 2 s): meanwhile /dalle shows the run.
+    let generate = tokio::spawn({
+        let c = c.clone();
+        let url = server.url("/v1/images/generate");
+        async move {
+            let body = serde_json::json!({
+                "seed": A, "series": "simple", "image": true, "annotate": true, "force": true
+            });
+            c.post(url).json(&body).send().await.unwrap().status()
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let resp = c.get(&url).send().await.unwrap();
+        if resp.headers()["content-type"] == "application/json" {
+            let snapshot: Value = resp.json().await.unwrap();
+            assert_eq!(snapshot["data"]["done"], false, "{snapshot:#}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the run never showed on /dalle");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(generate.await.unwrap(), 200);
+    let new = c.get(&url).send().await.unwrap();
+    assert_eq!(new.headers()["content-type"], "image/png");
+    assert_ne!(
+        new.bytes().await.unwrap(),
+        old,
+        "the regenerated image is served"
+    );
+}

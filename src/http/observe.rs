@@ -9,7 +9,7 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use tracing::Instrument;
+use tracing::{Instrument, Level};
 
 use super::RequestId;
 use super::error::{ApiError, ErrorCode};
@@ -90,26 +90,64 @@ pub async fn observe(State(state): State<AppState>, req: Request, next: Next) ->
             .into_response(),
             None => timeout(req, next).await,
         };
-        let elapsed = start.elapsed();
         let status = response.status().as_u16();
-        let endpoint = endpoint_label(&path);
-        state
-            .metrics
-            .observe_request(method_label(&method), endpoint, status, elapsed);
-        let peer = tracing::field::display(Peer(peer));
-        if status >= 500 {
-            tracing::error!(%method, %path, status, ?elapsed, endpoint, peer, "request failed");
-        } else if elapsed > SLOW_REQUEST {
-            tracing::warn!(%method, %path, status, ?elapsed, endpoint, peer, "slow request");
-        } else if status >= 400 {
-            tracing::info!(%method, %path, status, ?elapsed, endpoint, peer, "request");
-        } else {
-            tracing::debug!(%method, %path, status, ?elapsed, endpoint, peer, "request");
-        }
+        record(&state, &method, &path, status, start.elapsed(), peer);
         response
     }
     .instrument(span)
     .await
+}
+
+/// The end of every request: its metrics, then its log line (see [`observe`] for the levels).
+/// Shared with the fast lane for cached images ([`super::fast`]).
+pub(super) fn record(
+    state: &AppState,
+    method: &Method,
+    path: &str,
+    status: u16,
+    elapsed: Duration,
+    peer: Option<SocketAddr>,
+) {
+    let endpoint = endpoint_label(path);
+    state
+        .metrics
+        .observe_request(method_label(method), endpoint, status, elapsed);
+    let peer = tracing::field::display(Peer(peer));
+    match log_level(status, elapsed) {
+        Level::ERROR => {
+            tracing::error!(%method, %path, status, ?elapsed, endpoint, peer, "request failed");
+        }
+        Level::WARN => {
+            tracing::warn!(%method, %path, status, ?elapsed, endpoint, peer, "slow request");
+        }
+        Level::INFO => tracing::info!(%method, %path, status, ?elapsed, endpoint, peer, "request"),
+        _ => tracing::debug!(%method, %path, status, ?elapsed, endpoint, peer, "request"),
+    }
+}
+
+/// The level of a request's log line: failures (5xx) as errors, slow requests as warnings,
+/// client errors at info, the rest at debug.
+fn log_level(status: u16, elapsed: Duration) -> Level {
+    if status >= 500 {
+        Level::ERROR
+    } else if elapsed > SLOW_REQUEST {
+        Level::WARN
+    } else if status >= 400 {
+        Level::INFO
+    } else {
+        Level::DEBUG
+    }
+}
+
+/// Whether [`record`] would write a line for this request (a span for it is then worth
+/// opening).
+pub(super) fn logs(status: u16, elapsed: Duration) -> bool {
+    match log_level(status, elapsed) {
+        Level::ERROR => tracing::enabled!(Level::ERROR),
+        Level::WARN => tracing::enabled!(Level::WARN),
+        Level::INFO => tracing::enabled!(Level::INFO),
+        _ => tracing::enabled!(Level::DEBUG),
+    }
 }
 
 /// The client's address in a log line (empty when unknown), formatted only if a line is written.
