@@ -94,6 +94,15 @@ pub struct Generator {
     running: Mutex<HashMap<RunKey, watch::Receiver<Option<RunResult>>>>,
 }
 
+/// The fast answers of [`Generator::plain_get`].
+#[derive(Debug)]
+pub enum PlainGet {
+    /// The snapshot JSON of a run in flight.
+    Progress(Vec<u8>),
+    /// The finished image, from the file cache.
+    Image(CachedFile),
+}
+
 /// What a `/dalle` request resolved to.
 #[derive(Debug)]
 pub enum Outcome {
@@ -170,14 +179,23 @@ impl Generator {
             .join(format!("{stem}.{ext}"))
     }
 
-    /// The annotated image of `key` from `cache`, when no run is in flight for it and the file
-    /// on disk is unchanged since it was cached (one `stat`, no other I/O): what a plain GET
-    /// would serve. `None` sends the request the usual way.
-    pub fn cached_image(&self, key: &RunKey, cache: &FileCache) -> Option<CachedFile> {
+    /// What a plain GET (no flags) of `key` answers in the two frequent cases that need no
+    /// blocking I/O: the progress of a run in flight, or the annotated image when the cache
+    /// holds it unchanged (one `stat`). `None` for every other case of [`Generator::handle`],
+    /// which then decides as usual.
+    pub fn plain_get(&self, key: &RunKey, cache: &FileCache) -> Option<PlainGet> {
         if self.is_in_flight(key) {
-            return None;
+            return self
+                .progress
+                .poll(key)
+                .filter(|polled| !polled.done)
+                .map(|polled| PlainGet::Progress(polled.json));
         }
-        cache.fresh(&self.annotated_path(key)).ok().flatten()
+        cache
+            .fresh(&self.annotated_path(key))
+            .ok()
+            .flatten()
+            .map(PlainGet::Image)
     }
 
     /// Applies the decision table of CONTRACT §4 to one request.

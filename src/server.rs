@@ -123,7 +123,7 @@ async fn serve_connections(
             // Either the fast lane's answer now, or the router's future.
             let answer = match app
                 .as_ref()
-                .and_then(|app| crate::http::fast::cached_image(app, &req, Some(peer)))
+                .and_then(|app| crate::http::fast::plain_get(app, &req, Some(peer)))
             {
                 Some(response) => Ok(response),
                 None => {

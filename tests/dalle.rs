@@ -660,7 +660,8 @@ async fn phase_averages_survive_a_restart() {
 
 /// Once an image is cached, a plain GET is answered by the fast lane (src/http/fast.rs) —
 /// with the caller's request id, counted in /metrics like any request — and a run in flight
-/// for the same key still answers its progress, not the old picture, until it is done.
+/// for the same key answers its progress (also from the fast lane), not the old picture,
+/// until it is done.
 #[tokio::test]
 async fn cached_images_keep_ids_and_metrics_and_yield_to_a_run_in_flight() {
     let mock = MockServer::start().await;
@@ -720,10 +721,18 @@ async fn cached_images_keep_ids_and_metrics_and_yield_to_a_run_in_flight() {
     });
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let resp = c.get(&url).send().await.unwrap();
+        let resp = c
+            .get(&url)
+            .header("X-Request-ID", "poll-1")
+            .send()
+            .await
+            .unwrap();
         if resp.headers()["content-type"] == "application/json" {
+            assert_eq!(resp.headers()["x-request-id"], "poll-1");
             let snapshot: Value = resp.json().await.unwrap();
             assert_eq!(snapshot["data"]["done"], false, "{snapshot:#}");
+            assert_eq!(snapshot["data"]["series"], "simple", "{snapshot:#}");
+            assert_eq!(snapshot["request_id"], "poll-1", "{snapshot:#}");
             break;
         }
         assert!(Instant::now() < deadline, "the run never showed on /dalle");

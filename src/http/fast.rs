@@ -1,14 +1,14 @@
-//! The fast lane for the most frequent request of all: `GET /dalle/<series>/<address>` of an
-//! image that is already in the file cache.
+//! The fast lane for the two most frequent requests of all: a plain `GET /dalle/<series>/<address>`
+//! that polls a run in flight, or that fetches an image already in the file cache.
 //!
 //! The answer is the one the router would give — the same parsing ([`dalle::parse_request`]),
-//! the same decision (no run in flight, file unchanged on disk), the same response
-//! ([`file::respond`]: ETag, 304, ranges), the same request id, metrics and log line
-//! ([`observe::record`]) — without routing, the middleware stack, a boxed future per layer or a
-//! tracing span that nothing would log into. With a 2 MB PNG the server then spends about as
-//! much CPU per request as nginx does on the same file (see the book's benchmarks page).
-//! Anything else (a query, another method, a percent-encoded path, a miss, an invalid
-//! request) returns `None` and goes through the router unchanged.
+//! the same decision ([`Generator::plain_get`](crate::generation::Generator::plain_get)), the
+//! same responses ([`Envelope::ok_json`], [`file::respond`]: ETag, 304, ranges), the same
+//! request id, metrics and log line ([`observe::record`]) — without routing, the middleware
+//! stack, a boxed future per layer or a tracing span that nothing would log into. For a 2 MB
+//! PNG that removed most of the user-space CPU of a hit (see the book's benchmarks page).
+//! Anything else (a query, another method, a percent-encoded path, an invalid request, any
+//! other case of the decision table) returns `None` and goes through the router unchanged.
 
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -17,11 +17,12 @@ use axum::http::{HeaderValue, Method, Request};
 use axum::response::Response;
 
 use super::request_id::{RequestId, X_REQUEST_ID};
-use super::{dalle, file, observe};
+use super::{Envelope, dalle, file, observe};
 use crate::app::AppState;
+use crate::generation::PlainGet;
 
-/// The response to `req` if it is a plain GET of a cached image, else `None`.
-pub fn cached_image<B>(
+/// The response to `req` if it is a plain GET of a run in flight or a cached image, else `None`.
+pub fn plain_get<B>(
     state: &AppState,
     req: &Request<B>,
     peer: Option<SocketAddr>,
@@ -41,7 +42,7 @@ pub fn cached_image<B>(
         generator.attributes.series.contains(s)
     })
     .ok()?;
-    let image = generator.cached_image(&key, &state.file_cache)?;
+    let answer = generator.plain_get(&key, &state.file_cache)?;
 
     let id = req
         .headers()
@@ -49,7 +50,10 @@ pub fn cached_image<B>(
         .and_then(|v| v.to_str().ok())
         .and_then(RequestId::parse)
         .unwrap_or_else(RequestId::mint);
-    let mut response = file::respond(&image, req.headers(), "image/png");
+    let mut response = match answer {
+        PlainGet::Progress(json) => Envelope::ok_json(&json, &id),
+        PlainGet::Image(image) => file::respond(&image, req.headers(), "image/png"),
+    };
     if let Ok(value) = HeaderValue::from_str(id.as_str()) {
         response.headers_mut().insert(X_REQUEST_ID.clone(), value);
     }
