@@ -13,10 +13,10 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use axum::http::{HeaderValue, Method, Request};
+use axum::http::{Method, Request};
 use axum::response::Response;
 
-use super::request_id::{RequestId, X_REQUEST_ID};
+use super::request_id::RequestId;
 use super::{Envelope, dalle, file, observe};
 use crate::app::AppState;
 use crate::generation::PlainGet;
@@ -44,27 +44,17 @@ pub fn plain_get<B>(
     .ok()?;
     let answer = generator.plain_get(&key, &state.file_cache)?;
 
-    let id = req
-        .headers()
-        .get(&X_REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .and_then(RequestId::parse)
-        .unwrap_or_else(RequestId::mint);
+    let id = RequestId::of_request(req.headers());
     let mut response = match answer {
         PlainGet::Progress(json) => Envelope::ok_json(&json, &id),
         PlainGet::Image(image) => file::respond(&image, req.headers(), "image/png"),
     };
-    if let Ok(value) = HeaderValue::from_str(id.as_str()) {
-        response.headers_mut().insert(X_REQUEST_ID.clone(), value);
-    }
+    id.stamp(&mut response);
     let status = response.status().as_u16();
     let elapsed = start.elapsed();
-    if observe::logs(status, elapsed) {
-        let span = tracing::info_span!("request", request_id = %id);
-        let _entered = span.enter();
-        observe::record(state, req.method(), path, status, elapsed, peer);
-    } else {
-        observe::record(state, req.method(), path, status, elapsed, peer);
-    }
+    // The span the middleware would have opened, only when a line will be written into it.
+    let _span = observe::logs(status, elapsed)
+        .then(|| tracing::info_span!("request", request_id = %id).entered());
+    observe::record(state, req.method(), path, status, elapsed, peer);
     Some(response)
 }

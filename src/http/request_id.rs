@@ -43,6 +43,22 @@ impl RequestId {
         RequestId(hex.get(..8).unwrap_or(hex).into())
     }
 
+    /// The id of a request with these headers: a valid incoming `X-Request-ID`, or a new one.
+    pub fn of_request(headers: &axum::http::HeaderMap) -> RequestId {
+        headers
+            .get(&X_REQUEST_ID)
+            .and_then(|v| v.to_str().ok())
+            .and_then(RequestId::parse)
+            .unwrap_or_else(RequestId::mint)
+    }
+
+    /// Sets the `X-Request-ID` header of `response` to this id.
+    pub fn stamp(&self, response: &mut Response) {
+        if let Ok(value) = HeaderValue::from_str(self.as_str()) {
+            response.headers_mut().insert(X_REQUEST_ID.clone(), value);
+        }
+    }
+
     /// The id as text.
     pub fn as_str(&self) -> &str {
         &self.0
@@ -71,12 +87,7 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestId {
 /// Assigns the id, then finalises the response: error bodies get the id, a bare 405 from
 /// the router becomes an error envelope (keeping its `Allow` header), and the header is set.
 pub async fn middleware(mut req: Request, next: Next) -> Response {
-    let id = req
-        .headers()
-        .get(&X_REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .and_then(RequestId::parse)
-        .unwrap_or_else(RequestId::mint);
+    let id = RequestId::of_request(req.headers());
     let v1 = req.uri().path().starts_with("/v1/");
     req.extensions_mut().insert(id.clone());
 
@@ -102,9 +113,7 @@ pub async fn middleware(mut req: Request, next: Next) -> Response {
         }
         response = Response::from_parts(parts, Body::new(body));
     }
-    if let Ok(value) = HeaderValue::from_str(id.as_str()) {
-        response.headers_mut().insert(X_REQUEST_ID.clone(), value);
-    }
+    id.stamp(&mut response);
     response
 }
 
