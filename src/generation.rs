@@ -198,7 +198,8 @@ impl Generator {
             .map(PlainGet::Image)
     }
 
-    /// Applies the decision table of CONTRACT §4 to one request.
+    /// Applies the decision table of CONTRACT §4 to one request. (Its two most frequent rows
+    /// are also answered by [`Generator::plain_get`] for the fast lane: keep the two in step.)
     pub async fn handle(self: &Arc<Self>, key: RunKey, flags: Flags, request_id: &str) -> Outcome {
         // A run in flight answers its snapshot whatever is on disk, so a poll (the most
         // frequent request) needs no file-system call. Otherwise one stat of a local file,

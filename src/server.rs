@@ -82,8 +82,8 @@ pub async fn serve_router(
     serve_connections(listener, router, shutdown, timeouts, None).await
 }
 
-/// [`serve_router`]; with `app`, cached images are answered by the fast lane
-/// ([`crate::http::fast`]) and bodies taken from its file cache are sent by `sendfile`.
+/// [`serve_router`]; with `app`, plain GETs of cached images and of runs in flight are answered
+/// by the fast lane ([`crate::http::fast`]) and bodies from its file cache go by `sendfile`.
 async fn serve_connections(
     listener: TcpListener,
     router: axum::Router,
