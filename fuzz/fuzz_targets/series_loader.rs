@@ -10,25 +10,18 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use dalleserver::attributes::Attributes;
+use dalleserver::attributes::database::SELECTION_DATABASES;
 use dalleserver::attributes::selection::filtered_records;
 use dalleserver::attributes::series::{Series, normalize_name};
 use libfuzzer_sys::fuzz_target;
 
 const ADDRESS: &str = "0x054993ab0f2b1acc0fdc65405ee203b4271bebe6";
-const FILTERABLE: [&str; 12] = [
-    "adverbs",
-    "adjectives",
-    "nouns",
-    "emotions",
-    "occupations",
-    "actions",
-    "artstyles",
-    "litstyles",
-    "colors",
-    "viewpoints",
-    "gazes",
-    "compositions",
-];
+/// The seeded databases a series can filter (all but places and tropes).
+fn filterable() -> impl Iterator<Item = &'static str> {
+    SELECTION_DATABASES
+        .into_iter()
+        .filter(|db| !matches!(*db, "places" | "tropes"))
+}
 
 /// The embedded databases and a store over a temp user-series directory, made once.
 fn attributes() -> &'static (Attributes, PathBuf) {
@@ -58,7 +51,7 @@ fn check_series(series: &Series, text: &str) {
     assert_eq!(&back, series, "round trip changed {text:?}");
 
     let (attributes, dir) = attributes();
-    for db in FILTERABLE {
+    for db in filterable() {
         let field = match db {
             "adverbs" => &series.adverbs,
             "adjectives" => &series.adjectives,
