@@ -86,6 +86,15 @@ async fn answer_images(mock: &MockServer, answer: ResponseTemplate) {
         .await;
 }
 
+/// A mock OpenAI whose every image request gets `answer`, and a live server (no enhancement)
+/// pointed at it; the mock must live as long as the server.
+async fn server_answering(answer: ResponseTemplate) -> (MockServer, Server) {
+    let mock = MockServer::start().await;
+    answer_images(&mock, answer).await;
+    let server = Server::start_with(live(&mock, &[("TB_DALLE_NO_ENHANCE", "1")]));
+    (mock, server)
+}
+
 /// The next image request (only) gets `answer`; mount it before the default answer.
 async fn answer_images_once(mock: &MockServer, answer: ResponseTemplate) {
     Mock::given(method("POST"))
@@ -393,13 +402,9 @@ async fn live_mode_with_b64_and_url_answers() {
 
 #[tokio::test]
 async fn simultaneous_generate_requests_cause_one_upstream_image_request() {
-    let mock = MockServer::start().await;
-    answer_images(
-        &mock,
-        b64_answer(&tiny_png([10, 20, 30])).set_delay(Duration::from_millis(600)),
-    )
-    .await;
-    let server = Server::start_with(live(&mock, &[("TB_DALLE_NO_ENHANCE", "1")]));
+    let (mock, server) =
+        server_answering(b64_answer(&tiny_png([10, 20, 30])).set_delay(Duration::from_millis(600)))
+            .await;
     let url = server.url(&format!("/dalle/simple/{A}?generate=1"));
     let tasks: Vec<_> = (0..12)
         .map(|_| tokio::spawn(get_json_owned(url.clone())))
@@ -418,11 +423,9 @@ async fn get_json_owned(url: String) -> Value {
 
 #[tokio::test]
 async fn content_policy_refusal_is_final_until_removed() {
-    let mock = MockServer::start().await;
-    answer_images(&mock, ResponseTemplate::new(400).set_body_json(
+    let (mock, server) = server_answering(ResponseTemplate::new(400).set_body_json(
             serde_json::json!({"error": {"code": "content_policy_violation", "message": "Your request was rejected by the safety system."}}),
         )).await;
-    let server = Server::start_with(live(&mock, &[("TB_DALLE_NO_ENHANCE", "1")]));
     let done = generate_and_wait(&server, A, Duration::from_secs(30)).await;
     assert_eq!(done["data"]["currentPhase"], "failed", "{done:#}");
     assert_eq!(
@@ -451,13 +454,8 @@ async fn content_policy_refusal_is_final_until_removed() {
 
 #[tokio::test]
 async fn server_errors_are_retried_then_the_breaker_opens_without_making_the_server_unready() {
-    let mock = MockServer::start().await;
-    answer_images(
-        &mock,
-        ResponseTemplate::new(503).set_body_string("upstream overloaded"),
-    )
-    .await;
-    let server = Server::start_with(live(&mock, &[("TB_DALLE_NO_ENHANCE", "1")]));
+    let (mock, server) =
+        server_answering(ResponseTemplate::new(503).set_body_string("upstream overloaded")).await;
     let first = generate_and_wait(&server, A, Duration::from_secs(30)).await;
     assert!(
         first["data"]["error"]
@@ -664,13 +662,8 @@ async fn phase_averages_survive_a_restart() {
 /// until it is done.
 #[tokio::test]
 async fn cached_images_keep_ids_and_metrics_and_yield_to_a_run_in_flight() {
-    let mock = MockServer::start().await;
-    answer_images(
-        &mock,
-        b64_answer(&tiny_png([9, 8, 7])).set_delay(Duration::from_secs(2)),
-    )
-    .await;
-    let server = Server::start_with(live(&mock, &[("TB_DALLE_NO_ENHANCE", "1")]));
+    let (_mock, server) =
+        server_answering(b64_answer(&tiny_png([9, 8, 7])).set_delay(Duration::from_secs(2))).await;
     let old = tiny_png([1, 1, 1]);
     let dir = server.data_dir.join("output/simple/annotated");
     std::fs::create_dir_all(&dir).unwrap();
