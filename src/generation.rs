@@ -170,13 +170,28 @@ impl Generator {
         self.artifact_path(key, "annotated", "png")
     }
 
+    /// `<data>/output/<series>/<kind>/<address>.<ext>`, built in one allocation (every plain
+    /// GET builds one).
     pub(crate) fn artifact_path(&self, key: &RunKey, kind: &str, ext: &str) -> PathBuf {
         let stem = crate::attributes::selection::valid_filename(&key.address);
-        self.data
-            .output()
-            .join(&key.series)
-            .join(kind)
-            .join(format!("{stem}.{ext}"))
+        let root = self.data.root().as_os_str();
+        let parts = [
+            root.len(),
+            6,
+            key.series.len(),
+            kind.len(),
+            stem.len(),
+            ext.len(),
+        ];
+        let mut path = PathBuf::with_capacity(parts.iter().sum::<usize>() + 5);
+        path.push(root);
+        path.push("output");
+        path.push(&key.series);
+        path.push(kind);
+        path.push(&*stem);
+        path.as_mut_os_string().push(".");
+        path.as_mut_os_string().push(ext);
+        path
     }
 
     /// What a plain GET (no flags) of `key` answers in the two frequent cases that need no

@@ -137,9 +137,9 @@ async fn serve_connections(
                     Ok(response) => response,
                     Err(routed) => routed.await?,
                 };
-                Ok::<_, Infallible>(
-                    response.map(|inner| Body::new(TrackedBody { inner, activity })),
-                )
+                // hyper takes the tracked body as it is (boxing it again cost an allocation
+                // per response).
+                Ok::<_, Infallible>(response.map(|inner| TrackedBody { inner, activity }))
             }
         });
         let io = TokioIo::new(WatchedIo {

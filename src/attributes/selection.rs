@@ -4,6 +4,8 @@
 //! The row is `(count × number) >> 24`, not a modulo (the upstream book says modulo; the code
 //! does this, and so must we to pick the same rows).
 
+use std::borrow::Cow;
+
 use super::database::{BACKSTYLES, Databases};
 use super::dress::{Attribute, DalleDress};
 use super::series::Series;
@@ -153,7 +155,7 @@ pub fn make_dress(
     let seed = extended_seed(original)?;
     let mut dress = DalleDress {
         original: original.to_string(),
-        file_name: valid_filename(original),
+        file_name: valid_filename(original).into_owned(),
         seed: seed.clone(),
         series: series.suffix.clone(),
         color_limit: series.color_limit.clone(),
@@ -212,12 +214,12 @@ pub fn make_dress(
 }
 
 /// Upstream's file-name cleaning: `/ \ : * ? " < > |` become `_`, spaces are trimmed, then
-/// one left-to-right pass turns `__` into `_`.
-pub fn valid_filename(name: &str) -> String {
+/// one left-to-right pass turns `__` into `_`. Borrowed when nothing changes.
+pub fn valid_filename(name: &str) -> Cow<'_, str> {
     // Addresses and series names (every request builds a path from one) need no change.
     let special = |c: char| matches!(c, '/' | '\\' | ':' | '*' | '?' | '"' | '<' | '>' | '|');
     if !name.contains(special) && !name.contains("__") && name.trim() == name {
-        return name.to_string();
+        return Cow::Borrowed(name);
     }
     let replaced: String = name
         .chars()
@@ -229,7 +231,7 @@ pub fn valid_filename(name: &str) -> String {
             }
         })
         .collect();
-    replaced.trim().replace("__", "_")
+    Cow::Owned(replaced.trim().replace("__", "_"))
 }
 
 #[cfg(test)]

@@ -336,7 +336,7 @@ fn export_dir(
             .join("output")
             .join(normalize_name(&meta.series.name))
             .join("exports")
-            .join(valid_filename(&meta.seed))
+            .join(&*valid_filename(&meta.seed))
     } else if requested.starts_with('~') {
         return Err(invalid("export dir must not start with ~"));
     } else {

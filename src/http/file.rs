@@ -9,26 +9,30 @@ use axum::http::header::{
     ACCEPT_RANGES, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, ETAG,
     IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE, LAST_MODIFIED, RANGE,
 };
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
 
 use crate::storage::CachedFile;
 
+/// Room for the headers of a file response and those added after it (request id, …): the
+/// map is allocated once.
+const HEADER_CAPACITY: usize = 10;
+
 /// Builds the response for `file` given the request headers.
 pub fn respond(file: &CachedFile, request: &HeaderMap, content_type: &'static str) -> Response {
-    let last_modified = httpdate::fmt_http_date(file.modified);
-    let mut builder = Response::builder()
-        .header(CONTENT_TYPE, content_type)
-        .header(ETAG, &*file.etag)
-        .header(LAST_MODIFIED, &last_modified)
-        .header(CACHE_CONTROL, "no-cache")
-        .header(ACCEPT_RANGES, "bytes");
+    let values = &file.header_values;
+    let mut response = Response::new(Body::empty());
+    let headers = response.headers_mut();
+    headers.reserve(HEADER_CAPACITY);
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(ETAG, values.etag.clone());
+    headers.insert(LAST_MODIFIED, values.last_modified.clone());
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert(ACCEPT_RANGES, HeaderValue::from_static("bytes"));
 
     if not_modified(file, request) {
-        return builder
-            .status(StatusCode::NOT_MODIFIED)
-            .body(Body::empty())
-            .unwrap_or_default();
+        *response.status_mut() = StatusCode::NOT_MODIFIED;
+        return response;
     }
     let len = file.bytes.len() as u64;
     let range = request
@@ -37,24 +41,32 @@ pub fn respond(file: &CachedFile, request: &HeaderMap, content_type: &'static st
         .filter(|_| if_range_holds(file, request));
     match range.map(|r| parse_range(r, len)) {
         Some(RangeOutcome::Satisfiable(start, end)) => {
-            builder = builder
-                .status(StatusCode::PARTIAL_CONTENT)
-                .header(CONTENT_RANGE, format!("bytes {start}-{end}/{len}"))
-                .header(CONTENT_LENGTH, end - start + 1);
-            let body = file.bytes.slice(start as usize..=end as usize);
-            builder.body(Body::from(body)).unwrap_or_default()
+            *response.status_mut() = StatusCode::PARTIAL_CONTENT;
+            let headers = response.headers_mut();
+            headers.insert(
+                CONTENT_RANGE,
+                digits_value(format!("bytes {start}-{end}/{len}")),
+            );
+            headers.insert(CONTENT_LENGTH, HeaderValue::from(end - start + 1));
+            *response.body_mut() = Body::from(file.bytes.slice(start as usize..=end as usize));
         }
-        Some(RangeOutcome::Unsatisfiable) => builder
-            .status(StatusCode::RANGE_NOT_SATISFIABLE)
-            .header(CONTENT_RANGE, format!("bytes */{len}"))
-            .body(Body::empty())
-            .unwrap_or_default(),
-        Some(RangeOutcome::Ignore) | None => builder
-            .status(StatusCode::OK)
-            .header(CONTENT_LENGTH, len)
-            .body(Body::from(file.bytes.clone()))
-            .unwrap_or_default(),
+        Some(RangeOutcome::Unsatisfiable) => {
+            *response.status_mut() = StatusCode::RANGE_NOT_SATISFIABLE;
+            let value = digits_value(format!("bytes */{len}"));
+            response.headers_mut().insert(CONTENT_RANGE, value);
+        }
+        Some(RangeOutcome::Ignore) | None => {
+            let headers = response.headers_mut();
+            headers.insert(CONTENT_LENGTH, values.content_length.clone());
+            *response.body_mut() = Body::from(file.bytes.clone());
+        }
     }
+    response
+}
+
+/// A header value made of ASCII digits, spaces and `-*/`: always valid.
+fn digits_value(text: String) -> HeaderValue {
+    HeaderValue::try_from(text).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
 /// `If-None-Match` wins over `If-Modified-Since` (RFC 9110 §13.2.2).

@@ -24,6 +24,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
+use axum::http::HeaderValue;
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
@@ -40,6 +41,38 @@ pub struct CachedFile {
     /// Strong validator: `"` + hex SHA-256 of the bytes + `"`.
     pub etag: Arc<str>,
     pub modified: SystemTime,
+    /// `ETag`, `Last-Modified` and `Content-Length` of a full response, rendered once when the
+    /// file is read: every hit clones them (a reference count each) instead of formatting
+    /// and allocating three header values.
+    pub header_values: Arc<HeaderValues>,
+}
+
+/// Response header values that only depend on the file.
+#[derive(Debug)]
+pub struct HeaderValues {
+    pub etag: HeaderValue,
+    pub last_modified: HeaderValue,
+    pub content_length: HeaderValue,
+}
+
+impl CachedFile {
+    /// The file with these bytes, strong ETag and modification time.
+    pub fn new(bytes: Bytes, modified: SystemTime) -> CachedFile {
+        let etag = format!("\"{}\"", hex::encode(Sha256::digest(&bytes)));
+        let header_values = HeaderValues {
+            // Quoted hex and an IMF-fixdate are visible ASCII: both are valid header values.
+            etag: HeaderValue::from_str(&etag).unwrap_or_else(|_| HeaderValue::from_static("")),
+            last_modified: HeaderValue::from_str(&httpdate::fmt_http_date(modified))
+                .unwrap_or_else(|_| HeaderValue::from_static("")),
+            content_length: HeaderValue::from(bytes.len()),
+        };
+        CachedFile {
+            bytes,
+            etag: etag.into(),
+            modified,
+            header_values: Arc::new(header_values),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -142,13 +175,7 @@ impl FileCache {
         let stamp = Stamp::of(&meta);
         let mut buffer = Vec::new();
         handle.read_to_end(&mut buffer)?;
-        let bytes = Bytes::from(buffer);
-        let etag: Arc<str> = format!("\"{}\"", hex::encode(Sha256::digest(&bytes))).into();
-        let file = CachedFile {
-            bytes,
-            etag,
-            modified: meta.modified()?,
-        };
+        let file = CachedFile::new(Bytes::from(buffer), meta.modified()?);
         // Written in place while we read (this server only ever renames new files in): serve
         // what was read, keep nothing, and the next request reads again.
         let unchanged = Stamp::of(&handle.metadata()?) == stamp;
@@ -263,6 +290,24 @@ mod tests {
             &*file.etag,
             "\"ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad\""
         );
+    }
+
+    #[test]
+    fn header_values_describe_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x");
+        std::fs::write(&path, b"abcde").unwrap();
+        let file = FileCache::new(1024).read(&path).unwrap();
+        let values = &file.header_values;
+        assert_eq!(values.etag.to_str().unwrap(), &*file.etag);
+        assert_eq!(values.content_length.to_str().unwrap(), "5");
+        let stated = httpdate::parse_http_date(values.last_modified.to_str().unwrap()).unwrap();
+        let modified = file
+            .modified
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap();
+        let stated = stated.duration_since(SystemTime::UNIX_EPOCH).unwrap();
+        assert_eq!(stated.as_secs(), modified.as_secs());
     }
 
     #[test]
