@@ -2,7 +2,7 @@
 
 CARGO ?= cargo
 
-.PHONY: run build test lint fmt bench book chaos clean fuzz schemathesis slow-client load
+.PHONY: run build test lint fmt bench book chaos clean fuzz schemathesis slow-client load hit-pairs
 
 ## Run the server (mock mode when OPENAI_API_KEY is unset).
 run:
@@ -43,6 +43,11 @@ slow-client:
 ## curl, jq; not part of `make test`). Results in target/load/; see book/src/benchmarks.md.
 load:
 	bash scripts/load.sh
+
+## Goal 1 of the load benchmarks in many short paired rounds (needs nginx, wrk, curl); see
+## book/src/benchmarks.md.
+hit-pairs:
+	bash scripts/hit_pairs.sh
 
 ## The mdBook (needs `cargo install mdbook --locked --version 0.4.52 --no-default-features`).
 book:
