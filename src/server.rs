@@ -7,8 +7,10 @@
 //! client takes more than 10 s to send a request's headers or stays idle for more than 120 s.
 //! Time spent inside a handler is bounded separately by the request timeout middleware.
 //!
-//! Bodies that are large cached files are written with `sendfile(2)` (see [`zero_copy`]).
+//! Bodies that are large cached files are written with `sendfile(2)` (see [`zero_copy`]);
+//! connections from this host are sent unpaced (see [`loopback`]).
 
+mod loopback;
 mod zero_copy;
 
 use std::convert::Infallible;
@@ -113,6 +115,7 @@ async fn serve_connections(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
+        loopback::tune(&stream, &peer);
         let activity = Arc::new(Activity::new());
         let on_request = activity.clone();
         let on_response = activity.clone();
