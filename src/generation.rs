@@ -175,15 +175,9 @@ impl Generator {
     pub(crate) fn artifact_path(&self, key: &RunKey, kind: &str, ext: &str) -> PathBuf {
         let stem = crate::attributes::selection::valid_filename(&key.address);
         let root = self.data.root().as_os_str();
-        let parts = [
-            root.len(),
-            6,
-            key.series.len(),
-            kind.len(),
-            stem.len(),
-            ext.len(),
-        ];
-        let mut path = PathBuf::with_capacity(parts.iter().sum::<usize>() + 5);
+        // "output", four separators and the dot fit in the 16 spare bytes.
+        let len = root.len() + key.series.len() + kind.len() + stem.len() + ext.len() + 16;
+        let mut path = PathBuf::with_capacity(len);
         path.push(root);
         path.push("output");
         path.push(&key.series);
