@@ -38,22 +38,9 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-free_port() {
-  local port
-  for _ in $(seq 200); do
-    port=$((20000 + RANDOM % 40000))
-    if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then echo "$port"; return; fi
-  done
-  echo "hit_pairs.sh: no free port found" >&2
-  return 1
-}
-wait_ok() {
-  local deadline=$((SECONDS + 30))
-  until curl -sf -o /dev/null "$1"; do
-    [ "$SECONDS" -lt "$deadline" ] || { echo "hit_pairs.sh: $1 not ready" >&2; return 1; }
-    sleep 0.05
-  done
-}
+# free_port, wait_ok and the nginx configuration shared with load.sh.
+# shellcheck source=lib/bench.sh
+. scripts/lib/bench.sh
 cpu_ticks() { local sum=0 pid; for pid in $1; do sum=$((sum + $(awk '{print $14 + $15}' "/proc/$pid/stat"))); done; echo "$sum"; }
 
 # The served image: the mock's picture with a caption bar, as the server writes it (2.2 MB).
@@ -70,7 +57,7 @@ if [ "$GENERATE" -gt 0 ]; then
   MOCK_PORT=$(free_port)
   "$EX/mock_openai" --port "$MOCK_PORT" --delay-ms 1000 >"$WORK/mock.log" 2>&1 &
   PIDS+=($!)
-  wait_ok "http://127.0.0.1:$MOCK_PORT/stats"
+  wait_ok "http://127.0.0.1:$MOCK_PORT/stats" 30
   OPENAI_API_KEY=x OPENAI_BASE_URL=http://127.0.0.1:$MOCK_PORT TB_DALLE_NO_ENHANCE=1 RUST_LOG=info \
     "$BIN" --bind 127.0.0.1 --port "$PORT" --data-dir "$DATA" --max-concurrent 50 >"$WORK/server.log" 2>&1 &
 else
@@ -78,42 +65,20 @@ else
 fi
 SERVER_PID=$!
 PIDS+=("$SERVER_PID")
-wait_ok "http://127.0.0.1:$PORT/readyz"
+wait_ok "http://127.0.0.1:$PORT/readyz" 30
 if [ "$GENERATE" -gt 0 ]; then
   "$EX/load_generate" --url "http://127.0.0.1:$PORT" --count "$GENERATE" --first 2 --timeout-secs 300 >"$WORK/generate.json"
   echo "generated: $(cat "$WORK/generate.json")"
 fi
 
 NGINX_PORT=$(free_port)
-NGINX_USER=""
-[ "$(id -u)" = 0 ] && NGINX_USER="user root;"
-mkdir -p "$WORK/nginx/tmp"
-cat >"$WORK/nginx/nginx.conf" <<EOF
-$NGINX_USER
-worker_processes auto;
-pid $WORK/nginx/nginx.pid;
-error_log $WORK/nginx/error.log;
-daemon off;
-events { worker_connections 4096; }
-http {
-  include /etc/nginx/mime.types;
-  sendfile on;
-  tcp_nopush on;
-  access_log off;
-  client_body_temp_path $WORK/nginx/tmp;
-  proxy_temp_path $WORK/nginx/tmp;
-  fastcgi_temp_path $WORK/nginx/tmp;
-  uwsgi_temp_path $WORK/nginx/tmp;
-  scgi_temp_path $WORK/nginx/tmp;
-  server { listen 127.0.0.1:$NGINX_PORT; location /simple/ { root $DATA/output; } }
-}
-EOF
+write_nginx_conf "$WORK/nginx" "$NGINX_PORT" "$DATA/output" "$WORK/www"
 nginx -c "$WORK/nginx/nginx.conf" -e "$WORK/nginx/error.log" &
 NGINX_PID=$!
 PIDS+=("$NGINX_PID")
 NGINX_URL=http://127.0.0.1:$NGINX_PORT/simple/annotated/$ADDRESS.png
 OURS_URL=http://127.0.0.1:$PORT/dalle/simple/$ADDRESS
-wait_ok "$NGINX_URL"
+wait_ok "$NGINX_URL" 30
 cmp <(curl -sf "$OURS_URL") "$HIT_FILE"
 cmp <(curl -sf "$NGINX_URL") "$HIT_FILE"
 NGINX_PIDS="$NGINX_PID $(pgrep -P "$NGINX_PID" | tr '\n' ' ')"

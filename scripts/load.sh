@@ -64,26 +64,9 @@ trap 'exit 130' INT TERM
 log() { printf '\n== %s\n' "$*"; }
 load_average() { cut -d' ' -f1-3 /proc/loadavg; }
 
-# A port nothing listens on (the bind can still race another program; then a start fails
-# loudly and the script stops).
-free_port() {
-  local port
-  for _ in $(seq 200); do
-    port=$((20000 + RANDOM % 40000))
-    if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then echo "$port"; return; fi
-  done
-  echo "load.sh: no free port found" >&2
-  return 1
-}
-
-# Waits (at most $2 seconds) until $1 answers 200.
-wait_ok() {
-  local deadline=$((SECONDS + $2))
-  until curl -sf -o /dev/null "$1"; do
-    [ "$SECONDS" -lt "$deadline" ] || { echo "load.sh: $1 not ready after $2 s" >&2; return 1; }
-    sleep 0.05
-  done
-}
+# free_port, wait_ok and the nginx configuration shared with hit_pairs.sh.
+# shellcheck source=lib/bench.sh
+. scripts/lib/bench.sh
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 status_kb() { awk -v key="$2:" '$1 == key {print $2}' "/proc/$1/status"; }
@@ -241,42 +224,8 @@ log "nginx (same machine, same files)"
 WWW=$WORK/www
 HIT=$(ADDRESS 1)
 mkdir -p "$WWW/polls/simple"
-# nginx serves the very file dalleserver serves (same inode, same page cache): how a file came
-# into the page cache changes what sendfile costs — a copy made by `install` (copy_file_range)
-# served 5–10 % faster than the same bytes written in one write(2), as the server writes them.
-# The server writes its files 0600, so nginx's workers run as the server's user.
-NGINX_USER=""
-[ "$(id -u)" = 0 ] && NGINX_USER="user root;"
 NGINX_PORT=$(free_port)
-mkdir -p "$WORK/nginx"
-# Debian's defaults (sendfile, tcp_nopush, a worker per core) but no access log: dalleserver
-# logs successful requests at debug only, so neither side writes a line per request.
-cat >"$WORK/nginx/nginx.conf" <<EOF
-$NGINX_USER
-worker_processes auto;
-pid $WORK/nginx/nginx.pid;
-error_log $WORK/nginx/error.log;
-daemon off;
-events { worker_connections 4096; }
-http {
-  include /etc/nginx/mime.types;
-  default_type application/octet-stream;
-  sendfile on;
-  tcp_nopush on;
-  access_log off;
-  client_body_temp_path $WORK/nginx/tmp;
-  proxy_temp_path $WORK/nginx/tmp;
-  fastcgi_temp_path $WORK/nginx/tmp;
-  uwsgi_temp_path $WORK/nginx/tmp;
-  scgi_temp_path $WORK/nginx/tmp;
-  server {
-    listen 127.0.0.1:$NGINX_PORT;
-    root $WWW;
-    location /simple/ { root $DATA/output; }
-    location /polls/ { default_type application/json; }
-  }
-}
-EOF
+write_nginx_conf "$WORK/nginx" "$NGINX_PORT" "$DATA/output" "$WWW"
 nginx -c "$WORK/nginx/nginx.conf" -e "$WORK/nginx/error.log" &
 NGINX_PID=$!
 PIDS+=("$NGINX_PID")
