@@ -75,7 +75,7 @@ fn not_modified(file: &CachedFile, request: &HeaderMap) -> bool {
         return inm
             .split(',')
             .map(|t| t.trim().trim_start_matches("W/"))
-            .any(|t| t == "*" || t == &*file.etag);
+            .any(|t| t == "*" || t == file.etag());
     }
     match request
         .get(IF_MODIFIED_SINCE)
@@ -93,7 +93,7 @@ fn if_range_holds(file: &CachedFile, request: &HeaderMap) -> bool {
         return true;
     };
     if value.starts_with('"') {
-        return value == &*file.etag;
+        return value == file.etag();
     }
     httpdate::parse_http_date(value).is_ok_and(|date| truncate_to_seconds(file.modified) <= date)
 }

@@ -38,8 +38,6 @@ const SENDFILE_MIN_BYTES: u64 = 512 * 1024;
 #[derive(Debug, Clone)]
 pub struct CachedFile {
     pub bytes: Bytes,
-    /// Strong validator: `"` + hex SHA-256 of the bytes + `"`.
-    pub etag: Arc<str>,
     pub modified: SystemTime,
     /// `ETag`, `Last-Modified` and `Content-Length` of a full response, rendered once when the
     /// file is read: every hit clones them (a reference count each) instead of formatting
@@ -50,6 +48,7 @@ pub struct CachedFile {
 /// Response header values that only depend on the file.
 #[derive(Debug)]
 pub struct HeaderValues {
+    /// Strong validator: `"` + hex SHA-256 of the bytes + `"`.
     pub etag: HeaderValue,
     pub last_modified: HeaderValue,
     pub content_length: HeaderValue,
@@ -61,17 +60,21 @@ impl CachedFile {
         let etag = format!("\"{}\"", hex::encode(Sha256::digest(&bytes)));
         let header_values = HeaderValues {
             // Quoted hex and an IMF-fixdate are visible ASCII: both are valid header values.
-            etag: HeaderValue::from_str(&etag).unwrap_or_else(|_| HeaderValue::from_static("")),
+            etag: HeaderValue::try_from(etag).unwrap_or_else(|_| HeaderValue::from_static("")),
             last_modified: HeaderValue::from_str(&httpdate::fmt_http_date(modified))
                 .unwrap_or_else(|_| HeaderValue::from_static("")),
             content_length: HeaderValue::from(bytes.len()),
         };
         CachedFile {
             bytes,
-            etag: etag.into(),
             modified,
             header_values: Arc::new(header_values),
         }
+    }
+
+    /// The strong ETag, quotes included.
+    pub fn etag(&self) -> &str {
+        self.header_values.etag.to_str().unwrap_or_default()
     }
 }
 
@@ -268,11 +271,11 @@ mod tests {
         crate::storage::write_atomic(&path, b"first").unwrap();
         let one = cache.read(&path).unwrap();
         assert_eq!(&one.bytes[..], b"first");
-        assert_eq!(cache.read(&path).unwrap().etag, one.etag);
+        assert_eq!(cache.read(&path).unwrap().etag(), one.etag());
         crate::storage::write_atomic(&path, b"second").unwrap();
         let two = cache.read(&path).unwrap();
         assert_eq!(&two.bytes[..], b"second");
-        assert_ne!(two.etag, one.etag);
+        assert_ne!(two.etag(), one.etag());
         std::fs::remove_file(&path).unwrap();
         assert_eq!(
             cache.read(&path).unwrap_err().kind(),
@@ -287,7 +290,7 @@ mod tests {
         std::fs::write(&path, b"abc").unwrap();
         let file = FileCache::new(1024).read(&path).unwrap();
         assert_eq!(
-            &*file.etag,
+            file.etag(),
             "\"ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad\""
         );
     }
@@ -299,7 +302,7 @@ mod tests {
         std::fs::write(&path, b"abcde").unwrap();
         let file = FileCache::new(1024).read(&path).unwrap();
         let values = &file.header_values;
-        assert_eq!(values.etag.to_str().unwrap(), &*file.etag);
+        assert_eq!(values.etag.to_str().unwrap(), file.etag());
         assert_eq!(values.content_length.to_str().unwrap(), "5");
         let stated = httpdate::parse_http_date(values.last_modified.to_str().unwrap()).unwrap();
         let modified = file
