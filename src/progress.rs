@@ -364,14 +364,17 @@ impl Progress {
         ))
     }
 
-    /// Every run, in flight or retained, sorted by series then address. Non-destructive, so the
-    /// status printer cannot steal a poller's `done:true` (it could upstream).
-    pub fn active(&self) -> Vec<Snapshot> {
+    /// The runs not finished yet, sorted by series then address: what the status printer and
+    /// the gallery show. Finished runs are skipped before they are snapshotted, so the lock is
+    /// not held for the retained ones. Non-destructive, so the status printer cannot steal a
+    /// poller's `done:true` (it could upstream).
+    pub fn in_flight(&self) -> Vec<Snapshot> {
         let (state, now) = self.state();
         let stats = state.ledger.stats();
         state
             .runs
             .iter()
+            .filter(|(_, run)| !run.done)
             .map(|(key, run)| run.snapshot(key, stats, now))
             .collect()
     }
@@ -472,12 +475,12 @@ mod tests {
         generate(&p, &k, [1; 7]).await;
         for _ in 0..3 {
             assert!(p.snapshot(&k).unwrap().done, "reading deletes nothing");
-            assert_eq!(p.active().len(), 1, "neither does the status printer");
+            assert!(p.in_flight().is_empty(), "neither does the status printer");
         }
         advance(RETENTION - Duration::from_millis(1)).await;
         assert!(p.snapshot(&k).is_some());
         advance(Duration::from_millis(1)).await;
-        assert!(p.snapshot(&k).is_none() && p.active().is_empty());
+        assert!(p.snapshot(&k).is_none());
 
         generate(&p, &k, [1; 7]).await;
         assert!(p.forget(&k), "?remove drops a retained run early");
@@ -485,23 +488,31 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn active_lists_every_run_sorted_by_series_then_address() {
+    async fn in_flight_lists_unfinished_runs_sorted_by_series_then_address() {
         let p = Progress::in_memory(RETENTION);
-        let keys = [key("simple", 2), key("empty", 9), key("simple", 1)];
+        let keys = [
+            key("simple", 2),
+            key("empty", 9),
+            key("simple", 3),
+            key("simple", 1),
+        ];
         for k in &keys {
             let _ = p.start(k, "r");
         }
         p.complete(&keys[0]);
-        assert_eq!(p.in_flight_count(), 2);
+        assert_eq!(p.in_flight_count(), 3);
         let listed = |p: &Progress| {
-            let active = p.active().into_iter();
-            active
+            let running = p.in_flight().into_iter();
+            running
                 .map(|s| format!("{}:{}", s.series, s.address))
                 .collect::<Vec<_>>()
         };
-        let expected = [&keys[1], &keys[2], &keys[0]].map(RunKey::to_string);
+        let expected = [&keys[1], &keys[3], &keys[2]].map(RunKey::to_string);
         assert_eq!(listed(&p), expected);
         assert_eq!(listed(&p), expected, "listing twice changes nothing");
-        assert!(p.snapshot(&keys[0]).unwrap().done);
+        assert!(
+            p.snapshot(&keys[0]).unwrap().done,
+            "the finished run is still retained"
+        );
     }
 }

@@ -17,8 +17,7 @@ pub fn spawn(progress: Arc<Progress>, interval: Duration) -> tokio::task::JoinHa
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            let running: Vec<Snapshot> =
-                progress.active().into_iter().filter(|s| !s.done).collect();
+            let running: Vec<Snapshot> = progress.in_flight();
             for row in rows(&running, SystemTime::now()) {
                 tracing::info!(target: "dalleserver::status", "{row}");
             }

@@ -128,9 +128,8 @@ fn render(
     }
     let running = state
         .progress
-        .active()
+        .in_flight()
         .into_iter()
-        .filter(|s| !s.done)
         .map(|s| Running {
             poll_url: format!(
                 "/dalle/{}/{}",
