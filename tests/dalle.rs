@@ -29,6 +29,13 @@ async fn get_json(url: &str) -> Value {
     resp.json().await.unwrap()
 }
 
+/// The Prometheus text of `/metrics`.
+async fn metrics_text(server: &Server) -> String {
+    let resp = client().get(server.url("/metrics")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.text().await.unwrap()
+}
+
 /// Polls `url` (without `generate`) until the snapshot says done, for at most `limit`.
 async fn poll_done(server: &Server, series: &str, address: &str, limit: Duration) -> Value {
     let deadline = Instant::now() + limit;
@@ -501,14 +508,7 @@ async fn server_errors_are_retried_then_the_breaker_opens_without_making_the_ser
             .status(),
         200
     );
-    let metrics = client()
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(&server).await;
     assert!(
         metrics.contains("dalleserver_circuit_breaker_state{state=\"OPEN\"} 1"),
         "{metrics}"
@@ -683,14 +683,7 @@ async fn cached_images_keep_ids_and_metrics_and_yield_to_a_run_in_flight() {
     let resp = c.get(&url).send().await.unwrap();
     let minted = resp.headers()["x-request-id"].to_str().unwrap().to_string();
     assert_eq!(minted.len(), 8, "an id is minted when none is sent");
-    let metrics = c
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(&server).await;
     let served = metrics
         .lines()
         .find(|l| {
