@@ -252,6 +252,10 @@ async fn png_responses_honour_conditional_range_and_head_requests() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 416);
+    assert_eq!(
+        resp.headers()["content-range"].to_str().unwrap(),
+        format!("bytes */{}", body.len())
+    );
 
     let resp = c.head(&url).send().await.unwrap();
     assert_eq!(resp.status(), 200);
