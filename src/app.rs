@@ -33,7 +33,7 @@ pub struct App {
     pub progress: Arc<Progress>,
     /// The `/dalle` generator; unavailable when the attributes are.
     pub generator: Result<Arc<Generator>, String>,
-    /// Served files and their ETags (shared with the connections, which `sendfile` them).
+    /// Served files and their ETags.
     pub file_cache: Arc<FileCache>,
     /// The `/v1` engine; unavailable when the attributes are.
     pub engine: Result<Arc<Engine>, String>,

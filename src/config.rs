@@ -99,6 +99,32 @@ pub struct Flags {
     /// Generations allowed to run at once; more are queued [env: TB_DALLE_MAX_CONCURRENT] [default: 8]
     #[arg(long)]
     pub max_concurrent: Option<String>,
+    /// One log line per request at this level: info, debug or off [env: TB_DALLE_ACCESS_LOG] [default: info]
+    #[arg(long)]
+    pub access_log: Option<String>,
+}
+
+/// Where the one line per request goes ([`Config::access_log`]). Failures (5xx) and slow
+/// requests are logged whatever this says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessLog {
+    /// Every request at `info` (the default: production logs show traffic).
+    Info,
+    /// Every request at `debug`: silent unless `RUST_LOG` asks for it.
+    Debug,
+    /// No line for successful and client-error requests.
+    Off,
+}
+
+impl AccessLog {
+    fn parse(value: &str) -> Option<AccessLog> {
+        match value.trim().to_ascii_lowercase().as_str() {
+            "info" => Some(AccessLog::Info),
+            "debug" => Some(AccessLog::Debug),
+            "off" | "none" => Some(AccessLog::Off),
+            _ => None,
+        }
+    }
 }
 
 /// A read-only view of the environment, so tests can build configs without touching the process.
@@ -163,6 +189,8 @@ pub struct Config {
     pub openai: OpenAiConfig,
     /// Log filter directive (`RUST_LOG`), default `info`.
     pub log_filter: String,
+    /// The per-request access log.
+    pub access_log: AccessLog,
     /// Non-fatal problems found while resolving (logged once tracing is up).
     pub warnings: Vec<String>,
 }
@@ -232,6 +260,14 @@ impl Config {
                 default_data_dir(var("XDG_DATA_HOME"), var("HOME")).ok_or(ConfigError::NoDataDir)?
             }
         };
+        let access_log = match flags.access_log.or_else(|| var("TB_DALLE_ACCESS_LOG")) {
+            None => AccessLog::Info,
+            Some(v) => AccessLog::parse(&v).ok_or_else(|| ConfigError::Invalid {
+                name: "--access-log / TB_DALLE_ACCESS_LOG",
+                value: v,
+                reason: "expected info, debug or off".into(),
+            })?,
+        };
         let databases = flags
             .databases
             .or_else(|| var("TB_DALLE_DATABASES").map(PathBuf::from));
@@ -263,6 +299,7 @@ impl Config {
             max_concurrent,
             openai,
             log_filter: var("RUST_LOG").unwrap_or_else(|| "info".into()),
+            access_log,
             warnings,
         })
     }

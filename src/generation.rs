@@ -94,19 +94,12 @@ pub struct Generator {
     running: Mutex<HashMap<RunKey, watch::Receiver<Option<RunResult>>>>,
 }
 
-/// The fast answers of [`Generator::plain_get`].
-#[derive(Debug)]
-pub enum PlainGet {
-    /// The snapshot JSON of a run in flight.
-    Progress(Vec<u8>),
-    /// The finished image, from the file cache.
-    Image(CachedFile),
-}
-
 /// What a `/dalle` request resolved to.
 #[derive(Debug)]
 pub enum Outcome {
-    /// Stream this PNG.
+    /// Serve this PNG, already in the file cache and unchanged on disk.
+    Cached(CachedFile),
+    /// Serve this PNG (not cached yet: read it).
     Png(PathBuf),
     /// Answer with this progress snapshot.
     Snapshot(Box<Snapshot>),
@@ -188,43 +181,43 @@ impl Generator {
         path
     }
 
-    /// What a plain GET (no flags) of `key` answers in the two frequent cases that need no
-    /// blocking I/O: the progress of a run in flight, or the annotated image when the cache
-    /// holds it unchanged (one `stat`). `None` for every other case of [`Generator::handle`],
-    /// which then decides as usual.
-    pub fn plain_get(&self, key: &RunKey, cache: &FileCache) -> Option<PlainGet> {
-        if self.is_in_flight(key) {
-            return self
-                .progress
-                .poll(key)
-                .filter(|polled| !polled.done)
-                .map(|polled| PlainGet::Progress(polled.json));
-        }
-        cache
-            .fresh(&self.annotated_path(key))
-            .ok()
-            .flatten()
-            .map(PlainGet::Image)
-    }
-
-    /// Applies the decision table of CONTRACT §4 to one request. (Its two most frequent rows
-    /// are also answered by [`Generator::plain_get`] for the fast lane: keep the two in step.)
-    pub async fn handle(self: &Arc<Self>, key: RunKey, flags: Flags, request_id: &str) -> Outcome {
+    /// The `/dalle` decision table, the only copy of it: what one request means given the
+    /// image on disk and the run registry.
+    ///
+    /// | image | run | plain GET | `?generate=1` | `?remove` |
+    /// |---|---|---|---|---|
+    /// | any | in flight | its snapshot | its snapshot (joins it) | its snapshot |
+    /// | present | — | the PNG | a cache-hit snapshot | removes the image |
+    /// | absent | failed | its snapshot | its snapshot (no retry) | forgets the run |
+    /// | absent | none or completed | `{}` | starts a run | `{}` |
+    pub async fn handle(
+        self: &Arc<Self>,
+        key: RunKey,
+        flags: Flags,
+        request_id: &str,
+        cache: &FileCache,
+    ) -> Outcome {
         // A run in flight answers its snapshot whatever is on disk, so a poll (the most
         // frequent request) needs no file-system call. Otherwise one stat of a local file,
         // answered from the kernel's inode cache: done inline, as a trip to the blocking pool
-        // costs more than the call.
-        let png = (!self.is_in_flight(&key))
-            .then(|| self.annotated_path(&key))
-            .filter(|png| std::fs::metadata(png).is_ok_and(|m| m.is_file()));
-        if let Some(png) = png {
-            if flags.remove {
-                return self.remove(&key, png).await;
+        // costs more than the call. An unchanged cached image is answered from memory.
+        if !self.is_in_flight(&key) {
+            let png = self.annotated_path(&key);
+            let found = match cache.fresh(&png) {
+                Ok(Some(file)) => Some(Outcome::Cached(file)),
+                Ok(None) => Some(Outcome::Png(png.clone())),
+                Err(_) => None,
+            };
+            if let Some(found) = found {
+                if flags.remove {
+                    cache.forget(&png);
+                    return self.remove(&key, png).await;
+                }
+                if flags.generate {
+                    return Outcome::Snapshot(Box::new(self.cache_hit(&key, request_id)));
+                }
+                return found;
             }
-            if flags.generate {
-                return Outcome::Snapshot(Box::new(self.cache_hit(&key, request_id)));
-            }
-            return Outcome::Png(png);
         }
         match self.progress.poll(&key) {
             Some(polled) if !polled.done => Outcome::Progress(polled.json),

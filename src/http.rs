@@ -1,12 +1,14 @@
-//! The HTTP surface: every route and the ordered middleware stack, in one place.
+//! The HTTP surface: every route, its handler timeout, and the one request layer, in one place.
 //!
-//! Stack, outermost first (CONTRACT §3): request id → tracing span and log line → metrics →
-//! path guard → request timeout → handler. It wraps every route and the 404 fallback alike.
+//! Every request — cache hits and polls included — goes through the router and
+//! [`observe::ObserveLayer`]: request id, tracing span, path guard, error rendering, metrics and
+//! the access log. Each route states its method and its timeout here; 404 (the fallbacks) and
+//! 405 (a known path, another method) come from the router, in the error family of the legacy
+//! routes or of `/v1`.
 
 pub mod dalle;
 pub mod error;
 mod errors;
-pub mod fast;
 mod file;
 mod files;
 mod health;
@@ -19,17 +21,16 @@ mod series;
 mod v1;
 
 use axum::Router;
-use axum::middleware::{from_fn, from_fn_with_state};
-use axum::routing::{any, get, post};
-use tower::ServiceBuilder;
+use axum::routing::{get, post};
 
 use crate::app::AppState;
 pub use error::{ApiError, Envelope, ErrorCode};
+use observe::{GENERATION_REQUEST_TIMEOUT, ObserveLayer, REQUEST_TIMEOUT, TimeoutLayer};
 pub use request_id::RequestId;
 
-/// Builds the router with every route and the middleware stack.
+/// Builds the router with every route and the request layer.
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    let legacy = Router::new()
         .route("/", get(root::endpoints))
         .route("/series", get(series::list))
         .route("/dalle", get(dalle::dalle))
@@ -38,29 +39,47 @@ pub fn router(state: AppState) -> Router {
         .route("/files/{*path}", get(files::files))
         .route("/preview", get(preview::preview))
         .route("/openapi.json", get(v1::openapi))
-        .route("/v1/images/generate", post(v1::generate))
-        .route("/v1/images/preview", post(v1::preview))
-        .route("/v1/images", get(v1::list_images))
-        .route("/v1/images/", any(v1::empty_image_id))
-        .route("/v1/images/{*rest}", any(v1::image_item))
-        .route("/v1/series", get(v1::list_series))
-        .route("/v1/series/{*rest}", any(v1::series_item))
-        .route("/v1/databases", get(v1::list_databases))
-        .route("/v1/databases/{*rest}", any(v1::database_item))
-        .route("/v1/validate", post(v1::validate))
-        .route("/v1/progress/{series}/{seed}", get(v1::progress))
         .route("/health", get(health::health))
         .route("/livez", get(health::livez))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(metrics::metrics))
         .route("/errors", get(errors::errors))
+        .route_layer(TimeoutLayer(REQUEST_TIMEOUT));
+    Router::new()
+        .merge(legacy)
+        .nest("/v1", v1_routes())
         .fallback(root::not_found)
-        .layer(
-            ServiceBuilder::new()
-                .layer(from_fn(request_id::middleware))
-                .layer(from_fn_with_state(state.clone(), observe::observe)),
-        )
+        .layer(ObserveLayer::new(state.clone()))
         .with_state(state)
+}
+
+/// The `/v1` management API. Generate and regenerate answer when the image is done, so they
+/// get the long timeout; everything else the usual one.
+fn v1_routes() -> Router<AppState> {
+    let quick = Router::new()
+        .route("/images/preview", post(v1::preview))
+        .route("/images", get(v1::list_images))
+        .route(
+            "/images/",
+            get(v1::empty_image_id).delete(v1::empty_image_id),
+        )
+        .route("/images/{id}", get(v1::get_image).delete(v1::delete_image))
+        .route("/images/{id}/export", post(v1::export))
+        .route("/series", get(v1::list_series))
+        .route("/series/{name}", get(v1::get_series).put(v1::save_series))
+        .route("/series/{name}/hidden", post(v1::set_series_hidden))
+        .route("/databases", get(v1::list_databases))
+        .route("/databases/", get(v1::manifest))
+        .route("/databases/{version}", get(v1::database))
+        .route("/databases/{version}/records/{name}", get(v1::records))
+        .route("/validate", post(v1::validate))
+        .route("/progress/{series}/{seed}", get(v1::progress))
+        .route_layer(TimeoutLayer(REQUEST_TIMEOUT));
+    let long = Router::new()
+        .route("/images/generate", post(v1::generate))
+        .route("/images/{id}/regenerate", post(v1::regenerate))
+        .route_layer(TimeoutLayer(GENERATION_REQUEST_TIMEOUT));
+    quick.merge(long).fallback(v1::not_found)
 }
 
 #[cfg(test)]

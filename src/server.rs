@@ -1,17 +1,15 @@
-//! The accept loop: HTTP/1.1 connections with the contract's timeouts (CONTRACT §2) and a
-//! graceful shutdown.
+//! The accept loop: HTTP/1.1 connections with the server's connection timeouts and a graceful
+//! shutdown, generic over any tower `Service` (the application's router in production, small
+//! routers in tests).
 //!
 //! hyper's own header-read timer also runs while a keep-alive connection waits for its next
 //! request, which would make the idle timeout equal to the 10 s header timeout. So each
 //! connection carries a small [`Activity`] record instead, and a watchdog closes it when the
 //! client takes more than 10 s to send a request's headers or stays idle for more than 120 s.
-//! Time spent inside a handler is bounded separately by the request timeout middleware.
+//! Time spent inside a handler is bounded separately by the per-route timeout layers.
 //!
-//! Bodies that are large cached files are written with `sendfile(2)` (see [`zero_copy`]);
-//! connections from this host are sent unpaced (see [`loopback`]).
-
-mod loopback;
-mod zero_copy;
+//! Transport policy (congestion control, socket buffers) is the operator's: the server sets
+//! only `TCP_NODELAY`, which every HTTP server sets so small responses are not held back.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -21,7 +19,7 @@ use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -30,10 +28,9 @@ use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
-use tower::ServiceExt;
+use tower::{Service, ServiceExt};
 
 use crate::app::AppState;
-use crate::storage::FileCache;
 
 /// Connection-level limits of the server.
 #[derive(Debug, Clone, Copy)]
@@ -56,44 +53,34 @@ impl Default for ServerTimeouts {
     }
 }
 
-/// Serves `state` on `listener` with the contract's timeouts until `shutdown` resolves.
+/// Serves the application in `state` on `listener` until `shutdown` resolves.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let router = crate::http::router(state.clone());
-    serve_connections(
-        listener,
-        router,
-        shutdown,
-        ServerTimeouts::default(),
-        Some(state),
-    )
-    .await
+    let router = crate::http::router(state);
+    serve_service(listener, router, shutdown, ServerTimeouts::default()).await
 }
 
-/// Serves any router over HTTP/1.1; after `shutdown` resolves, stops accepting, lets open
-/// requests finish for `timeouts.shutdown_grace`, then closes whatever is left.
-pub async fn serve_router(
+/// Serves any service over HTTP/1.1; after `shutdown` resolves, stops accepting, lets open
+/// requests finish for `timeouts.shutdown_grace`, then closes whatever is left. Each request
+/// carries the peer's address as a [`ConnectInfo`] extension.
+pub async fn serve_service<S, B>(
     listener: TcpListener,
-    router: axum::Router,
+    service: S,
     shutdown: impl Future<Output = ()>,
     timeouts: ServerTimeouts,
-) -> std::io::Result<()> {
-    serve_connections(listener, router, shutdown, timeouts, None).await
-}
-
-/// [`serve_router`]; with `app`, plain GETs of cached images and of runs in flight are answered
-/// by the fast lane ([`crate::http::fast`]) and bodies from its file cache go by `sendfile`.
-async fn serve_connections(
-    listener: TcpListener,
-    router: axum::Router,
-    shutdown: impl Future<Output = ()>,
-    timeouts: ServerTimeouts,
-    app: Option<AppState>,
-) -> std::io::Result<()> {
-    let files = app.as_ref().map(|app| app.file_cache.clone());
+) -> std::io::Result<()>
+where
+    S: Service<hyper::Request<Incoming>, Response = hyper::Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let mut http = hyper::server::conn::http1::Builder::new();
     // Our watchdog owns header and idle timing (see the module docs).
     http.header_read_timeout(None).keep_alive(true);
@@ -115,42 +102,27 @@ async fn serve_connections(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        loopback::tune(&stream, &peer);
         let activity = Arc::new(Activity::new());
         let on_request = activity.clone();
-        let on_response = activity.clone();
-        let router = router.clone();
-        let app = app.clone();
-        let service = tower::service_fn(move |mut req: hyper::Request<Incoming>| {
+        let service = service.clone();
+        // Notes each request's start for the watchdog, adds the peer address, and marks the
+        // connection idle once the response body has been sent (dropped by hyper).
+        let conn_service = tower::service_fn(move |mut req: hyper::Request<Incoming>| {
             on_request.request_started();
-            // Either the fast lane's answer now, or the router's future.
-            let answer = match app
-                .as_ref()
-                .and_then(|app| crate::http::fast::plain_get(app, &req, Some(peer)))
-            {
-                Some(response) => Ok(response),
-                None => {
-                    req.extensions_mut().insert(ConnectInfo(peer));
-                    Err(router.clone().oneshot(req))
-                }
-            };
-            let activity = on_response.clone();
+            req.extensions_mut().insert(ConnectInfo(peer));
+            let activity = on_request.clone();
+            let response = service.clone().oneshot(req);
             async move {
-                let response = match answer {
-                    Ok(response) => response,
-                    Err(routed) => routed.await?,
-                };
-                // hyper takes the tracked body as it is (boxing it again cost an allocation
-                // per response).
+                let response = response.await?;
                 Ok::<_, Infallible>(response.map(|inner| TrackedBody { inner, activity }))
             }
         });
         let io = TokioIo::new(WatchedIo {
             inner: stream,
             activity: activity.clone(),
-            files: files.clone(),
         });
-        let conn = graceful.watch(http.serve_connection(io, TowerToHyperService::new(service)));
+        let conn =
+            graceful.watch(http.serve_connection(io, TowerToHyperService::new(conn_service)));
         // Reap finished connection tasks so the set only holds live ones.
         while connections.try_join_next().is_some() {}
         connections.spawn(async move {
@@ -280,8 +252,6 @@ async fn watchdog(activity: &Activity, timeouts: ServerTimeouts) -> &'static str
 struct WatchedIo {
     inner: TcpStream,
     activity: Arc<Activity>,
-    /// Cached files whose slices are sent with `sendfile`.
-    files: Option<Arc<FileCache>>,
 }
 
 impl AsyncRead for WatchedIo {
@@ -306,7 +276,7 @@ impl AsyncWrite for WatchedIo {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        self.poll_write_vectored(cx, &[std::io::IoSlice::new(buf)])
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -322,8 +292,7 @@ impl AsyncWrite for WatchedIo {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        let this = self.get_mut();
-        zero_copy::poll_write_vectored(&mut this.inner, cx, bufs, this.files.as_deref())
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -332,19 +301,19 @@ impl AsyncWrite for WatchedIo {
 }
 
 /// A response body that marks the connection idle once hyper has sent (and dropped) it.
-struct TrackedBody {
-    inner: Body,
+struct TrackedBody<B> {
+    inner: B,
     activity: Arc<Activity>,
 }
 
-impl http_body::Body for TrackedBody {
-    type Data = Bytes;
-    type Error = axum::Error;
+impl<B: http_body::Body + Unpin> http_body::Body for TrackedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
+    ) -> Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
         Pin::new(&mut self.get_mut().inner).poll_frame(cx)
     }
 
@@ -357,7 +326,7 @@ impl http_body::Body for TrackedBody {
     }
 }
 
-impl Drop for TrackedBody {
+impl<B> Drop for TrackedBody<B> {
     fn drop(&mut self) {
         self.activity.response_finished();
     }
@@ -392,7 +361,7 @@ mod tests {
         let stop = async {
             let _ = rx.await;
         };
-        let server = tokio::spawn(serve_router(listener, router, stop, timeouts));
+        let server = tokio::spawn(serve_service(listener, router, stop, timeouts));
         (addr, tx, server)
     }
 

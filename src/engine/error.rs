@@ -22,13 +22,15 @@ pub enum Code {
     ArtifactMissing,
     ProviderUnavailable,
     ProviderFailed,
+    /// Ours: no `/v1` endpoint at that path.
+    NotFound,
     /// Ours: every failure upstream left uncoded (I/O, serialisation, bugs).
     Internal,
 }
 
 impl Code {
     /// Every code, for exhaustive tests and documentation.
-    pub const ALL: [Code; 12] = [
+    pub const ALL: [Code; 13] = [
         Code::InvalidInput,
         Code::SeriesNotFound,
         Code::SeriesInvalid,
@@ -40,6 +42,7 @@ impl Code {
         Code::ArtifactMissing,
         Code::ProviderUnavailable,
         Code::ProviderFailed,
+        Code::NotFound,
         Code::Internal,
     ];
 
@@ -57,15 +60,34 @@ impl Code {
             Code::ArtifactMissing => "artifact_missing",
             Code::ProviderUnavailable => "provider_unavailable",
             Code::ProviderFailed => "provider_failed",
+            Code::NotFound => "not_found",
             Code::Internal => "internal",
         }
+    }
+
+    /// What a client is told of a fault of ours (a 5xx that is not the provider's): a fixed
+    /// text, so no path or internal detail can reach a response. The full error is logged.
+    pub fn public_message(self) -> &'static str {
+        match self {
+            Code::DatabaseManifestInvalid => "the attribute database manifest is invalid",
+            Code::MetadataInvalid => "an image metadata record could not be read or written",
+            _ => "internal error; the server log has the details under this request id",
+        }
+    }
+
+    /// A failure reported by the image or chat provider (its text is the provider's answer).
+    pub fn is_provider(self) -> bool {
+        matches!(self, Code::ProviderFailed | Code::ProviderUnavailable)
     }
 
     /// The HTTP status of S§5.1; the manifest, metadata and uncoded failures are server faults.
     pub fn http_status(self) -> u16 {
         match self {
             Code::InvalidInput | Code::SeriesInvalid => 400,
-            Code::SeriesNotFound | Code::ArtifactMissing | Code::DatabaseVersionUnavailable => 404,
+            Code::SeriesNotFound
+            | Code::ArtifactMissing
+            | Code::DatabaseVersionUnavailable
+            | Code::NotFound => 404,
             Code::RegenerationRefused | Code::DatabaseHashMismatch => 409,
             Code::ProviderUnavailable => 503,
             Code::ProviderFailed => 502,
@@ -145,6 +167,7 @@ mod tests {
             (Code::ArtifactMissing, "artifact_missing", 404),
             (Code::ProviderUnavailable, "provider_unavailable", 503),
             (Code::ProviderFailed, "provider_failed", 502),
+            (Code::NotFound, "not_found", 404),
             (Code::Internal, "internal", 500),
         ];
         assert_eq!(table.len(), Code::ALL.len());

@@ -185,6 +185,12 @@ impl ApiError {
         match self {
             // `/v1` keeps the Go server's lower-case wording.
             ApiError::MethodNotAllowed { v1: true } => "method not allowed".into(),
+            // A fault of ours answers its code and stable message; the cause (an I/O error,
+            // a path) is for the log line only. A provider failure keeps the provider's own
+            // answer (what OpenAI refused and why), which is the client's to know.
+            ApiError::Engine(e) if e.code.http_status() >= 500 && !e.code.is_provider() => {
+                format!("{}: {}", e.code, e.code.public_message())
+            }
             other => other.to_string(),
         }
     }
@@ -196,6 +202,8 @@ pub struct PendingError {
     pub code: &'static str,
     pub message: String,
     pub details: Option<String>,
+    /// What went wrong inside, for the log line of a server error; never sent to the client.
+    pub cause: Option<String>,
 }
 
 impl PendingError {
@@ -237,22 +245,23 @@ pub struct ErrorBody<'a> {
     pub request_id: Option<String>,
 }
 
+/// The response carries the error as a [`PendingError`] extension and no body: the request
+/// layer ([`super::observe`]) renders the body once, with the request id, and logs a server
+/// error's cause once, in the request's log line.
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        match &self {
-            ApiError::Internal(cause) => tracing::error!(%cause, "internal error"),
-            ApiError::Engine(e) if e.code.http_status() >= 500 => {
-                tracing::error!(error = %e, "engine error")
-            }
-            ApiError::Template(cause) => tracing::error!(%cause, "template rendering failed"),
-            _ => {}
-        }
+        let cause = match &self {
+            ApiError::Internal(cause) | ApiError::Template(cause) => Some(cause.clone()),
+            ApiError::Engine(e) if e.code.http_status() >= 500 => Some(e.to_string()),
+            _ => None,
+        };
         let pending = PendingError {
             code: self.code(),
             message: self.message(),
             details: self.details(),
+            cause,
         };
-        let mut response = (self.status(), Json(pending.body(""))).into_response();
+        let mut response = self.status().into_response();
         response.extensions_mut().insert(pending);
         response
     }
@@ -287,11 +296,39 @@ mod tests {
     }
 
     #[test]
+    fn v1_server_faults_never_leak_their_cause_or_message() {
+        use crate::engine::error::{Code, EngineError};
+        for code in [
+            Code::Internal,
+            Code::MetadataInvalid,
+            Code::DatabaseManifestInvalid,
+        ] {
+            let e = EngineError::new(code, "cannot write /srv/data/output/x.json")
+                .with_cause("Is a directory (os error 21)");
+            let response = ApiError::Engine(e).into_response();
+            assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+            let pending = response.extensions().get::<PendingError>().unwrap();
+            assert!(!pending.message.contains('/'), "{}", pending.message);
+            assert!(!pending.message.contains("os error"), "{}", pending.message);
+            assert!(pending.message.starts_with(code.as_str()));
+            // The log line keeps everything.
+            assert!(pending.cause.as_deref().unwrap().contains("/srv/data"));
+        }
+        // A provider's refusal is the client's to read.
+        let e = EngineError::new(Code::ProviderFailed, "generation failed")
+            .with_cause("OpenAI API error (status 400): rejected");
+        let response = ApiError::Engine(e).into_response();
+        let pending = response.extensions().get::<PendingError>().unwrap();
+        assert!(pending.message.contains("rejected"));
+    }
+
+    #[test]
     fn envelope_has_upstream_field_names() {
         let pending = PendingError {
             code: ErrorCode::InvalidSeries.as_str(),
             message: "Invalid series name".into(),
             details: Some("Series 'foo' not found".into()),
+            cause: None,
         };
         let v = serde_json::to_value(pending.body("abcd1234")).unwrap();
         assert_eq!(v["success"], false);

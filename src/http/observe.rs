@@ -1,19 +1,37 @@
-//! Per-request observation and guards, in stack order after the request id: a tracing span
-//! with one log line per request, metrics, the path guard and the request timeout, run by one
-//! middleware ([`observe`]).
+//! The one middleware every request passes through ([`ObserveLayer`]), and the per-route
+//! handler timeout ([`TimeoutLayer`]).
+//!
+//! [`ObserveLayer`] does, in order: assign the request id, open the request's tracing span,
+//! refuse unsafe paths before any handler (and so any file access) sees them, run the route,
+//! render a pending error body with the request id, record the request's metrics and write its
+//! access-log line. It is one hand-written layer rather than a stack of `from_fn` layers: each
+//! of those boxes a future and clones the inner service per request, which showed in profiles
+//! of cache hits and polls (see the book's benchmarks page).
+//!
+//! It is added with `Router::layer`, so it runs after routing: the endpoint label comes from the
+//! matched route template ([`MatchedPath`]), never from the raw path, and the 404 fallback goes
+//! through it too.
 
+use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use axum::extract::{ConnectInfo, Request, State};
-use axum::http::Method;
-use axum::middleware::Next;
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, MatchedPath, Request};
+use axum::http::header::{ALLOW, CONTENT_LENGTH, CONTENT_TYPE};
+use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
+use tower::{Layer, Service};
 use tracing::{Instrument, Level};
 
 use super::RequestId;
-use super::error::{ApiError, ErrorCode};
+use super::error::{ApiError, ErrorCode, PendingError};
 use crate::app::AppState;
+use crate::config::AccessLog;
 
 /// Requests slower than this are logged as slow.
 const SLOW_REQUEST: Duration = Duration::from_secs(5);
@@ -23,19 +41,27 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// (a 300 s image timeout, retries): they get this instead.
 pub const GENERATION_REQUEST_TIMEOUT: Duration = Duration::from_secs(20 * 60);
 
-/// The bounded endpoint label used by logs and metrics (never an address or a file name).
-pub fn endpoint_label(path: &str) -> &'static str {
-    match path {
-        "/" => "root",
-        "/livez" | "/readyz" => "health",
-        p if p.starts_with("/dalle/") || p == "/dalle" => "dalle",
-        p if p.starts_with("/series") => "series",
-        p if p.starts_with("/health") => "health",
-        p if p.starts_with("/metrics") => "metrics",
-        p if p.starts_with("/preview") => "preview",
-        p if p.starts_with("/files/") => "files",
-        p if p.starts_with("/errors") => "errors",
-        p if p.starts_with("/v1/") => "v1",
+/// The bounded endpoint label used by logs and metrics, from the matched route template
+/// (never an address or a file name); `other` for the 404 fallback.
+pub fn endpoint_label(route: Option<&str>) -> &'static str {
+    let Some(route) = route else {
+        return "other";
+    };
+    let first = route
+        .trim_start_matches('/')
+        .split('/')
+        .next()
+        .unwrap_or_default();
+    match first {
+        "" => "root",
+        "livez" | "readyz" | "health" => "health",
+        "dalle" => "dalle",
+        "series" => "series",
+        "metrics" => "metrics",
+        "preview" => "preview",
+        "files" => "files",
+        "errors" => "errors",
+        "openapi.json" | "v1" => "v1",
         _ => "other",
     }
 }
@@ -52,101 +78,182 @@ fn method_label(method: &Method) -> &'static str {
     }
 }
 
-/// Everything between the request id and the handler, in the contract's order: the request's
-/// span and log line, metrics, the path guard, then the handler under its timeout. One
-/// middleware rather than four: each `from_fn` layer boxes a future and clones the inner
-/// service on every request, which showed in profiles of cache hits and progress polls.
-///
-/// The log line: failures (5xx) as errors, slow requests as warnings, client errors (4xx) at
-/// info, and successful requests at debug. Formatting and writing that line to stderr was the
-/// largest user-space cost of a cache hit or a poll (see the book's benchmarks page);
-/// `RUST_LOG=debug` brings it back. The span stays at info, so any line a request logs carries
-/// its id.
-pub async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let id = req
-        .extensions()
-        .get::<RequestId>()
-        .cloned()
-        .unwrap_or_else(RequestId::mint);
-    let peer = req
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0);
-    let method = req.method().clone();
-    let path = req.uri().path().to_string();
-    // Only the id in the span: the subscriber formats span fields when the span opens, on
-    // every request, and the method and path are in the request's own log line anyway.
-    let span = tracing::info_span!("request", request_id = %id);
-    async move {
-        let start = Instant::now();
-        // Rejects `..`, `.`, empty (`//`) and encoded-slash segments before any handler (and
-        // so any file access) sees the path.
-        let response = match unsafe_path(&path) {
-            Some(reason) => ApiError::bad_request(
-                ErrorCode::InvalidRequest,
-                "Invalid request path",
-                Some(reason.into()),
-            )
-            .into_response(),
-            None => timeout(req, next).await,
-        };
-        let status = response.status().as_u16();
-        record(&state, &method, &path, status, start.elapsed(), peer);
-        response
-    }
-    .instrument(span)
-    .await
+/// The [`Layer`] of [`Observe`].
+#[derive(Debug, Clone)]
+pub struct ObserveLayer {
+    state: AppState,
 }
 
-/// The end of every request: its metrics, then its log line (see [`observe`] for the levels).
-/// Shared with the fast lane for cached images ([`super::fast`]).
-pub(super) fn record(
-    state: &AppState,
-    method: &Method,
-    path: &str,
-    status: u16,
-    elapsed: Duration,
+impl ObserveLayer {
+    /// Observes requests into the metrics and access log of `state`.
+    pub fn new(state: AppState) -> ObserveLayer {
+        ObserveLayer { state }
+    }
+}
+
+impl<S> Layer<S> for ObserveLayer {
+    type Service = Observe<S>;
+
+    fn layer(&self, inner: S) -> Observe<S> {
+        Observe {
+            inner,
+            state: self.state.clone(),
+        }
+    }
+}
+
+/// See the module docs.
+#[derive(Debug, Clone)]
+pub struct Observe<S> {
+    inner: S,
+    state: AppState,
+}
+
+/// The boxed future of a layer (one allocation per request).
+type Answer = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+impl<S> Service<Request> for Observe<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Answer;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request) -> Answer {
+        let start = Instant::now();
+        let id = RequestId::of_request(req.headers());
+        req.extensions_mut().insert(id.clone());
+        let facts = Facts {
+            method: req.method().clone(),
+            path: req.uri().path().to_string(),
+            route: req.extensions().get::<MatchedPath>().cloned(),
+            peer: req
+                .extensions()
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| c.0),
+        };
+        // Only the id in the span: the subscriber formats span fields when the span opens, on
+        // every request, and the method and path are in the request's own log line anyway.
+        let span = tracing::info_span!("request", request_id = %id);
+        // The ready clone answers this request; `self` keeps a fresh one for the next.
+        let fresh = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, fresh);
+        let state = self.state.clone();
+        let refused = unsafe_path(&facts.path);
+        Box::pin(
+            async move {
+                let response = match refused {
+                    Some(reason) => ApiError::bad_request(
+                        ErrorCode::InvalidRequest,
+                        "Invalid request path",
+                        Some(reason.into()),
+                    )
+                    .into_response(),
+                    None => inner.call(req).await?,
+                };
+                let (response, cause) = finish(response, &id, facts.route.as_ref());
+                record(
+                    &state,
+                    &facts,
+                    response.status().as_u16(),
+                    start.elapsed(),
+                    cause,
+                );
+                Ok(response)
+            }
+            .instrument(span),
+        )
+    }
+}
+
+/// What the access log and metrics need of the request, taken before the handler owns it.
+struct Facts {
+    method: Method,
+    path: String,
+    route: Option<MatchedPath>,
     peer: Option<SocketAddr>,
-) {
-    let endpoint = endpoint_label(path);
+}
+
+/// Renders the final response: a pending error gets its envelope (with the request id, the
+/// same as the header), a bare 405 from the router becomes an envelope of the route's error
+/// family keeping its `Allow` header, and the `X-Request-ID` header is set. Returns the
+/// internal cause of a server error, for the one log line that reports it.
+fn finish(
+    mut response: Response,
+    id: &RequestId,
+    route: Option<&MatchedPath>,
+) -> (Response, Option<String>) {
+    if response.status() == StatusCode::METHOD_NOT_ALLOWED
+        && response.extensions().get::<PendingError>().is_none()
+    {
+        let v1 = route.is_some_and(|r| r.as_str().starts_with("/v1/"));
+        let allow = response.headers().get(ALLOW).cloned();
+        response = ApiError::MethodNotAllowed { v1 }.into_response();
+        if let Some(allow) = allow {
+            response.headers_mut().insert(ALLOW, allow);
+        }
+    }
+    let mut cause = None;
+    if let Some(pending) = response.extensions_mut().remove::<PendingError>() {
+        let (mut parts, _) = response.into_parts();
+        let body = Json(pending.body(id.as_str())).into_response();
+        let (body_parts, body) = body.into_parts();
+        parts.headers.remove(CONTENT_LENGTH);
+        if let Some(ct) = body_parts.headers.get(CONTENT_TYPE) {
+            parts.headers.insert(CONTENT_TYPE, ct.clone());
+        }
+        response = Response::from_parts(parts, Body::new(body));
+        cause = pending.cause;
+    }
+    id.stamp(&mut response);
+    (response, cause)
+}
+
+/// The end of every request: its metrics, then its one log line. Server errors (5xx) are
+/// logged as errors with their internal cause (the only place an error is logged) and slow
+/// requests as warnings, whatever the access log is set to; every other request gets the
+/// access-log line at the configured level.
+fn record(state: &AppState, facts: &Facts, status: u16, elapsed: Duration, cause: Option<String>) {
+    let endpoint = endpoint_label(facts.route.as_ref().map(MatchedPath::as_str));
     state
         .metrics
-        .observe_request(method_label(method), endpoint, status, elapsed);
-    let peer = tracing::field::display(Peer(peer));
-    match log_level(status, elapsed) {
-        Level::ERROR => {
-            tracing::error!(%method, %path, status, ?elapsed, endpoint, peer, "request failed");
+        .observe_request(method_label(&facts.method), endpoint, status, elapsed);
+    let (method, path) = (&facts.method, facts.path.as_str());
+    let peer = tracing::field::display(Peer(facts.peer));
+    match log_level(status, elapsed, state.config.access_log) {
+        Some(Level::ERROR) => {
+            let cause = cause.unwrap_or_default();
+            tracing::error!(%method, path, status, ?elapsed, endpoint, peer, cause, "request failed");
         }
-        Level::WARN => {
-            tracing::warn!(%method, %path, status, ?elapsed, endpoint, peer, "slow request");
+        Some(Level::WARN) => {
+            tracing::warn!(%method, path, status, ?elapsed, endpoint, peer, "slow request");
         }
-        Level::INFO => tracing::info!(%method, %path, status, ?elapsed, endpoint, peer, "request"),
-        _ => tracing::debug!(%method, %path, status, ?elapsed, endpoint, peer, "request"),
+        Some(Level::INFO) => {
+            tracing::info!(%method, path, status, ?elapsed, endpoint, peer, "request");
+        }
+        Some(_) => tracing::debug!(%method, path, status, ?elapsed, endpoint, peer, "request"),
+        None => {}
     }
 }
 
-/// The level of a request's log line: failures (5xx) as errors, slow requests as warnings,
-/// client errors at info, the rest at debug.
-fn log_level(status: u16, elapsed: Duration) -> Level {
+/// The level of a request's log line, or none.
+fn log_level(status: u16, elapsed: Duration, access: AccessLog) -> Option<Level> {
     if status >= 500 {
-        Level::ERROR
+        Some(Level::ERROR)
     } else if elapsed > SLOW_REQUEST {
-        Level::WARN
-    } else if status >= 400 {
-        Level::INFO
+        Some(Level::WARN)
     } else {
-        Level::DEBUG
-    }
-}
-
-/// Whether [`record`] would write a line for this request (a span for it is then worth
-/// opening).
-pub(super) fn logs(status: u16, elapsed: Duration) -> bool {
-    match log_level(status, elapsed) {
-        Level::ERROR => tracing::enabled!(Level::ERROR),
-        Level::WARN => tracing::enabled!(Level::WARN),
-        Level::INFO => tracing::enabled!(Level::INFO),
-        _ => tracing::enabled!(Level::DEBUG),
+        match access {
+            AccessLog::Info => Some(Level::INFO),
+            AccessLog::Debug => Some(Level::DEBUG),
+            AccessLog::Off => None,
+        }
     }
 }
 
@@ -159,6 +266,58 @@ impl std::fmt::Display for Peer {
             Some(addr) => addr.fmt(f),
             None => Ok(()),
         }
+    }
+}
+
+/// Bounds how long a route's handler may take; the client gets a 503 envelope instead of a
+/// hang. Added per route group with `Router::route_layer`, so each route states its own limit.
+#[derive(Debug, Clone, Copy)]
+pub struct TimeoutLayer(pub Duration);
+
+impl<S> Layer<S> for TimeoutLayer {
+    type Service = Timeout<S>;
+
+    fn layer(&self, inner: S) -> Timeout<S> {
+        Timeout {
+            inner,
+            limit: self.0,
+        }
+    }
+}
+
+/// See [`TimeoutLayer`].
+#[derive(Debug, Clone)]
+pub struct Timeout<S> {
+    inner: S,
+    limit: Duration,
+}
+
+impl<S> Service<Request> for Timeout<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible> + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Answer;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request) -> Answer {
+        let limit = self.limit;
+        let answer = self.inner.call(req);
+        Box::pin(async move {
+            Ok(match tokio::time::timeout(limit, answer).await {
+                Ok(response) => response?,
+                Err(_) => ApiError::Unavailable {
+                    message: "Request timed out".into(),
+                    details: Some(format!("no response within {}s", limit.as_secs())),
+                }
+                .into_response(),
+            })
+        })
     }
 }
 
@@ -210,37 +369,31 @@ fn is_dot_segment(seg: &str) -> bool {
     dots == 1 || dots == 2
 }
 
-/// Bounds how long a handler may take; the client gets a 503 envelope instead of a hang.
-pub async fn timeout(req: Request, next: Next) -> Response {
-    let path = req.uri().path();
-    let generates = req.method() == Method::POST
-        && (path == "/v1/images/generate"
-            || (path.starts_with("/v1/images/") && path.ends_with("/regenerate")));
-    let limit = if generates {
-        GENERATION_REQUEST_TIMEOUT
-    } else {
-        REQUEST_TIMEOUT
-    };
-    match tokio::time::timeout(limit, next.run(req)).await {
-        Ok(response) => response,
-        Err(_) => ApiError::Unavailable {
-            message: "Request timed out".into(),
-            details: Some(format!("no response within {}s", limit.as_secs())),
-        }
-        .into_response(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn labels_are_bounded() {
-        assert_eq!(endpoint_label("/dalle/simple/0xabc"), "dalle");
-        assert_eq!(endpoint_label("/files/simple/annotated/0xabc.png"), "files");
-        assert_eq!(endpoint_label("/readyz"), "health");
-        assert_eq!(endpoint_label("/nope"), "other");
+    fn labels_come_from_route_templates() {
+        assert_eq!(endpoint_label(Some("/dalle/{*rest}")), "dalle");
+        assert_eq!(endpoint_label(Some("/files/{*path}")), "files");
+        assert_eq!(endpoint_label(Some("/readyz")), "health");
+        assert_eq!(endpoint_label(Some("/")), "root");
+        assert_eq!(endpoint_label(Some("/v1/images/{id}/export")), "v1");
+        assert_eq!(endpoint_label(None), "other");
+    }
+
+    #[test]
+    fn access_log_levels() {
+        let fast = Duration::from_millis(1);
+        assert_eq!(log_level(200, fast, AccessLog::Info), Some(Level::INFO));
+        assert_eq!(log_level(404, fast, AccessLog::Debug), Some(Level::DEBUG));
+        assert_eq!(log_level(200, fast, AccessLog::Off), None);
+        assert_eq!(log_level(503, fast, AccessLog::Off), Some(Level::ERROR));
+        assert_eq!(
+            log_level(200, Duration::from_secs(6), AccessLog::Off),
+            Some(Level::WARN)
+        );
     }
 
     #[test]
@@ -298,7 +451,7 @@ mod timeout_tests {
                     "ok"
                 }),
             )
-            .layer(axum::middleware::from_fn(timeout));
+            .route_layer(TimeoutLayer(REQUEST_TIMEOUT));
         let request = |path: &str| axum::http::Request::get(path).body(Body::empty()).unwrap();
         let response = app.clone().oneshot(request("/fifty-nine")).await.unwrap();
         assert_eq!(response.status(), StatusCode::OK);

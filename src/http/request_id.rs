@@ -1,21 +1,15 @@
-//! One request id per request (CONTRACT §3): taken from a valid incoming `X-Request-ID`,
-//! otherwise 8 lower-case hex characters of a v4 UUID. It goes into the response header, the
-//! JSON body and the request's tracing span. This outermost middleware also renders error
-//! bodies, so every error envelope carries the same id as the header.
+//! One request id per request: taken from a valid incoming `X-Request-ID` (so a proxy's id
+//! follows the request through our logs), otherwise 8 lower-case hex characters of a v4 UUID.
+//! The request layer ([`super::observe`]) puts it into the response header, the JSON body and
+//! the request's tracing span.
 
 use std::fmt;
 use std::sync::Arc;
 
-use axum::Json;
-use axum::body::Body;
-use axum::extract::{FromRequestParts, Request};
-use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
-use axum::http::{HeaderName, HeaderValue, StatusCode};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
-
-use super::error::{ApiError, PendingError};
+use axum::http::{HeaderName, HeaderValue};
+use axum::response::Response;
 
 /// The `X-Request-ID` header.
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -82,39 +76,6 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestId {
             .cloned()
             .unwrap_or_else(RequestId::mint))
     }
-}
-
-/// Assigns the id, then finalises the response: error bodies get the id, a bare 405 from
-/// the router becomes an error envelope (keeping its `Allow` header), and the header is set.
-pub async fn middleware(mut req: Request, next: Next) -> Response {
-    let id = RequestId::of_request(req.headers());
-    let v1 = req.uri().path().starts_with("/v1/");
-    req.extensions_mut().insert(id.clone());
-
-    let mut response = next.run(req).await;
-    if response.status() == StatusCode::METHOD_NOT_ALLOWED
-        && response.extensions().get::<PendingError>().is_none()
-    {
-        let allow = response.headers().get(axum::http::header::ALLOW).cloned();
-        response = ApiError::MethodNotAllowed { v1 }.into_response();
-        if let Some(allow) = allow {
-            response
-                .headers_mut()
-                .insert(axum::http::header::ALLOW, allow);
-        }
-    }
-    if let Some(pending) = response.extensions_mut().remove::<PendingError>() {
-        let (mut parts, _) = response.into_parts();
-        let body = Json(pending.body(id.as_str())).into_response();
-        let (body_parts, body) = body.into_parts();
-        parts.headers.remove(CONTENT_LENGTH);
-        if let Some(ct) = body_parts.headers.get(CONTENT_TYPE) {
-            parts.headers.insert(CONTENT_TYPE, ct.clone());
-        }
-        response = Response::from_parts(parts, Body::new(body));
-    }
-    id.stamp(&mut response);
-    response
 }
 
 #[cfg(test)]

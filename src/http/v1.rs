@@ -10,8 +10,7 @@ use std::collections::HashMap;
 
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::header::{ALLOW, CONTENT_TYPE};
-use axum::http::{HeaderValue, Method};
+use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -53,15 +52,6 @@ fn ok<T: Serialize>(data: T, rid: &RequestId) -> V1Result {
     Ok(Envelope::ok(data, rid).into_response())
 }
 
-/// 405 with the methods the path does allow.
-fn not_allowed(allow: &'static str) -> V1Result {
-    let mut response = ApiError::MethodNotAllowed { v1: true }.into_response();
-    response
-        .headers_mut()
-        .insert(ALLOW, HeaderValue::from_static(allow));
-    Ok(response)
-}
-
 /// `POST /v1/images/generate`.
 pub async fn generate(State(state): State<AppState>, rid: RequestId, body: Bytes) -> V1Result {
     let request: GenerateRequest = decode(&body)?;
@@ -89,40 +79,47 @@ pub async fn empty_image_id() -> V1Result {
     Err(invalid("image id is required"))
 }
 
-/// `/v1/images/{id}`, `/v1/images/{id}/regenerate`, `/v1/images/{id}/export`.
-pub async fn image_item(
+/// `GET /v1/images/{id}`.
+pub async fn get_image(
     State(state): State<AppState>,
     rid: RequestId,
-    method: Method,
-    Path(rest): Path<String>,
+    Path(id): Path<String>,
+) -> V1Result {
+    ok(engine(&state)?.get_image(&id).await?, &rid)
+}
+
+/// `DELETE /v1/images/{id}`.
+pub async fn delete_image(
+    State(state): State<AppState>,
+    rid: RequestId,
+    Path(id): Path<String>,
+) -> V1Result {
+    engine(&state)?.delete_image(&id).await?;
+    ok(Deleted { deleted: true }, &rid)
+}
+
+/// `POST /v1/images/{id}/regenerate`.
+pub async fn regenerate(
+    State(state): State<AppState>,
+    rid: RequestId,
+    Path(id): Path<String>,
+) -> V1Result {
+    ok(engine(&state)?.regenerate(&id, rid.as_str()).await?, &rid)
+}
+
+/// `POST /v1/images/{id}/export` (an empty body means default options).
+pub async fn export(
+    State(state): State<AppState>,
+    rid: RequestId,
+    Path(id): Path<String>,
     body: Bytes,
 ) -> V1Result {
-    let engine = engine(&state)?;
-    if let Some(id) = rest.strip_suffix("/regenerate") {
-        if method != Method::POST {
-            return not_allowed("POST");
-        }
-        return ok(engine.regenerate(id, rid.as_str()).await?, &rid);
-    }
-    if let Some(id) = rest.strip_suffix("/export") {
-        if method != Method::POST {
-            return not_allowed("POST");
-        }
-        let options = if body.is_empty() {
-            serde_json::Value::Object(Default::default())
-        } else {
-            decode(&body)?
-        };
-        return ok(engine.export(id, options).await?, &rid);
-    }
-    match method {
-        Method::GET | Method::HEAD => ok(engine.get_image(&rest).await?, &rid),
-        Method::DELETE => {
-            engine.delete_image(&rest).await?;
-            ok(Deleted { deleted: true }, &rid)
-        }
-        _ => not_allowed("GET,HEAD,DELETE"),
-    }
+    let options = if body.is_empty() {
+        serde_json::Value::Object(Default::default())
+    } else {
+        decode(&body)?
+    };
+    ok(engine(&state)?.export(&id, options).await?, &rid)
 }
 
 #[derive(Debug, Serialize)]
@@ -148,30 +145,38 @@ struct Hidden {
     hidden: bool,
 }
 
-/// `/v1/series/{name}` (GET, PUT) and `/v1/series/{name}/hidden` (POST).
-pub async fn series_item(
+/// `GET /v1/series/{name}`.
+pub async fn get_series(
     State(state): State<AppState>,
     rid: RequestId,
-    method: Method,
-    Path(rest): Path<String>,
+    Path(name): Path<String>,
+) -> V1Result {
+    ok(engine(&state)?.get_series(&name)?, &rid)
+}
+
+/// `PUT /v1/series/{name}`.
+pub async fn save_series(
+    State(state): State<AppState>,
+    rid: RequestId,
+    Path(name): Path<String>,
     body: Bytes,
 ) -> V1Result {
-    let engine = engine(&state)?;
-    if let Some(name) = rest.strip_suffix("/hidden") {
-        if method != Method::POST {
-            return not_allowed("POST");
-        }
-        let Hidden { hidden } = decode(&body)?;
-        return ok(engine.set_series_hidden(name, hidden).await?, &rid);
-    }
-    match method {
-        Method::GET | Method::HEAD => ok(engine.get_series(&rest)?, &rid),
-        Method::PUT => {
-            let series: Series = decode(&body)?;
-            ok(engine.save_series(&rest, series).await?, &rid)
-        }
-        _ => not_allowed("GET,HEAD,PUT"),
-    }
+    let series: Series = decode(&body)?;
+    ok(engine(&state)?.save_series(&name, series).await?, &rid)
+}
+
+/// `POST /v1/series/{name}/hidden`.
+pub async fn set_series_hidden(
+    State(state): State<AppState>,
+    rid: RequestId,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> V1Result {
+    let Hidden { hidden } = decode(&body)?;
+    ok(
+        engine(&state)?.set_series_hidden(&name, hidden).await?,
+        &rid,
+    )
 }
 
 /// `GET /v1/databases`.
@@ -179,27 +184,33 @@ pub async fn list_databases(State(state): State<AppState>, rid: RequestId) -> V1
     ok(vec![engine(&state)?.manifest().clone()], &rid)
 }
 
-/// `GET /v1/databases/{version}` and `GET /v1/databases/{version}/records/{name}[?limit=]`.
-pub async fn database_item(
+/// `GET /v1/databases/`: the manifest (an empty version is the current one).
+pub async fn manifest(State(state): State<AppState>, rid: RequestId) -> V1Result {
+    ok(engine(&state)?.database("")?, &rid)
+}
+
+/// `GET /v1/databases/{version}`.
+pub async fn database(
     State(state): State<AppState>,
     rid: RequestId,
-    method: Method,
-    Path(rest): Path<String>,
+    Path(version): Path<String>,
+) -> V1Result {
+    ok(engine(&state)?.database(&version)?, &rid)
+}
+
+/// `GET /v1/databases/{version}/records/{name}[?limit=]`.
+pub async fn records(
+    State(state): State<AppState>,
+    rid: RequestId,
+    Path((version, name)): Path<(String, String)>,
     Query(q): Query<HashMap<String, String>>,
 ) -> V1Result {
-    if method != Method::GET && method != Method::HEAD {
-        return not_allowed("GET,HEAD");
-    }
-    let engine = engine(&state)?;
-    if let Some((version, name)) = rest.split_once("/records/") {
-        // A blank `limit=` is no limit given (the default), as an absent one.
-        let limit = match q.get("limit").map(|v| v.trim()).filter(|v| !v.is_empty()) {
-            None => 0,
-            Some(v) => v.parse::<i64>().map_err(|_| invalid("invalid limit"))?,
-        };
-        return ok(engine.records(version, name, limit)?, &rid);
-    }
-    ok(engine.database(&rest)?, &rid)
+    // A blank `limit=` is no limit given (the default), as an absent one.
+    let limit = match q.get("limit").map(|v| v.trim()).filter(|v| !v.is_empty()) {
+        None => 0,
+        Some(v) => v.parse::<i64>().map_err(|_| invalid("invalid limit"))?,
+    };
+    ok(engine(&state)?.records(&version, &name, limit)?, &rid)
 }
 
 #[derive(Debug, Serialize)]
@@ -220,6 +231,14 @@ pub async fn progress(
     Path((series, seed)): Path<(String, String)>,
 ) -> V1Result {
     ok(engine(&state)?.progress(&series, &seed)?, &rid)
+}
+
+/// Any other path under `/v1/`: a 404 in the `/v1` error family.
+pub async fn not_found(uri: axum::http::Uri) -> ApiError {
+    ApiError::Engine(EngineError::new(
+        Code::NotFound,
+        format!("no such endpoint: {}", uri.path()),
+    ))
 }
 
 /// `GET /openapi.json`.

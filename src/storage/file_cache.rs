@@ -10,13 +10,10 @@
 //! about a microsecond: [`FileCache::fresh`] is cheap enough to call on an async worker (as
 //! nginx stats files on its event loop). Only reading bytes goes to the blocking pool.
 //!
-//! Large files also keep the open file they were read from. The connection layer
-//! ([`crate::server`]) asks [`FileCache::sendfile_source`] whether a response body it is about
-//! to write is a slice of such bytes, and if so sends it with `sendfile(2)` from the kernel's
-//! page cache instead of copying it out of our memory: for a 2 MB PNG that copy was over half
-//! of the CPU a cache hit cost. The bytes stay the reference for ETags, ranges and tests.
+//! Responses are written from these bytes, the very bytes the ETag was computed from: a file
+//! replaced on disk gets a new stamp, so it is read (and hashed) again before it is served.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::unix::fs::MetadataExt;
@@ -30,9 +27,6 @@ use sha2::{Digest, Sha256};
 
 /// Files larger than this are read per request and not kept.
 const MAX_ENTRY_BYTES: u64 = 16 * 1024 * 1024;
-/// Files at least this large keep their open file for `sendfile`. Below it the copy is cheap;
-/// above it the full 128 MiB budget holds at most 256 open files.
-const SENDFILE_MIN_BYTES: u64 = 512 * 1024;
 
 /// A file ready to serve.
 #[derive(Debug, Clone)]
@@ -99,8 +93,6 @@ impl Stamp {
 struct Entry {
     stamp: Stamp,
     file: CachedFile,
-    /// The open file the bytes were read from (large files only).
-    source: Option<Arc<File>>,
     /// Served since eviction last looked at it: it gets a second chance.
     referenced: bool,
 }
@@ -110,25 +102,14 @@ struct Inner {
     entries: HashMap<PathBuf, Entry>,
     order: VecDeque<PathBuf>,
     bytes: u64,
-    /// Address of each entry's bytes that has a `source` → (length, source). The entry owns
-    /// those bytes, so while a key is here no other allocation can share its address range.
-    by_address: BTreeMap<usize, (usize, Arc<File>)>,
 }
 
 impl Inner {
     fn remove(&mut self, path: &Path) -> Option<Entry> {
         let old = self.entries.remove(path)?;
         self.bytes -= old.file.bytes.len() as u64;
-        if old.source.is_some() {
-            self.by_address.remove(&address(&old.file.bytes));
-        }
         Some(old)
     }
-}
-
-/// Where a buffer starts in memory: the key of [`Inner::by_address`].
-fn address(bytes: &[u8]) -> usize {
-    bytes.as_ptr() as usize
 }
 
 /// The cache; cheap to share behind an `Arc`.
@@ -183,25 +164,19 @@ impl FileCache {
         // what was read, keep nothing, and the next request reads again.
         let unchanged = Stamp::of(&handle.metadata()?) == stamp;
         if unchanged && stamp.len == file.bytes.len() as u64 && stamp.len <= MAX_ENTRY_BYTES {
-            let source = (stamp.len >= SENDFILE_MIN_BYTES).then(|| Arc::new(handle));
-            self.insert(path, stamp, file.clone(), source);
+            self.insert(path, stamp, file.clone());
         }
         Ok(file)
     }
 
-    fn insert(&self, path: &Path, stamp: Stamp, file: CachedFile, source: Option<Arc<File>>) {
+    fn insert(&self, path: &Path, stamp: Stamp, file: CachedFile) {
         let mut inner = self.lock();
         // A replaced entry keeps its place in the eviction order.
         let replaced = inner.remove(path).is_some();
-        if let Some(source) = &source {
-            let entry = (file.bytes.len(), source.clone());
-            inner.by_address.insert(address(&file.bytes), entry);
-        }
         inner.bytes += file.bytes.len() as u64;
         let entry = Entry {
             stamp,
             file,
-            source,
             referenced: false,
         };
         inner.entries.insert(path.to_path_buf(), entry);
@@ -231,19 +206,6 @@ impl FileCache {
         if inner.remove(path).is_some() {
             inner.order.retain(|p| p != path);
         }
-    }
-
-    /// If `data` lies within the bytes of a cached file that kept its open file, that file and
-    /// the offset of `data` in it: the same bytes can then be sent with `sendfile(2)`.
-    pub fn sendfile_source(&self, data: &[u8]) -> Option<(Arc<File>, u64)> {
-        if data.is_empty() {
-            return None;
-        }
-        let start = address(data);
-        let inner = self.lock();
-        let (&base, (len, file)) = inner.by_address.range(..=start).next_back()?;
-        let offset = start - base;
-        (offset + data.len() <= *len).then(|| (file.clone(), offset as u64))
     }
 }
 
@@ -366,73 +328,5 @@ mod tests {
         assert!(cache.fresh(&path("cold")).unwrap().is_none());
         assert!(cache.fresh(&path("new")).unwrap().is_some());
         assert!(cache.lock().bytes <= 8);
-    }
-
-    #[test]
-    fn large_cached_files_are_located_for_sendfile() {
-        use std::os::unix::fs::FileExt;
-        let dir = tempfile::tempdir().unwrap();
-        let size = SENDFILE_MIN_BYTES as usize + 100;
-        let content: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
-        let (big, small) = (dir.path().join("big"), dir.path().join("small"));
-        std::fs::write(&big, &content).unwrap();
-        std::fs::write(&small, b"tiny").unwrap();
-        let cache = FileCache::new(4 * SENDFILE_MIN_BYTES);
-        let file = cache.read(&big).unwrap();
-
-        let slice = &file.bytes[1000..5000];
-        let (source, offset) = cache.sendfile_source(slice).unwrap();
-        assert_eq!(offset, 1000);
-        let mut on_disk = vec![0; slice.len()];
-        source.read_exact_at(&mut on_disk, offset).unwrap();
-        assert_eq!(on_disk, slice);
-        assert_eq!(cache.sendfile_source(&file.bytes).unwrap().1, 0);
-        assert_eq!(
-            cache.sendfile_source(&file.bytes[size - 1..]).unwrap().1,
-            size as u64 - 1
-        );
-        assert!(cache.sendfile_source(&file.bytes[..0]).is_none());
-        assert!(
-            cache.sendfile_source(&content).is_none(),
-            "equal bytes elsewhere in memory"
-        );
-
-        let tiny = cache.read(&small).unwrap();
-        assert!(
-            cache.sendfile_source(&tiny.bytes).is_none(),
-            "small files are copied"
-        );
-
-        // A replaced file: the old bytes (still held by a response) are no longer located.
-        crate::storage::write_atomic(&big, &content).unwrap();
-        let again = cache.read(&big).unwrap();
-        assert!(cache.sendfile_source(&file.bytes).is_none());
-        assert!(cache.sendfile_source(&again.bytes).is_some());
-        assert_eq!(cache.lock().by_address.len(), 1);
-        cache.forget(&big);
-        assert!(cache.sendfile_source(&again.bytes).is_none());
-        assert!(cache.lock().by_address.is_empty());
-    }
-
-    #[test]
-    fn eviction_forgets_sendfile_sources() {
-        let dir = tempfile::tempdir().unwrap();
-        let size = SENDFILE_MIN_BYTES as usize;
-        let cache = FileCache::new(2 * SENDFILE_MIN_BYTES);
-        let mut held = Vec::new();
-        for i in 0..5 {
-            let path = dir.path().join(format!("{i}"));
-            std::fs::write(&path, vec![i as u8; size]).unwrap();
-            held.push(cache.read(&path).unwrap());
-        }
-        let inner = cache.lock();
-        assert_eq!(inner.entries.len(), 2);
-        assert_eq!(inner.by_address.len(), 2);
-        drop(inner);
-        let located = held
-            .iter()
-            .filter(|f| cache.sendfile_source(&f.bytes).is_some())
-            .count();
-        assert_eq!(located, 2, "only the two files still cached");
     }
 }
