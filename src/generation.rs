@@ -29,29 +29,112 @@ pub enum ImageSource {
     OpenAi(Arc<OpenAiClient>),
 }
 
+/// One kind of file a run writes, under `<data>/output/<series>/<kind>/<subject>.<ext>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Artifact {
+    /// The base prompts: `data`, `title`, `terse` and `prompt` texts.
+    PromptTexts,
+    /// The `enhanced` prompt and the `technical` prompt the image request sends.
+    EnhancedTexts,
+    /// The image as the provider returned it (as PNG).
+    Generated,
+    /// The final DalleDress as JSON.
+    Selector,
+    /// The captioned PNG. Written last: its presence is what tells `/dalle` a run is done.
+    Annotated,
+}
+
+impl Artifact {
+    /// Every artifact, in the order a run writes them.
+    pub const ALL: [Artifact; 5] = [
+        Artifact::PromptTexts,
+        Artifact::EnhancedTexts,
+        Artifact::Generated,
+        Artifact::Selector,
+        Artifact::Annotated,
+    ];
+
+    /// The `(kind, extension)` of each file this artifact is made of.
+    pub fn files(self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            Artifact::PromptTexts => &[
+                ("data", "txt"),
+                ("title", "txt"),
+                ("terse", "txt"),
+                ("prompt", "txt"),
+            ],
+            Artifact::EnhancedTexts => &[("enhanced", "txt"), ("technical", "txt")],
+            Artifact::Generated => &[("generated", "png")],
+            Artifact::Selector => &[("selector", "json")],
+            Artifact::Annotated => &[("annotated", "png")],
+        }
+    }
+
+    const fn bit(self) -> u8 {
+        1 << self as u8
+    }
+}
+
+/// The set of artifacts a job writes: what a run makes is data, not a mode flag.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Artifacts(u8);
+
+impl Artifacts {
+    /// Prompts only (a `/v1` preview or a run without an image).
+    pub const NONE: Artifacts = Artifacts(0);
+    /// Everything: the `/dalle` run.
+    pub const ALL: Artifacts = Artifacts(0b1_1111);
+
+    /// This set plus `artifact`.
+    pub const fn with(self, artifact: Artifact) -> Artifacts {
+        Artifacts(self.0 | artifact.bit())
+    }
+
+    /// Whether the set holds `artifact`.
+    pub const fn contains(self, artifact: Artifact) -> bool {
+        self.0 & artifact.bit() != 0
+    }
+
+    /// Whether every artifact of `other` is in this set too.
+    pub const fn covers(self, other: Artifacts) -> bool {
+        self.0 & other.0 == other.0
+    }
+
+    /// The artifacts in the set, in writing order.
+    pub fn iter(self) -> impl Iterator<Item = Artifact> {
+        Artifact::ALL.into_iter().filter(move |a| self.contains(*a))
+    }
+}
+
 /// What a run should do.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct JobOptions {
-    /// Legacy `/dalle` runs also write the prompt sidecars and the selector JSON.
-    pub legacy: bool,
+    /// The files the run writes; an image is requested only when `Generated` is among them.
+    pub artifacts: Artifacts,
+    /// Ask the chat model to enhance the prompt (when a key and an author are there).
     pub enhance: bool,
-    pub image: bool,
-    pub annotate: bool,
     pub backstyle: Option<String>,
     /// An enhanced prompt to reuse instead of calling the chat model again.
     pub enhanced: Option<String>,
 }
 
 impl JobOptions {
-    /// The `/dalle` run: enhance when possible, image, caption, sidecars.
-    pub fn legacy() -> JobOptions {
+    /// The `/dalle` run: enhance when possible, image, caption, every sidecar.
+    pub fn dalle() -> JobOptions {
         JobOptions {
-            legacy: true,
+            artifacts: Artifacts::ALL,
             enhance: true,
-            image: true,
-            annotate: true,
             ..JobOptions::default()
         }
+    }
+
+    /// Whether a run made with these options also answers a request for `wanted`: it writes
+    /// at least the same files, enhances if asked, with the same background style.
+    pub fn satisfies(&self, wanted: &JobOptions) -> bool {
+        self.artifacts.covers(wanted.artifacts)
+            && (self.enhance || !wanted.enhance)
+            && self.backstyle == wanted.backstyle
+            && (wanted.enhanced.is_none() || self.enhanced == wanted.enhanced)
     }
 }
 
@@ -69,8 +152,12 @@ pub struct RunOutput {
     pub annotated: Option<PathBuf>,
 }
 
+/// A run in flight: the channel its outcome arrives on, and the options it runs with.
+type InFlight = (watch::Receiver<Option<RunResult>>, JobOptions);
+
 /// How a run ended, for callers that wait for it.
-pub type RunResult = Result<Arc<RunOutput>, String>;
+pub type RunResult = Result<Arc<RunOutput>, Arc<RunError>>;
+pub use pipeline::RunError;
 
 /// Everything the generator needs, shared with its tasks.
 #[derive(Debug)]
@@ -90,8 +177,9 @@ pub struct Generator {
     /// and 50 runs whose images arrive together would hold ~17 MB of pixels each.
     pub(crate) image_slots: Semaphore,
     queue: Mutex<VecDeque<RunKey>>,
-    /// The outcome channel of every run in flight, for callers that wait (the `/v1` API).
-    running: Mutex<HashMap<RunKey, watch::Receiver<Option<RunResult>>>>,
+    /// The outcome channel and options of every run in flight, for callers that wait (the
+    /// `/v1` API) and for deciding whether a caller can join a run.
+    running: Mutex<HashMap<RunKey, InFlight>>,
 }
 
 /// What a `/dalle` request resolved to.
@@ -275,7 +363,7 @@ impl Generator {
     /// Starts a legacy `/dalle` run for `key` unless one is in flight (then its snapshot is
     /// the answer).
     pub fn start(self: &Arc<Self>, key: RunKey, request_id: &str) -> Snapshot {
-        self.start_job(key, JobOptions::legacy(), request_id).0
+        self.start_job(key, JobOptions::dalle(), request_id).0
     }
 
     /// Starts a run (or joins the one in flight for `key`) and returns its first snapshot and
@@ -296,14 +384,14 @@ impl Generator {
                     .unwrap_or_else(|| Snapshot::empty(&key));
                 let outcome = lock(&self.running)
                     .get(&key)
-                    .cloned()
+                    .map(|(rx, _)| rx.clone())
                     .unwrap_or_else(|| watch::channel(None).1);
                 return (snapshot, outcome, false);
             };
             // Under the lock table's mutex, so a stale run cannot update progress in between.
             self.progress.restart(&key, request_id);
             let (tx, rx) = watch::channel(None);
-            lock(&self.running).insert(key.clone(), rx.clone());
+            lock(&self.running).insert(key.clone(), (rx.clone(), options.clone()));
             ((token, tx), rx)
         };
         let snapshot = self
@@ -314,6 +402,45 @@ impl Generator {
         let request_id = request_id.to_string();
         tokio::spawn(async move { this.run(key, token, options, request_id).await });
         (snapshot, outcome, true)
+    }
+
+    /// Runs a job for `key` to its end and returns how it ended, for callers that answer only
+    /// once the work is done (`/v1`). A run in flight for the key is joined when its options
+    /// cover ours; one made with other options is waited for first — two runs for one key never
+    /// run side by side — and then ours starts (or joins whichever run got the key meanwhile).
+    pub async fn run_to_end(
+        self: &Arc<Self>,
+        key: RunKey,
+        options: JobOptions,
+        request_id: &str,
+    ) -> RunResult {
+        loop {
+            let joinable = lock(&self.running)
+                .get(&key)
+                .map(|(rx, running)| (rx.clone(), running.satisfies(&options)));
+            let (mut outcome, ours) = match joinable {
+                Some((rx, true)) => (rx, true),
+                Some((rx, false)) => (rx, false),
+                None => {
+                    let (_, rx, started) = self.start_job(key.clone(), options.clone(), request_id);
+                    // Lost a race with another start: decide again on what is running now.
+                    if !started {
+                        continue;
+                    }
+                    (rx, true)
+                }
+            };
+            let ended = outcome
+                .wait_for(Option::is_some)
+                .await
+                .ok()
+                .and_then(|r| r.clone());
+            match ended {
+                Some(result) if ours => return result,
+                // Another job's end (or a dropped channel): try again for ours.
+                _ => tokio::task::yield_now().await,
+            }
+        }
     }
 
     async fn run(
@@ -334,7 +461,8 @@ impl Generator {
                     Ok(permit) => permit,
                     // The semaphore is never closed; answer waiters anyway.
                     Err(_) => {
-                        outcome.send_replace(Some(Err("generation slots closed".into())));
+                        let closed = RunError::Task("generation slots closed".into());
+                        outcome.send_replace(Some(Err(Arc::new(closed))));
                         return;
                     }
                 }
@@ -357,9 +485,9 @@ impl Generator {
                 tracing::info!("generation completed");
                 Ok(Arc::new(output))
             }
-            Err(pipeline::Error::Superseded) => {
+            Err(RunError::Superseded) => {
                 tracing::warn!("lock taken over after its TTL; this run stopped");
-                Err(pipeline::Error::Superseded.to_string())
+                Err(Arc::new(RunError::Superseded))
             }
             Err(err) => {
                 self.metrics
@@ -367,9 +495,10 @@ impl Generator {
                     .with_label_values(&["failed"])
                     .inc();
                 self.metrics.record_error("GENERATION_ERROR", "dalle");
-                tracing::error!(error = %err, "generation failed");
-                let _ = self.guarded(&key, token, |p| p.fail(&key, err.to_string()));
-                Err(err.to_string())
+                let code = err.code();
+                tracing::error!(error = %err, code, "generation failed");
+                let _ = self.guarded(&key, token, |p| p.fail(&key, err.to_string(), code));
+                Err(Arc::new(err))
             }
         };
         {
@@ -408,10 +537,10 @@ impl Generator {
         key: &RunKey,
         token: Token,
         f: impl FnOnce(&Progress),
-    ) -> Result<(), pipeline::Error> {
+    ) -> Result<(), RunError> {
         let locks = lock(&self.locks);
         if !locks.owns(key, token) {
-            return Err(pipeline::Error::Superseded);
+            return Err(RunError::Superseded);
         }
         f(&self.progress);
         Ok(())
@@ -432,5 +561,39 @@ impl Generator {
     /// Ownership check for a write (called with the key's gate held).
     pub(crate) fn owns(&self, key: &RunKey, token: Token) -> bool {
         lock(&self.locks).owns(key, token)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn artifact_sets_cover_and_options_satisfy() {
+        let image = Artifacts::NONE.with(Artifact::Generated);
+        let both = image.with(Artifact::Annotated);
+        assert!(Artifacts::ALL.covers(both) && both.covers(image) && !image.covers(both));
+        assert_eq!(
+            Artifacts::ALL.iter().collect::<Vec<_>>(),
+            Artifact::ALL.to_vec()
+        );
+        let dalle = JobOptions::dalle();
+        let wanted = JobOptions {
+            artifacts: both,
+            enhance: true,
+            ..JobOptions::default()
+        };
+        assert!(dalle.satisfies(&wanted));
+        assert!(!wanted.satisfies(&dalle), "fewer files");
+        let plain = JobOptions {
+            enhance: false,
+            ..wanted.clone()
+        };
+        assert!(wanted.satisfies(&plain) && !plain.satisfies(&wanted));
+        let styled = JobOptions {
+            backstyle: Some("noir".into()),
+            ..wanted.clone()
+        };
+        assert!(!wanted.satisfies(&styled) && !styled.satisfies(&wanted));
     }
 }

@@ -335,8 +335,8 @@ impl Progress {
 
     /// Fails an in-flight run with `error` (`currentPhase:"failed"`, `done:true`); the failed
     /// phase never feeds its average.
-    pub fn fail(&self, key: &RunKey, error: String) {
-        self.update(key, |run, _, now| run.fail(error, now));
+    pub fn fail(&self, key: &RunKey, error: String, code: &'static str) {
+        self.update(key, |run, _, now| run.fail(error, code, now));
     }
 
     /// The run's snapshot, in flight or finished within the retention window. Reading never
@@ -460,7 +460,7 @@ mod tests {
             p.is_in_flight(&k) && !p.forget(&k),
             "in-flight runs are never forgotten"
         );
-        p.fail(&k, "boom".into());
+        p.fail(&k, "boom".into(), "internal");
         assert!(!p.is_in_flight(&k));
         assert_eq!(p.start(&k, "third"), StartOutcome::Started);
         assert_eq!(who(&p), Some(("third".into(), Phase::Setup, false)));

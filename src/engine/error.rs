@@ -24,13 +24,15 @@ pub enum Code {
     ProviderFailed,
     /// Ours: no `/v1` endpoint at that path.
     NotFound,
+    /// Ours: the server's disk (or quota) is full, so a run could not save its files.
+    StorageFull,
     /// Ours: every failure upstream left uncoded (I/O, serialisation, bugs).
     Internal,
 }
 
 impl Code {
     /// Every code, for exhaustive tests and documentation.
-    pub const ALL: [Code; 13] = [
+    pub const ALL: [Code; 14] = [
         Code::InvalidInput,
         Code::SeriesNotFound,
         Code::SeriesInvalid,
@@ -43,6 +45,7 @@ impl Code {
         Code::ProviderUnavailable,
         Code::ProviderFailed,
         Code::NotFound,
+        Code::StorageFull,
         Code::Internal,
     ];
 
@@ -61,6 +64,7 @@ impl Code {
             Code::ProviderUnavailable => "provider_unavailable",
             Code::ProviderFailed => "provider_failed",
             Code::NotFound => "not_found",
+            Code::StorageFull => "storage_full",
             Code::Internal => "internal",
         }
     }
@@ -71,6 +75,7 @@ impl Code {
         match self {
             Code::DatabaseManifestInvalid => "the attribute database manifest is invalid",
             Code::MetadataInvalid => "an image metadata record could not be read or written",
+            Code::StorageFull => "the server's disk is full; nothing was saved",
             _ => "internal error; the server log has the details under this request id",
         }
     }
@@ -91,6 +96,7 @@ impl Code {
             Code::RegenerationRefused | Code::DatabaseHashMismatch => 409,
             Code::ProviderUnavailable => 503,
             Code::ProviderFailed => 502,
+            Code::StorageFull => 507,
             Code::DatabaseManifestInvalid | Code::MetadataInvalid | Code::Internal => 500,
         }
     }
@@ -168,6 +174,7 @@ mod tests {
             (Code::ProviderUnavailable, "provider_unavailable", 503),
             (Code::ProviderFailed, "provider_failed", 502),
             (Code::NotFound, "not_found", 404),
+            (Code::StorageFull, "storage_full", 507),
             (Code::Internal, "internal", 500),
         ];
         assert_eq!(table.len(), Code::ALL.len());

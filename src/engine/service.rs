@@ -17,7 +17,7 @@ use super::{records, series_admin};
 use crate::attributes::Attributes;
 use crate::attributes::selection::extended_seed;
 use crate::attributes::series::{Series, normalize_name};
-use crate::generation::{Generator, JobOptions, RunOutput};
+use crate::generation::{self, Artifact, Generator, JobOptions, RunError, RunOutput};
 use crate::progress::{RunKey, Snapshot};
 
 /// `POST /v1/images/generate` and `/preview` bodies (unknown fields are ignored).
@@ -262,11 +262,16 @@ impl Engine {
                 return Ok(self.result(hit, &path));
             }
         }
+        let mut artifacts = generation::Artifacts::NONE;
+        if req.image {
+            artifacts = artifacts.with(Artifact::Generated);
+        }
+        if req.annotate {
+            artifacts = artifacts.with(Artifact::Annotated);
+        }
         let options = JobOptions {
-            legacy: false,
+            artifacts,
             enhance: req.enhance,
-            image: req.image,
-            annotate: req.annotate,
             backstyle: req.backstyle.clone().filter(|b| !b.trim().is_empty()),
             enhanced: existing
                 .as_ref()
@@ -286,46 +291,18 @@ impl Engine {
         Ok(self.result(meta, &path))
     }
 
-    /// Runs (or joins) the job for `key` and waits for it; a joined run made with other
-    /// options is followed by a run of our own.
+    /// Runs (or joins) the job for `key` and waits for its end; a run failure keeps its own
+    /// code (a provider failure, a full disk, …).
     async fn run(
         &self,
         key: RunKey,
         options: JobOptions,
         request_id: &str,
     ) -> Result<Arc<RunOutput>, EngineError> {
-        for _ in 0..2 {
-            let (_, mut outcome, started) =
-                self.generator
-                    .start_job(key.clone(), options.clone(), request_id);
-            let result = outcome
-                .wait_for(Option::is_some)
-                .await
-                .map_err(|_| {
-                    EngineError::new(
-                        Code::ProviderFailed,
-                        "the generation stopped without an answer",
-                    )
-                })?
-                .clone();
-            let output = match result {
-                Some(Ok(output)) => output,
-                Some(Err(message)) => {
-                    return Err(EngineError::new(Code::ProviderFailed, "generation failed")
-                        .with_cause(message));
-                }
-                None => continue,
-            };
-            let enough = (!options.image || output.generated.is_some())
-                && (!options.annotate || output.annotated.is_some());
-            if started || enough {
-                return Ok(output);
-            }
-        }
-        Err(EngineError::new(
-            Code::ProviderFailed,
-            "another run for this seed kept the key busy",
-        ))
+        self.generator
+            .run_to_end(key, options, request_id)
+            .await
+            .map_err(|err| run_failure(&err))
     }
 
     /// `POST /v1/images/preview`: prompts only, no provider calls; writes the record.
@@ -533,6 +510,24 @@ impl Engine {
             )
         })
     }
+}
+
+/// The `/v1` error of a failed run: the run's own code where `/v1` has one.
+fn run_failure(err: &RunError) -> EngineError {
+    let code = match err.code() {
+        "provider_unavailable" => Code::ProviderUnavailable,
+        "provider_failed" => Code::ProviderFailed,
+        "invalid_input" => Code::InvalidInput,
+        "storage_full" => Code::StorageFull,
+        _ => Code::Internal,
+    };
+    let message = match code {
+        Code::ProviderFailed | Code::ProviderUnavailable => "generation failed",
+        Code::InvalidInput => "cannot build the prompts",
+        Code::StorageFull => "the server's disk is full; nothing was saved",
+        _ => "the generation failed",
+    };
+    EngineError::new(code, message).with_cause(err)
 }
 
 /// The request's engine seed, checked before any work is done: with a blank input the

@@ -8,15 +8,17 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::{Generator, ImageSource, JobOptions, RunOutput, Token};
+use super::{Artifact, Artifacts, Generator, ImageSource, JobOptions, RunOutput, Token};
 use crate::annotate;
 use crate::attributes::dress::DalleDress;
 use crate::openai::{ImageAnswer, OpenAiError, enhancement_system_prompt};
 use crate::progress::{Phase, RunKey};
 
-/// Why a run ended without an image.
+/// Why a run ended without an image. Each cause has its own stable code, so a full disk is
+/// not reported as the provider's failure, and no message carries a path (the artifact is named
+/// by its kind; the path is in the run's log line).
 #[derive(Debug, thiserror::Error)]
-pub enum Error {
+pub enum RunError {
     /// Another run took the key over after this run's lock expired.
     #[error("superseded by a newer run")]
     Superseded,
@@ -26,9 +28,10 @@ pub enum Error {
     OpenAi(#[from] OpenAiError),
     #[error("error annotating image: {0}")]
     Annotate(#[from] annotate::AnnotateError),
-    #[error("writing {path}: {source}")]
-    Write {
-        path: String,
+    #[error("{}", storage_text(.artifact, .source))]
+    Storage {
+        /// The artifact's kind (`annotated`, `selector`, …).
+        artifact: &'static str,
         #[source]
         source: std::io::Error,
     },
@@ -36,6 +39,41 @@ pub enum Error {
     Image(String),
     #[error("background task failed: {0}")]
     Task(String),
+}
+
+impl RunError {
+    /// The stable code of this failure (snapshots' `errorCode`, `/v1` error codes).
+    pub fn code(&self) -> &'static str {
+        match self {
+            RunError::Superseded => "superseded",
+            RunError::Attributes(_) => "invalid_input",
+            RunError::OpenAi(OpenAiError::BreakerOpen) => "provider_unavailable",
+            RunError::OpenAi(_) => "provider_failed",
+            RunError::Annotate(_) => "annotate_failed",
+            RunError::Storage { source, .. } if is_disk_full(source) => "storage_full",
+            RunError::Storage { .. } => "storage_failed",
+            RunError::Image(_) => "image_invalid",
+            RunError::Task(_) => "internal",
+        }
+    }
+}
+
+/// `ENOSPC` or `EDQUOT`: the disk (or the quota) is full.
+fn is_disk_full(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+    )
+}
+
+fn storage_text(artifact: &str, source: &std::io::Error) -> String {
+    // The kind, not the OS text: some OS messages name the path.
+    let what = if is_disk_full(source) {
+        "the disk is full".to_string()
+    } else {
+        format!("{}", source.kind())
+    };
+    format!("writing the {artifact} artifact failed: {what}")
 }
 
 /// Times phases for the phase-duration histogram.
@@ -60,22 +98,22 @@ struct Run<'a> {
     key: &'a RunKey,
     token: Token,
     clock: PhaseClock,
-    options_legacy: bool,
+    artifacts: Artifacts,
 }
 
 impl Run<'_> {
-    fn phase(&mut self, phase: Phase) -> Result<(), Error> {
+    fn phase(&mut self, phase: Phase) -> Result<(), RunError> {
         self.clock.enter(self.generator, phase);
         self.generator
             .guarded(self.key, self.token, |p| p.transition(self.key, phase))
     }
 
-    fn skip(&self, phase: Phase) -> Result<(), Error> {
+    fn skip(&self, phase: Phase) -> Result<(), RunError> {
         self.generator
             .guarded(self.key, self.token, |p| p.skip(self.key, phase))
     }
 
-    fn dress(&self, f: impl FnOnce(&mut DalleDress)) -> Result<(), Error> {
+    fn dress(&self, f: impl FnOnce(&mut DalleDress)) -> Result<(), RunError> {
         self.generator
             .guarded(self.key, self.token, |p| p.update_dress(self.key, f))
     }
@@ -83,7 +121,12 @@ impl Run<'_> {
     /// Atomically writes one artifact. The ownership check and the write happen together
     /// under the key's write gate, so a run that lost its lock never writes after the new
     /// owner has started writing.
-    async fn write(&self, kind: &str, ext: &str, bytes: Vec<u8>) -> Result<PathBuf, Error> {
+    async fn write(
+        &self,
+        kind: &'static str,
+        ext: &str,
+        bytes: Vec<u8>,
+    ) -> Result<PathBuf, RunError> {
         let path = self.generator.artifact_path(self.key, kind, ext);
         let generator = Arc::clone(self.generator);
         let (key, token, target) = (self.key.clone(), self.token, path.clone());
@@ -96,17 +139,18 @@ impl Run<'_> {
             crate::storage::write_atomic(&target, &bytes).map(|()| true)
         })
         .await
-        .map_err(|e| Error::Task(e.to_string()))?;
+        .map_err(|e| RunError::Task(e.to_string()))?;
         match written {
             Ok(true) => {
                 self.generator.metrics.record_file_op(true);
                 Ok(path)
             }
-            Ok(false) => Err(Error::Superseded),
+            Ok(false) => Err(RunError::Superseded),
             Err(source) => {
                 self.generator.metrics.record_file_op(false);
-                Err(Error::Write {
-                    path: path.display().to_string(),
+                tracing::error!(path = %path.display(), error = %source, "writing an artifact failed");
+                Err(RunError::Storage {
+                    artifact: kind,
                     source,
                 })
             }
@@ -115,16 +159,16 @@ impl Run<'_> {
 }
 
 /// The raw image as PNG: PNG bytes pass through, JPEG or WebP (from a URL) are re-encoded.
-fn ensure_png(raw: Vec<u8>) -> Result<Vec<u8>, Error> {
+fn ensure_png(raw: Vec<u8>) -> Result<Vec<u8>, RunError> {
     const PNG_MAGIC: &[u8] = b"\x89PNG\r\n\x1a\n";
     if raw.starts_with(PNG_MAGIC) {
         return Ok(raw);
     }
-    let image = image::load_from_memory(&raw).map_err(|e| Error::Image(e.to_string()))?;
+    let image = image::load_from_memory(&raw).map_err(|e| RunError::Image(e.to_string()))?;
     let mut out = std::io::Cursor::new(Vec::new());
     image
         .write_to(&mut out, image::ImageFormat::Png)
-        .map_err(|e| Error::Image(e.to_string()))?;
+        .map_err(|e| RunError::Image(e.to_string()))?;
     Ok(out.into_inner())
 }
 
@@ -133,15 +177,15 @@ fn ensure_png(raw: Vec<u8>) -> Result<Vec<u8>, Error> {
 async fn image_work<T: Send + 'static>(
     generator: &Generator,
     work: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, Error> {
+) -> Result<T, RunError> {
     let _slot = generator
         .image_slots
         .acquire()
         .await
-        .map_err(|e| Error::Task(e.to_string()))?;
+        .map_err(|e| RunError::Task(e.to_string()))?;
     tokio::task::spawn_blocking(work)
         .await
-        .map_err(|e| Error::Task(e.to_string()))
+        .map_err(|e| RunError::Task(e.to_string()))
 }
 
 /// Runs the whole pipeline for `key` with `options`.
@@ -150,13 +194,13 @@ pub async fn run(
     key: &RunKey,
     token: Token,
     options: &JobOptions,
-) -> Result<RunOutput, Error> {
+) -> Result<RunOutput, RunError> {
     let mut run = Run {
         generator,
         key,
         token,
         clock: PhaseClock { current: None },
-        options_legacy: options.legacy,
+        artifacts: options.artifacts,
     };
     run.clock.enter(generator, Phase::Setup);
 
@@ -166,14 +210,10 @@ pub async fn run(
             .attributes
             .dress(&key.address, &key.series, options.backstyle.as_deref())?;
     generator.guarded(key, token, |p| p.set_dress(key, dress.clone()))?;
-    if options.legacy {
-        for (kind, text) in [
-            ("data", &prompts.data),
-            ("title", &prompts.title),
-            ("terse", &prompts.terse),
-            ("prompt", &prompts.base),
-        ] {
-            run.write(kind, "txt", text.clone().into_bytes()).await?;
+    if options.artifacts.contains(Artifact::PromptTexts) {
+        let texts = [&prompts.data, &prompts.title, &prompts.terse, &prompts.base];
+        for ((kind, ext), text) in Artifact::PromptTexts.files().iter().zip(texts) {
+            run.write(kind, ext, text.clone().into_bytes()).await?;
         }
     }
 
@@ -199,11 +239,11 @@ pub async fn run(
         }
     };
     let technical = format!("{}\n\n{}", prompts.technical, enhanced);
-    if options.legacy {
-        run.write("enhanced", "txt", enhanced.clone().into_bytes())
-            .await?;
-        run.write("technical", "txt", technical.clone().into_bytes())
-            .await?;
+    if options.artifacts.contains(Artifact::EnhancedTexts) {
+        let texts = [&enhanced, &technical];
+        for ((kind, ext), text) in Artifact::EnhancedTexts.files().iter().zip(texts) {
+            run.write(kind, ext, text.clone().into_bytes()).await?;
+        }
     }
     run.dress(|d| d.enhanced_prompt = enhanced.clone())?;
 
@@ -216,7 +256,7 @@ pub async fn run(
         generated: None,
         annotated: None,
     };
-    if !options.image {
+    if !options.artifacts.contains(Artifact::Generated) {
         for phase in [
             Phase::ImagePrep,
             Phase::ImageWait,
@@ -264,13 +304,16 @@ pub async fn run(
         }
     };
 
-    let caption = options.annotate.then(|| output.prompts.terse.clone());
+    let caption = options
+        .artifacts
+        .contains(Artifact::Annotated)
+        .then(|| output.prompts.terse.clone());
     if caption.is_some() {
         run.phase(Phase::Annotate)?;
     } else {
         run.skip(Phase::Annotate)?;
     }
-    let (generated, annotated) = image_work(generator, move || -> Result<_, Error> {
+    let (generated, annotated) = image_work(generator, move || -> Result<_, RunError> {
         let annotated = caption
             .map(|c| annotate::annotate_png(&raw, &c))
             .transpose()?;
@@ -287,7 +330,7 @@ async fn finish(
     run: &mut Run<'_>,
     mut output: RunOutput,
     annotated: Option<Vec<u8>>,
-) -> Result<RunOutput, Error> {
+) -> Result<RunOutput, RunError> {
     let generator = run.generator;
     let root = generator.data.output();
     let relative = |p: &PathBuf| p.strip_prefix(&root).unwrap_or(p).display().to_string();
@@ -309,9 +352,9 @@ async fn finish(
     }
     let final_dress = output.dress.clone();
     run.dress(move |d| *d = final_dress)?;
-    if run.options_legacy {
+    if run.artifacts.contains(Artifact::Selector) {
         let selector =
-            serde_json::to_vec_pretty(&output.dress).map_err(|e| Error::Task(e.to_string()))?;
+            serde_json::to_vec_pretty(&output.dress).map_err(|e| RunError::Task(e.to_string()))?;
         run.write("selector", "json", selector).await?;
     }
     if let Some(bytes) = annotated {
@@ -320,4 +363,33 @@ async fn finish(
     run.clock.enter(generator, Phase::Completed);
     generator.guarded(run.key, run.token, |p| p.complete(run.key))?;
     Ok(output)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_failures_have_their_own_codes_and_no_paths() {
+        let full = RunError::Storage {
+            artifact: "annotated",
+            source: std::io::Error::from(std::io::ErrorKind::StorageFull),
+        };
+        assert_eq!(full.code(), "storage_full");
+        assert_eq!(
+            full.to_string(),
+            "writing the annotated artifact failed: the disk is full"
+        );
+        let denied = RunError::Storage {
+            artifact: "selector",
+            source: std::io::Error::other("cannot open /srv/data/output/x.json"),
+        };
+        assert_eq!(denied.code(), "storage_failed");
+        assert!(!denied.to_string().contains('/'), "{denied}");
+        assert_eq!(
+            RunError::OpenAi(OpenAiError::BreakerOpen).code(),
+            "provider_unavailable"
+        );
+        assert_eq!(RunError::Superseded.code(), "superseded");
+    }
 }

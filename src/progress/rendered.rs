@@ -155,7 +155,7 @@ mod tests {
         same_bytes(&p, &k).await;
         p.complete(&other);
         same_bytes(&p, &k).await;
-        p.fail(&k, "boom".into());
+        p.fail(&k, "boom".into(), "internal");
         same_bytes(&p, &k).await;
         assert!(p.poll(&k).unwrap().failed);
     }

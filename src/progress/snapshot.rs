@@ -39,6 +39,9 @@ pub struct Snapshot {
     pub done: bool,
     /// The failure message, "" when none.
     pub error: String,
+    /// The failure's stable code (e.g. `provider_failed`, `storage_full`), only on failed runs.
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub error_code: &'static str,
     pub cache_hit: bool,
     /// All 9 phases, in order.
     pub phases: Vec<PhaseTiming>,
@@ -106,6 +109,7 @@ pub(super) struct Run {
     pub(super) done: bool,
     finished_at: Option<Instant>,
     error: String,
+    error_code: &'static str,
     pub(super) cache_hit: bool,
     pub(super) dress: Option<SharedDress>,
     queue_position: Option<usize>,
@@ -129,6 +133,7 @@ impl Run {
             done: false,
             finished_at: None,
             error: String::new(),
+            error_code: "",
             cache_hit: false,
             dress: None,
             queue_position: None,
@@ -215,13 +220,14 @@ impl Run {
     /// Fails the run. The phase it failed in is ended without a sample (a failure's duration
     /// says nothing about a normal run) and carries the message. Phases after it stay unset:
     /// they were not skipped, the run stopped.
-    pub(super) fn fail(&mut self, error: String, now: Instant) {
+    pub(super) fn fail(&mut self, error: String, code: &'static str, now: Instant) {
         if self.done {
             return;
         }
         let _ = self.end_current(now, false);
         self.timings[self.current.slot()].error.clone_from(&error);
         self.error = error;
+        self.error_code = code;
         self.finish(Phase::Failed, now);
     }
 
@@ -260,6 +266,7 @@ impl Run {
             phase_count: Phase::WORK.len(),
             done: self.done,
             error: self.error.clone(),
+            error_code: self.error_code,
             cache_hit: self.cache_hit,
             phases: Phase::ALL
                 .into_iter()
@@ -431,7 +438,11 @@ mod tests {
         let _ = p.start(&failed, "r");
         p.transition(&failed, Phase::ImageWait);
         advance(secs(3)).await;
-        p.fail(&failed, "OpenAI API error (status 400): no".into());
+        p.fail(
+            &failed,
+            "OpenAI API error (status 400): no".into(),
+            "provider_failed",
+        );
         p.transition(&failed, Phase::Annotate); // ignored: the run is over
         p.complete(&failed);
         let snap = p.snapshot(&failed).unwrap();

@@ -396,7 +396,7 @@ mod tests {
         let _ = p.start(&failed, "r");
         p.transition(&failed, Phase::BasePrompts);
         tokio::time::advance(Duration::from_secs(9)).await;
-        p.fail(&failed, "broken".into());
+        p.fail(&failed, "broken".into(), "internal");
 
         let after = p.stats();
         assert!(before.averages().eq(after.averages()), "{after:?}");
