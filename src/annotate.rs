@@ -1,5 +1,5 @@
-//! Image annotation: the terse caption drawn in a bar under the generated picture (CONTRACT §7,
-//! upstream L§5.1), PNG in and out, and the mock-mode picture source (CONTRACT §5.3).
+//! Image annotation: the terse caption drawn in a bar under the generated picture, laid out
+//! with the Go library's size formula, PNG in and out, and the mock-mode picture source.
 //!
 //! Pure CPU code — no I/O, no async; the pipeline calls it on the blocking pool. Everything is
 //! deterministic: the same input always gives the same bytes.
@@ -47,7 +47,7 @@ pub enum AnnotateError {
     Font,
 }
 
-/// The size of the caption bar for one image and caption (upstream L§5.1 step 2).
+/// The size of the caption bar for one image and caption, from the Go library's formula.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct BarGeometry {
     /// Font em size in pixels: 30·W / (7·n), n = caption bytes (at least 1), capped.
@@ -268,7 +268,7 @@ mod tests {
     fn worked_example_a_geometry() {
         let caption = caption_323();
         assert_eq!(caption.len(), 323);
-        // The size formula alone: upstream L§4.7.
+        // The size formula alone, checked against the Go library's numbers for this caption.
         let g = BarGeometry::new(1024, 1024, 323, 0);
         assert!((g.font_px - 13.59).abs() < 0.01, "{}", g.font_px);
         assert!((g.text_width - 972.8).abs() < 1e-9);

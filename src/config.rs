@@ -1,6 +1,6 @@
 //! Configuration: one typed tree built from command-line flags, the environment and `.env`.
 //!
-//! Precedence (CONTRACT §2): `TB_DALLE_PORT` beats `--port` (the seed book promises it, the Go
+//! Precedence: `TB_DALLE_PORT` beats `--port` (the seed book promises it, the Go
 //! server ignored it); for everything else a flag beats the environment, which beats the default.
 //! `.env` in the working directory is loaded first and never overrides what is already set.
 //! This is the only module that reads the process environment.

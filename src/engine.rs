@@ -1,4 +1,4 @@
-//! The `/v1` engine (S§5, L§1.4): image metadata records, the database manifest and series
+//! The `/v1` engine: image metadata records, the database manifest and series
 //! administration over the one explicit data directory, with the engine's coded errors.
 //! Everything here is blocking file I/O; async callers run it on `spawn_blocking`.
 

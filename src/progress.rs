@@ -1,9 +1,9 @@
-//! The registry of generation runs and their progress (CONTRACT §5.1, L§6): per
+//! The registry of generation runs and their progress: per
 //! `(series, address)`, the current phase, each phase's times, the DalleDress and the outcome,
 //! served as upstream's `ProgressReport` ([`Snapshot`]) with percent and ETA from per-phase
 //! moving averages persisted in `<metrics>/progress_phase_stats.json`.
 //!
-//! Deliberate differences from the Go library (L§13 #15, #16):
+//! Deliberate differences from the Go library:
 //! - Reads are not destructive. Upstream deleted a finished run on the first `GetProgress`, and
 //!   the status printer's `ActiveProgressReports` deleted finished runs too, so a poller could
 //!   miss `done:true` and the error. Here a finished run stays visible for a retention window,
@@ -12,7 +12,8 @@
 //!   run existed under the key, so the next attempt after a failure went untracked.
 //! - Stats are loaded at start-up. Upstream loaded them lazily in the first EMA update, so a
 //!   cache hit before that overwrote the file with empty averages.
-//! - Work phases that never ran are marked skipped at completion (CONTRACT §5.1).
+//! - Work phases that never ran are marked skipped at completion. Upstream left them neither
+//!   ended nor skipped (e.g. the image phases in mock mode).
 //!
 //! The API is synchronous: a `std::sync::Mutex` guards in-memory state only, never held across
 //! I/O or an `.await`. Saving the stats (an fsynced atomic write) happens after it is released,

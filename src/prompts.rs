@@ -1,4 +1,4 @@
-//! The six prompts of a dress (L§4.2), rendered from askama templates in `templates/prompts/`
+//! The six prompts of a dress, rendered from askama templates in `templates/prompts/`
 //! with our own wording: base (the image prompt), data (a readable dump — upstream's was
 //! always empty), title, terse (the caption under the image), author (the persona for the
 //! chat enhancement) and technical (the specification sent with the image request).

@@ -3,7 +3,7 @@
 //! Every write goes to a uniquely named temporary file in the target's own directory, is
 //! fsynced, renamed over the target and followed by an fsync of the directory, so a reader (or
 //! a restart after `kill -9`) sees the old file or the new one, never a torn one. The Go server
-//! used a fixed `.tmp` name and no fsync (S§17, Q-54).
+//! used a fixed `.tmp` name and no fsync, so two writers collided and a crash could tear a file.
 
 mod file_cache;
 
@@ -79,7 +79,7 @@ pub fn disk_usage(path: &Path) -> io::Result<DiskUsage> {
     })
 }
 
-/// The directory layout under the data dir (CONTRACT §5, L§5.3).
+/// The directory layout under the data dir: the Go server's layout, so existing data carries over.
 #[derive(Debug, Clone)]
 pub struct DataDir {
     root: PathBuf,

@@ -1,6 +1,6 @@
 //! Loads the Go library's own databases and series (when `../shared/reference/upstream-data`
 //! is present) through our loader and checks that we select exactly what upstream selects for
-//! the worked examples of L§2.7. The archives are reference material only: nothing from them
+//! the worked examples below. The archives are reference material only: nothing from them
 //! is copied into the project.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]

@@ -1,8 +1,8 @@
-//! The mock-mode picture (CONTRACT §5.3): with no OpenAI key the pipeline still needs a real
-//! image to annotate and serve, so we paint a deterministic 1024×1024 Bauhaus-style tile
-//! poster from the address and the dress's three colours.
+//! The mock-mode picture: with no OpenAI key (or `TB_DALLE_SKIP_IMAGE=1`) the pipeline still
+//! needs a real image to annotate and serve, so we paint a deterministic 1024×1024
+//! Bauhaus-style tile poster from the address and the dress's three colours.
 //!
-//! Upstream writes a 0-byte PNG here (L§8); a picture makes the gallery usable in demos and
+//! Upstream writes a 0-byte PNG here; a picture makes the gallery usable in demos and
 //! exercises the real annotation path.
 
 use image::{Rgba, RgbaImage};

@@ -1,4 +1,4 @@
-//! The attribute databases: CSVs in the upstream format (L§3.1), embedded or from a directory.
+//! The attribute databases: CSVs in the Go library's format, embedded or from a directory.
 //!
 //! Parsing copies the upstream quirks that decide which row an address selects: the first
 //! `v0.1.0,` of each line is removed, fields are split naively on every comma, a record with
@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
-/// The fourteen databases that seed selection draws from, in attribute order (L§2.1).
+/// The fourteen databases that seed selection draws from, in the Go library's attribute order.
 pub const SELECTION_DATABASES: [&str; 14] = [
     "adverbs",
     "adjectives",

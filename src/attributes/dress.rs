@@ -1,5 +1,5 @@
-//! The DalleDress: the selected attributes of one address or seed, with the JSON shape of
-//! L§10.1 and the accessors of L§4.1 that the prompt templates read.
+//! The DalleDress: the selected attributes of one address or seed, with the Go library's JSON
+//! shape and the accessors that the prompt templates read.
 
 use serde::Serialize;
 

@@ -1,5 +1,6 @@
-//! Deterministic selection (L§2, CONTRACT §6.2): input → extended seed → 6-hex windows →
-//! one row per attribute of the series-filtered databases.
+//! Deterministic selection, exactly as the Go library does it (same input, same rows):
+//! input → extended seed → 6-hex windows → one row per attribute of the series-filtered
+//! databases.
 //!
 //! The row is `(count × number) >> 24`, not a modulo (the upstream book says modulo; the code
 //! does this, and so must we to pick the same rows).
@@ -10,7 +11,8 @@ use super::database::{BACKSTYLES, Databases};
 use super::dress::{Attribute, DalleDress};
 use super::series::Series;
 
-/// Attribute names and their databases, in seed-window order (L§2.1).
+/// Attribute names and their databases, in seed-window order (the Go library's order, which
+/// decides every image's attributes).
 pub const ATTRIBUTES: [(&str, &str); 17] = [
     ("adverb", "adverbs"),
     ("adjective", "adjectives"),
@@ -39,8 +41,8 @@ pub enum SelectionError {
     SeedTooShort,
 }
 
-/// L§2.2: the first comma-separated part, followed by its reverse; for `0x` inputs the 64
-/// characters after the prefix, otherwise the whole string.
+/// The extended seed: the first comma-separated part, followed by its reverse; for `0x`
+/// inputs the 64 characters after the prefix, otherwise the whole string.
 pub fn extended_seed(input: &str) -> Result<String, SelectionError> {
     let first = input.split(',').next().unwrap_or("");
     let reversed: String = first.chars().rev().collect();
@@ -59,7 +61,7 @@ pub fn extended_seed(input: &str) -> Result<String, SelectionError> {
 }
 
 /// The engine seed of an input: the lower-case hex SHA-256 of its trimmed UTF-8 bytes (the
-/// series is deliberately not mixed in, L§1.4).
+/// series is deliberately not mixed in, as in the Go library: an input has one seed everywhere).
 pub fn seed_from_input(input: &str) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(input.trim().as_bytes()))
@@ -112,8 +114,8 @@ impl View<'_> {
     }
 }
 
-/// L§2.4: case-sensitive substring filters, sensitive art and literary styles dropped when
-/// unfiltered, `none` when nothing is left.
+/// The series' view of a database: case-sensitive substring filters, sensitive art and
+/// literary styles dropped when unfiltered, `none` when nothing is left.
 pub fn filtered_view<'a>(dbs: &'a Databases, series: &Series, database: &str) -> View<'a> {
     let records: &[String] = dbs.get(database).map_or(&[], |db| db.records.as_slice());
     let filters = series.filter(database).filter(|f| !f.is_empty());

@@ -1,7 +1,7 @@
-//! The engine's coded errors (L§1.4) and their HTTP statuses (S§5.1).
+//! The engine's coded errors (the Go library's codes) and their HTTP statuses.
 //!
 //! One deliberate difference from upstream: an error without a code is `internal` with
-//! status 500, where the Go server answered `invalid_input` with status 500.
+//! status 500, where the Go server answered `invalid_input` with status 500.
 
 use std::fmt;
 
@@ -85,7 +85,8 @@ impl Code {
         matches!(self, Code::ProviderFailed | Code::ProviderUnavailable)
     }
 
-    /// The HTTP status of S§5.1; the manifest, metadata and uncoded failures are server faults.
+    /// The HTTP status of each code; the manifest, metadata and uncoded failures are server
+    /// faults.
     pub fn http_status(self) -> u16 {
         match self {
             Code::InvalidInput | Code::SeriesInvalid => 400,

@@ -1,4 +1,4 @@
-//! The database manifest of `/v1/databases` and `/v1/validate` (L§3.4): one entry per CSV
+//! The database manifest of `/v1/databases` and `/v1/validate`: one entry per CSV
 //! with its hash, header and row count, plus a hash over the whole set.
 //!
 //! Upstream hashed the embedded `databases.tar.gz`; we embed plain CSVs (or read a
@@ -104,7 +104,8 @@ pub fn listing_hash(files: &[ManifestFile]) -> String {
 }
 
 impl Manifest {
-    /// The structural checks of L§3.4; any failure is `database_manifest_invalid`.
+    /// The Go library's structural checks (a version, `sha256:` hashes, at least one file, unique
+    /// paths, at least one column); any failure is `database_manifest_invalid`.
     pub fn validate(&self) -> Result<(), EngineError> {
         let invalid = |msg: String| Err(EngineError::new(Code::DatabaseManifestInvalid, msg));
         if self.version.trim().is_empty() {

@@ -1,4 +1,4 @@
-//! The image metadata record (L§5.5): the authoritative JSON document of one `/v1` image at
+//! The image metadata record: the authoritative JSON document of one `/v1` image at
 //! `<data>/output/<series>/metadata/<seed>.json`, with the identity hashes that tie it to
 //! its input, series, recipe and databases.
 //!
@@ -168,7 +168,7 @@ pub struct Status {
     pub cache_hit: bool,
 }
 
-/// The engine seed (L§1.4): an explicit non-blank seed is used trimmed and not hashed;
+/// The engine seed: an explicit non-blank seed is used trimmed and not hashed;
 /// otherwise the lower-case hex SHA-256 of the trimmed input, which must not be blank.
 pub fn normalize_seed(input: &str, seed: Option<&str>) -> Result<String, EngineError> {
     if let Some(seed) = seed.map(str::trim).filter(|s| !s.is_empty()) {
@@ -191,8 +191,8 @@ pub fn series_hash(series: &Series) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(json)))
 }
 
-/// `sha256:` + hex of the eight identity fields joined with NUL (L§4.6). Prompts, backstyle
-/// and artifacts are deliberately not part of an image's identity.
+/// `sha256:` + hex of the eight identity fields joined with NUL, as the Go library computes
+/// it. Prompts, backstyle and artifacts are deliberately not part of an image's identity.
 #[allow(clippy::too_many_arguments)] // the identity is exactly these eight fields, in this order
 pub fn image_id(
     input: &str,

@@ -1,4 +1,4 @@
-//! Per-key generation locks with a TTL and an owner token (CONTRACT §5).
+//! Per-key generation locks with a TTL and an owner token: one pipeline per key while it runs.
 //!
 //! The Go library released a lock unconditionally, so once a TTL expired a slow first run
 //! could delete the lock of the second and both could write the same files. Here every lock

@@ -1,4 +1,4 @@
-//! The status printer (S§18): every 2 seconds, one aligned log line per generation in flight.
+//! The status printer: every 2 seconds, one aligned log line per generation in flight.
 //! Unlike the Go printer it only reads — it never prunes finished runs.
 
 use std::sync::Arc;

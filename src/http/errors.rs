@@ -1,5 +1,5 @@
-//! `GET /errors` (S§4.8): a plain-text error report, `?format=json` for the raw snapshot and
-//! `?clear` (with or without a value — the Go server needed one, Q-12) to reset it.
+//! `GET /errors`: a plain-text error report, `?format=json` for the raw snapshot and
+//! `?clear` (with or without a value — the Go server needed one) to reset it.
 
 use std::collections::HashMap;
 use std::fmt::Write;
@@ -25,7 +25,7 @@ pub async fn errors(
     }
     let snapshot = state.metrics.snapshot(&state.breaker.snapshot());
     if q.get("format").map(String::as_str) == Some("json") {
-        // Raw, not enveloped: kept from upstream.
+        // Raw, not enveloped, as the Go server answered: clients may rely on that shape.
         return Json(snapshot).into_response();
     }
     ([(CONTENT_TYPE, TEXT)], report(&snapshot)).into_response()

@@ -47,7 +47,7 @@ pub async fn health(
                 Status::Healthy | Status::Degraded => StatusCode::OK,
                 Status::Unhealthy => StatusCode::SERVICE_UNAVAILABLE,
             };
-            // Upstream keeps success:true even on 503; monitors read `data.status`.
+            // success:true even on 503, as the Go server did; monitors read `data.status`.
             Ok((status, Envelope::ok(report, &rid)).into_response())
         }
     }

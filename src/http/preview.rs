@@ -1,4 +1,4 @@
-//! `GET /preview`: the HTML gallery (S§14) — series groups newest first, a client-side
+//! `GET /preview`: the HTML gallery — series groups newest first, a client-side
 //! filter, a column slider kept in `localStorage`, lazy images from `/files/`, live progress
 //! bars for runs in flight, and server-side `?series=`, `?page=`, `?per_page=` so that large
 //! galleries stay fast. The page is rendered to a string first, so a template failure is a

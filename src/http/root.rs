@@ -5,8 +5,8 @@ use axum::response::IntoResponse;
 
 use super::ApiError;
 
-/// Every route the server answers, one per line (S§4.1 plus the newer routes). A route is
-/// listed here when it is served, not before.
+/// Every route the server answers, one per line (the Go server's list plus the newer
+/// routes). A route is listed here when it is served, not before.
 pub const ENDPOINTS: &str = "\
 Endpoints:
   /series - list valid series
@@ -26,7 +26,7 @@ pub async fn endpoints() -> impl IntoResponse {
 }
 
 /// Any unknown path: a 404 envelope whose details list the endpoints (the Go server answered
-/// 200 with the list, Q-05).
+/// 200 with the list).
 pub async fn not_found() -> ApiError {
     let list: Vec<&str> = ENDPOINTS.lines().skip(1).map(str::trim).collect();
     ApiError::NotFound {

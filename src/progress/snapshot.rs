@@ -1,5 +1,5 @@
 //! What one run records (phase timings, dress, outcome) and the [`Snapshot`] a client sees of
-//! it, with percent and ETA estimated from the phase averages exactly as L§6 describes.
+//! it, with percent and ETA estimated from the phase averages exactly as the Go library does.
 //!
 //! Elapsed times come from `tokio::time::Instant` (so paused-clock tests are exact); the
 //! Unix-nanosecond fields are the run's wall-clock start plus the monotonic offset, so they
@@ -15,7 +15,7 @@ use super::{Phase, PhaseStats, RunKey, SharedDress};
 
 const NS_PER_SECOND: f64 = 1e9;
 
-/// A run's progress as served by `/dalle`: upstream's `ProgressReport` fields (L§6), every one
+/// A run's progress as served by `/dalle`: upstream's `ProgressReport` fields, every one
 /// always present, plus the additive `requestId` and `queuePosition`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -176,8 +176,8 @@ impl Run {
             .then(|| (self.current, now.saturating_duration_since(started)))
     }
 
-    /// L§6 Transition: ends the current phase (if it differs), starts `phase` if it has not
-    /// started, and makes it current. Ignored once the run is done.
+    /// Upstream's `Transition`: ends the current phase (if it differs), starts `phase` if it
+    /// has not started, and makes it current. Ignored once the run is done.
     pub(super) fn transition(&mut self, phase: Phase, now: Instant) -> Sample {
         if self.done {
             return None;
@@ -205,7 +205,7 @@ impl Run {
     }
 
     /// Completes the run: ends the current phase, marks every work phase that never started as
-    /// skipped (CONTRACT §5.1), and records `completed`.
+    /// skipped (so the snapshot accounts for every phase), and records `completed`.
     pub(super) fn complete(&mut self, now: Instant) -> Sample {
         let sample = self.end_current(now, true);
         for phase in Phase::WORK {
@@ -306,8 +306,9 @@ impl Run {
         }
     }
 
-    /// L§6 overall percent and ETA: the averages of the phases already ended, plus the time
-    /// spent in the current one (capped at its average), over the sum of all work averages.
+    /// Overall percent and ETA, as upstream computes them: the averages of the phases already
+    /// ended, plus the time spent in the current one (capped at its average), over the sum of
+    /// all work averages.
     pub(super) fn overall_progress(&self, stats: &PhaseStats, now: Instant) -> (f64, f64) {
         let total: f64 = Phase::WORK.iter().filter_map(|&p| average(stats, p)).sum();
         if total <= 0.0 {

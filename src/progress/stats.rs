@@ -1,5 +1,5 @@
 //! Per-phase duration averages (an exponential moving average per phase) and the run
-//! counters, with their on-disk form `<metrics>/progress_phase_stats.json` (L§6).
+//! counters, with their on-disk form `<metrics>/progress_phase_stats.json`.
 //!
 //! The file keeps upstream's shape (`version`, `phaseAverages`, `generationRuns`, `cacheHits`,
 //! 2-space indent) so a metrics directory carries over from the Go server. Upstream also
