@@ -1,4 +1,5 @@
-//! The generator behind `/dalle`: decides what a request means (CONTRACT §4 decision table),
+//! The run core behind `/dalle` and `/v1`: decides what a `/dalle` request means (the decision
+//! table in [`Generator::handle`]),
 //! coalesces duplicate requests onto one run per key, queues runs beyond the concurrency
 //! limit and drives the pipeline on a tokio task.
 

@@ -4,7 +4,7 @@
 //!
 //! hyper's own header-read timer also runs while a keep-alive connection waits for its next
 //! request, which would make the idle timeout equal to the 10 s header timeout. So each
-//! connection carries a small [`Activity`] record instead, and a watchdog closes it when the
+//! connection carries a small `Activity` record instead, and a watchdog closes it when the
 //! client takes more than 10 s to send a request's headers or stays idle for more than 120 s.
 //! Time spent inside a handler is bounded separately by the per-route timeout layers.
 //!

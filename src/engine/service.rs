@@ -1,4 +1,4 @@
-//! The engine behind `/v1` (L§4.6, L§5.4, CONTRACT §8): input → seed → dress → metadata
+//! The `/v1` catalogue: input → seed → dress → metadata
 //! record, with generation running through the same generator as `/dalle` (locks, queue,
 //! breaker, retries, progress keyed by series + seed, mock mode) and answering when done.
 
@@ -544,7 +544,8 @@ fn checked_seed(mut req: GenerateRequest) -> Result<(GenerateRequest, String), E
     Ok((req, seed))
 }
 
-/// Does a stored record already hold what the request asks for (L§4.6)?
+/// Does a stored record already hold what the request asks for (then it is answered as a
+/// cache hit instead of paying for the work again)?
 fn satisfies(meta: &ImageMetadata, req: &GenerateRequest) -> bool {
     let backstyle_ok = req
         .backstyle

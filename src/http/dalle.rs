@@ -1,5 +1,6 @@
 //! `GET /dalle/<series>/<address>[?generate=1|?remove]`: parsing and validation exactly as the
-//! Go server (S§6), then the generator's decision (CONTRACT §4) mapped to a response.
+//! Go server (clients rely on its error codes), then the generator's decision
+//! ([`crate::generation::Generator::handle`]) mapped to a response.
 
 use std::sync::Arc;
 
@@ -67,7 +68,8 @@ pub fn parse_request(
     Ok((key, parse_flags(query)))
 }
 
-/// S§6.1: split at the first `/`, lower-case both parts, validate series then address.
+/// Split at the first `/`, lower-case both parts, validate series then address (in this order,
+/// so the error code for a bad path is the Go server's).
 fn parse_path(
     full: &str,
     rest: &str,

@@ -1,8 +1,9 @@
-//! The JSON envelopes of S§3 and the one error type every handler returns.
+//! The JSON envelopes (the Go server's field names, which clients parse) and the one error type
+//! every handler returns.
 //!
 //! A handler returns `Err(ApiError)`; its response carries the error as an extension and the
 //! request-id middleware renders the final body, so the envelope's `request_id` is always the
-//! id in the `X-Request-ID` header (the Go server minted up to four different ones, Q-09).
+//! id in the `X-Request-ID` header (the Go server minted up to four different ones).
 
 use axum::Json;
 use axum::http::StatusCode;
@@ -55,7 +56,7 @@ impl Envelope<()> {
 }
 
 /// The stable error codes. Legacy routes use the upper-case set; `/v1` uses lower-case
-/// engine codes (S§5.1).
+/// engine codes, as the Go server's two APIs did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorCode {
     InvalidRequest,
@@ -115,7 +116,7 @@ pub enum ApiError {
     /// Anything else: the cause is logged once, the client sees a stable message.
     #[error("Internal server error")]
     Internal(String),
-    /// A `/v1` engine error: lower-case code, status by the S§5.1 mapping, and the engine's
+    /// A `/v1` engine error: lower-case code, status by [`crate::engine::error::Code::http_status`], and the engine's
     /// own text (`<code>: <message>`) as the message.
     #[error("{0}")]
     Engine(crate::engine::error::EngineError),

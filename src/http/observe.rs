@@ -321,7 +321,7 @@ where
     }
 }
 
-/// Why `path` is refused by the path guard (in [`observe`]), or `None` when it is safe to route.
+/// Why `path` is refused by the path guard (in [`Observe`]), or `None` when it is safe to route.
 pub fn unsafe_path(path: &str) -> Option<&'static str> {
     let rest = path.strip_prefix('/').unwrap_or(path);
     if rest.is_empty() {

@@ -1,10 +1,10 @@
-//! The `/v1` management API (S§5, CONTRACT §8): images (generate, preview, list, get, delete,
+//! The `/v1` management API: images (generate, preview, list, get, delete,
 //! regenerate, export), series (list, get, save, hide), databases (manifest, records) and
 //! validation, plus `GET /v1/progress/{series}/{seed}` and the OpenAPI document.
 //!
 //! Bodies are decoded leniently like the Go server: unknown fields are ignored and only the
 //! first JSON value is read; an empty or malformed body is `400 invalid_input`. Errors carry
-//! the engine's lower-case codes with the S§5.1 status mapping.
+//! the engine's lower-case codes and their statuses ([`Code::http_status`]).
 
 use std::collections::HashMap;
 
