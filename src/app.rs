@@ -12,7 +12,7 @@ use crate::config::Config;
 use crate::engine::service::Engine;
 use crate::generation::{Generator, ImageSource, Settings};
 use crate::metrics::Metrics;
-use crate::openai::breaker::CircuitBreaker;
+use crate::openai::breaker::Breakers;
 use crate::openai::{OpenAiClient, RetryPolicy};
 use crate::progress::Progress;
 use crate::storage::DataDir;
@@ -24,8 +24,9 @@ pub struct App {
     pub config: Config,
     pub data: DataDir,
     pub metrics: Arc<Metrics>,
-    /// The breaker around OpenAI calls; `/health` and `/metrics` report its real state.
-    pub breaker: Arc<CircuitBreaker>,
+    /// The breakers around OpenAI calls, one per operation (chat, image), shared with the
+    /// client; `/health` and `/metrics` report their real state.
+    pub breaker: Breakers,
     /// Databases and series, or why `--databases` could not be loaded (then the server runs
     /// unready so the operator sees the error on `/readyz` instead of a crash loop).
     pub attributes: Result<Arc<Attributes>, String>,
@@ -72,7 +73,7 @@ impl App {
             tracing::error!("attribute databases failed to load: {err}");
         }
         let metrics = Arc::new(Metrics::new()?);
-        let breaker = Arc::new(CircuitBreaker::default());
+        let breaker = Breakers::default();
         // Finished runs stay visible for one lock TTL so slow pollers still see the outcome.
         let progress = Arc::new(Progress::load(data.metrics(), config.lock_ttl));
         let source = if config.openai.mock_mode() {

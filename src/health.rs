@@ -1,6 +1,6 @@
-//! Component health (S§13 with the CONTRACT §4 fixes): the data directory is writable, its
-//! disk is not full, memory (process RSS) is sane, the OpenAI breaker is closed and the
-//! attribute databases loaded.
+//! Component health: the data directory is writable, its disk is not full, memory (process RSS)
+//! is sane, every OpenAI breaker (one per operation) is closed and the attribute databases
+//! loaded.
 //!
 //! Unlike the Go server, the probes look at the data directory rather than the working
 //! directory, durations are real milliseconds and uptime real seconds, and memory above
@@ -14,7 +14,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::app::App;
-use crate::openai::breaker::BreakerState;
+use crate::openai::breaker::{BreakerState, BreakersSnapshot};
 use crate::storage;
 use crate::telemetry::rfc3339;
 
@@ -238,28 +238,72 @@ fn databases(app: &App) -> Outcome {
 }
 
 fn openai(app: &App) -> Outcome {
-    let snap = app.breaker.snapshot();
-    let (status, message) = match snap.state {
-        BreakerState::Closed => (Status::Healthy, "OpenAI circuit breaker closed (healthy)"),
-        BreakerState::HalfOpen => (
-            Status::Degraded,
-            "OpenAI circuit breaker half-open (recovering)",
-        ),
-        BreakerState::Open => (Status::Unhealthy, "OpenAI circuit breaker open (failing)"),
-    };
     let mode = if app.config.openai.mock_mode() {
         "mock"
     } else {
         "live"
     };
+    openai_outcome(&app.breaker.snapshot(), mode)
+}
+
+/// Unhealthy when any breaker is open (that operation fails at once), degraded when any is
+/// half-open. The single `state`, `failures`, `successes` and `last_failure` details summarise
+/// every breaker (worst state, sums, latest), as they did when there was one breaker;
+/// `operations` has each breaker's own.
+fn openai_outcome(snap: &BreakersSnapshot, mode: &str) -> Outcome {
+    let worst = snap.worst_state();
+    let names_in = |state: BreakerState| {
+        snap.operations
+            .iter()
+            .filter(|b| b.state == state)
+            .map(|b| b.operation.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let (status, message) = match worst {
+        BreakerState::Closed => (
+            Status::Healthy,
+            "OpenAI circuit breakers closed (healthy)".to_string(),
+        ),
+        BreakerState::HalfOpen => (
+            Status::Degraded,
+            format!(
+                "OpenAI circuit breaker half-open (recovering): {}",
+                names_in(BreakerState::HalfOpen)
+            ),
+        ),
+        BreakerState::Open => (
+            Status::Unhealthy,
+            format!(
+                "OpenAI circuit breaker open (failing): {}",
+                names_in(BreakerState::Open)
+            ),
+        ),
+    };
+    let operations: serde_json::Map<String, serde_json::Value> = snap
+        .operations
+        .iter()
+        .map(|b| {
+            let figures = json!({
+                "state": b.state.as_str(),
+                "failures": b.total_failures,
+                "successes": b.total_successes,
+                "consecutive_failures": b.consecutive_failures,
+                "last_failure": b.last_failure.map(rfc3339),
+                "last_error": b.last_error,
+            });
+            (b.operation.as_str().to_string(), figures)
+        })
+        .collect();
     let details = BTreeMap::from([
-        ("failures", json!(snap.total_failures)),
-        ("last_failure", json!(snap.last_failure.map(rfc3339))),
+        ("failures", json!(snap.total_failures())),
+        ("last_failure", json!(snap.last_failure().map(rfc3339))),
         ("mode", json!(mode)),
-        ("state", json!(snap.state.as_str())),
-        ("successes", json!(snap.total_successes)),
+        ("operations", serde_json::Value::Object(operations)),
+        ("state", json!(worst.as_str())),
+        ("successes", json!(snap.total_successes())),
     ]);
-    (status, message.into(), Some(details))
+    (status, message, Some(details))
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -313,6 +357,58 @@ fn runtime_figures() -> (usize, usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::openai::breaker::Breakers;
+
+    fn open(breakers: &Breakers, cause: &str) {
+        for _ in 0..5 {
+            let admission = breakers.image.admit().unwrap();
+            breakers.image.failed(admission, cause);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn openai_is_as_bad_as_its_worst_breaker_and_lists_each() {
+        let breakers = Breakers::default();
+        let (status, message, details) = openai_outcome(&breakers.snapshot(), "live");
+        assert_eq!(status, Status::Healthy);
+        assert_eq!(message, "OpenAI circuit breakers closed (healthy)");
+        let details = details.unwrap();
+        assert_eq!(details["state"], "CLOSED");
+        assert_eq!(details["operations"]["chat"]["state"], "CLOSED");
+        assert_eq!(details["operations"]["image"]["last_error"], json!(null));
+
+        let admission = breakers.chat.admit().unwrap();
+        breakers.chat.succeeded(admission);
+        open(&breakers, "OpenAI API error (status 500): boom");
+        let (status, message, details) = openai_outcome(&breakers.snapshot(), "live");
+        assert_eq!(status, Status::Unhealthy);
+        assert_eq!(message, "OpenAI circuit breaker open (failing): image");
+        let details = details.unwrap();
+        assert_eq!(details["state"], "OPEN");
+        assert_eq!(
+            (&details["failures"], &details["successes"]),
+            (&json!(5), &json!(1))
+        );
+        assert!(details["last_failure"].is_string());
+        let image = &details["operations"]["image"];
+        assert_eq!(image["state"], "OPEN");
+        assert_eq!(image["consecutive_failures"], 5);
+        assert_eq!(image["last_error"], "OpenAI API error (status 500): boom");
+        assert_eq!(details["operations"]["chat"]["state"], "CLOSED");
+        assert_eq!(details["operations"]["chat"]["successes"], 1);
+
+        tokio::time::advance(std::time::Duration::from_secs(30)).await;
+        let (status, message, details) = openai_outcome(&breakers.snapshot(), "live");
+        assert_eq!(status, Status::Degraded);
+        assert_eq!(
+            message,
+            "OpenAI circuit breaker half-open (recovering): image"
+        );
+        assert_eq!(
+            details.unwrap()["operations"]["image"]["state"],
+            "HALF_OPEN"
+        );
+    }
 
     #[test]
     fn process_memory_is_read() {

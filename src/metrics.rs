@@ -1,6 +1,6 @@
 //! Prometheus metrics in a registry owned by the app (no global registry), keeping the Go
-//! server's series names (S§12.3) but feeding them from real events, plus the JSON snapshot
-//! of S§12.2 used by `/metrics?format=json` and `/errors`.
+//! server's series names but feeding them from real events, plus the upstream JSON snapshot
+//! used by `/metrics?format=json` and `/errors`.
 //!
 //! Counters are the single source of truth: the JSON snapshot reads them back rather than
 //! keeping a second tally. Only the upstream response-time figures (min/max/p95/p99 over the
@@ -17,7 +17,7 @@ use prometheus::{
 };
 use serde::Serialize;
 
-use crate::openai::breaker::{BreakerSnapshot, BreakerState};
+use crate::openai::breaker::{BreakerState, BreakersSnapshot};
 
 const PREFIX: &str = "dalleserver";
 /// Response-time samples kept for the upstream percentile figures.
@@ -131,9 +131,9 @@ impl Metrics {
         let breaker_state = IntGaugeVec::new(
             Opts::new(
                 format!("{PREFIX}_circuit_breaker_state"),
-                "OpenAI circuit breaker state: 1 for the current state, 0 for the others",
+                "OpenAI circuit breaker state per operation: 1 for the current state, 0 for the others",
             ),
-            &["state"],
+            &["operation", "state"],
         )?;
         r.register(Box::new(breaker_state.clone()))?;
         let generations_in_flight = IntGauge::with_opts(Opts::new(
@@ -226,7 +226,7 @@ impl Metrics {
     }
 
     /// Records one finished HTTP request. `status >= 400` also counts as an error under the
-    /// status-derived code of S§8.4, so dashboards built for the Go server keep working.
+    /// status-derived code the Go server used, so dashboards built for the Go server keep working.
     pub fn observe_request(
         &self,
         method: &str,
@@ -304,29 +304,48 @@ impl Metrics {
         *l = Ledger::new();
     }
 
-    /// The Prometheus text exposition, with the breaker gauge brought up to date first.
-    pub fn render_text(&self, breaker: &BreakerSnapshot) -> Result<String, prometheus::Error> {
-        for state in BreakerState::ALL {
-            self.breaker_state
-                .with_label_values(&[state.as_str()])
-                .set(i64::from(breaker.state == state));
+    /// The Prometheus text exposition, with the breaker gauges brought up to date first.
+    pub fn render_text(&self, breakers: &BreakersSnapshot) -> Result<String, prometheus::Error> {
+        for breaker in &breakers.operations {
+            for state in BreakerState::ALL {
+                self.breaker_state
+                    .with_label_values(&[breaker.operation.as_str(), state.as_str()])
+                    .set(i64::from(breaker.state == state));
+            }
         }
         let mut out = Vec::with_capacity(8 * 1024);
         TextEncoder::new().encode(&self.registry.gather(), &mut out)?;
         String::from_utf8(out).map_err(|e| prometheus::Error::Msg(e.to_string()))
     }
 
-    /// The upstream JSON snapshot (S§12.2).
-    pub fn snapshot(&self, breaker: &BreakerSnapshot) -> MetricsSnapshot {
+    /// The upstream JSON snapshot. Its single breaker fields summarise every breaker (the worst
+    /// state, summed counts) so clients written for one breaker keep working;
+    /// `circuit_breakers_by_operation` has each one.
+    pub fn snapshot(&self, breakers: &BreakersSnapshot) -> MetricsSnapshot {
         let l = self.ledger();
         let (p95, p99) = percentiles(&l.window);
         MetricsSnapshot {
             total_errors: self.errors.get(),
             errors_by_code: label_totals(&self.error_code),
             errors_by_endpoint: label_totals(&self.error_endpoint),
-            circuit_breaker_state: breaker.state.as_str(),
-            circuit_breaker_failures: breaker.total_failures,
-            circuit_breaker_successes: breaker.total_successes,
+            circuit_breaker_state: breakers.worst_state().as_str(),
+            circuit_breaker_failures: breakers.total_failures(),
+            circuit_breaker_successes: breakers.total_successes(),
+            circuit_breakers_by_operation: breakers
+                .operations
+                .iter()
+                .map(|b| {
+                    let figures = BreakerFigures {
+                        state: b.state.as_str(),
+                        failures: b.total_failures,
+                        successes: b.total_successes,
+                        consecutive_failures: b.consecutive_failures,
+                        last_failure: b.last_failure.map(crate::telemetry::rfc3339),
+                        last_error: b.last_error.clone(),
+                    };
+                    (b.operation.as_str(), figures)
+                })
+                .collect(),
             total_retries: label_totals(&self.retries).values().sum(),
             retries_by_operation: label_totals(&self.retries),
             response_times: ResponseTimes {
@@ -382,7 +401,7 @@ fn label_totals(vec: &IntCounterVec) -> BTreeMap<String, u64> {
     out
 }
 
-/// The error code the Go server derived from a status (S§8.4).
+/// The error code the Go server derived from a status.
 pub fn status_code_name(status: u16) -> &'static str {
     match status {
         400 => "BAD_REQUEST",
@@ -400,15 +419,21 @@ pub fn status_code_name(status: u16) -> &'static str {
     }
 }
 
-/// The S§12.2 JSON snapshot, field order as upstream.
+/// The upstream JSON snapshot, field order as upstream (`circuit_breakers_by_operation` is
+/// ours).
 #[derive(Debug, Serialize)]
 pub struct MetricsSnapshot {
     pub total_errors: u64,
     pub errors_by_code: BTreeMap<String, u64>,
     pub errors_by_endpoint: BTreeMap<String, u64>,
+    /// The worst state of any breaker (`OPEN` if one is open).
     pub circuit_breaker_state: &'static str,
+    /// Failures of every breaker together.
     pub circuit_breaker_failures: u64,
+    /// Successes of every breaker together.
     pub circuit_breaker_successes: u64,
+    /// Each breaker, keyed by operation (`chat`, `image`).
+    pub circuit_breakers_by_operation: BTreeMap<&'static str, BreakerFigures>,
     pub total_retries: u64,
     pub retries_by_operation: BTreeMap<String, u64>,
     pub response_times: ResponseTimes,
@@ -418,6 +443,19 @@ pub struct MetricsSnapshot {
     pub file_operations: u64,
     pub file_operation_errors: u64,
     pub last_updated: String,
+}
+
+/// One breaker in the JSON snapshot.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BreakerFigures {
+    pub state: &'static str,
+    pub failures: u64,
+    pub successes: u64,
+    pub consecutive_failures: u32,
+    /// RFC 3339; `null` until a failure.
+    pub last_failure: Option<String>,
+    /// The last failure's message, sanitised; `null` until a failure.
+    pub last_error: Option<String>,
 }
 
 /// Response-time figures in whole milliseconds.
@@ -435,7 +473,7 @@ pub struct ResponseTimes {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::openai::breaker::CircuitBreaker;
+    use crate::openai::breaker::Breakers;
 
     #[test]
     fn errors_are_counted_by_status_code_and_endpoint() {
@@ -443,7 +481,7 @@ mod tests {
         m.observe_request("GET", "dalle", 400, Duration::from_millis(3));
         m.observe_request("GET", "other", 404, Duration::from_millis(1));
         m.observe_request("GET", "health", 200, Duration::from_millis(2));
-        let s = m.snapshot(&CircuitBreaker::default().snapshot());
+        let s = m.snapshot(&Breakers::default().snapshot());
         assert_eq!(s.total_errors, 2);
         assert_eq!(s.errors_by_code["BAD_REQUEST"], 1);
         assert_eq!(s.errors_by_code["NOT_FOUND"], 1);
@@ -456,7 +494,7 @@ mod tests {
             "no percentiles before 20 samples"
         );
         m.clear_errors();
-        let s = m.snapshot(&CircuitBreaker::default().snapshot());
+        let s = m.snapshot(&Breakers::default().snapshot());
         assert_eq!(s.total_errors, 0);
         assert!(s.errors_by_code.is_empty());
         assert_eq!(s.response_times.min_ms, i64::MAX as u64);
@@ -471,15 +509,64 @@ mod tests {
     }
 
     #[test]
-    fn text_exposition_has_help_type_and_one_breaker_state() {
+    fn text_exposition_has_help_type_and_one_state_per_breaker() {
         let m = Metrics::new().unwrap();
-        let text = m
-            .render_text(&CircuitBreaker::default().snapshot())
-            .unwrap();
+        let breakers = Breakers::default();
+        for _ in 0..5 {
+            let admission = breakers.image.admit().unwrap();
+            breakers
+                .image
+                .failed(admission, "OpenAI API error (status 500): boom");
+        }
+        let text = m.render_text(&breakers.snapshot()).unwrap();
         assert!(text.contains("# TYPE dalleserver_up gauge"));
         assert!(text.contains("dalleserver_up 1"));
-        assert!(text.contains("dalleserver_circuit_breaker_state{state=\"CLOSED\"} 1"));
-        assert!(text.contains("dalleserver_circuit_breaker_state{state=\"OPEN\"} 0"));
+        assert!(text.contains("# TYPE dalleserver_circuit_breaker_state gauge"));
+        for (operation, current) in [("chat", "CLOSED"), ("image", "OPEN")] {
+            for state in ["CLOSED", "OPEN", "HALF_OPEN"] {
+                let line = format!(
+                    "dalleserver_circuit_breaker_state{{operation=\"{operation}\",state=\"{state}\"}} {}",
+                    i32::from(state == current)
+                );
+                assert!(text.contains(&line), "missing {line:?} in\n{text}");
+            }
+        }
         assert!(text.contains("# HELP dalleserver_errors_total"));
+    }
+
+    #[test]
+    fn the_json_snapshot_keeps_the_worst_state_and_adds_each_breaker() {
+        let m = Metrics::new().unwrap();
+        let breakers = Breakers::default();
+        let admission = breakers.chat.admit().unwrap();
+        breakers.chat.succeeded(admission);
+        for _ in 0..5 {
+            let admission = breakers.image.admit().unwrap();
+            breakers
+                .image
+                .failed(admission, "cannot reach OpenAI: connection refused");
+        }
+        let s = m.snapshot(&breakers.snapshot());
+        assert_eq!(s.circuit_breaker_state, "OPEN");
+        assert_eq!(s.circuit_breaker_failures, 5);
+        assert_eq!(s.circuit_breaker_successes, 1);
+        let chat = &s.circuit_breakers_by_operation["chat"];
+        assert_eq!(
+            (chat.state, chat.successes, chat.failures),
+            ("CLOSED", 1, 0)
+        );
+        assert_eq!(chat.last_error, None);
+        let image = &s.circuit_breakers_by_operation["image"];
+        assert_eq!((image.state, image.consecutive_failures), ("OPEN", 5));
+        assert_eq!(
+            image.last_error.as_deref(),
+            Some("cannot reach OpenAI: connection refused")
+        );
+        assert!(image.last_failure.is_some());
+        let json = serde_json::to_value(&s).unwrap();
+        assert_eq!(
+            json["circuit_breakers_by_operation"]["image"]["state"],
+            "OPEN"
+        );
     }
 }

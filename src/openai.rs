@@ -1,11 +1,11 @@
 //! Everything that talks to OpenAI: the [`OpenAiClient`] (prompt enhancement, image generation,
-//! image download), the retry policy it follows, and the circuit breaker shared by every call,
-//! which `/health` and `/metrics` report on (CONTRACT §5.2).
+//! image download), the retry policy it follows, and the circuit breakers (one per operation:
+//! chat and image), which `/health` and `/metrics` report on.
 //!
-//! Every attempt passes the breaker; only failures a second attempt can fix are retried, and an
-//! image request that may already have been received (and billed) never is.
+//! Every API attempt passes its operation's breaker; only failures a second attempt can fix are
+//! retried, and an image request that may already have been received (and billed) never is.
 //!
-//! This file holds the pure part: the model table and orientation rule of L§4.5, our own prompt
+//! This file holds the pure part: the model table and orientation rule, our own prompt
 //! wording, and [`OpenAiError`], the module's one error type, whose text is what users see in a
 //! run's `error` field. [`client`] does the I/O; [`retry`] decides when to try again.
 
@@ -18,7 +18,7 @@ use std::time::Duration;
 pub use client::{ImageAnswer, OpenAiClient};
 pub use retry::RetryPolicy;
 
-/// Our instruction appended to the author persona (L§4.3 describes its intent, not its words).
+/// Our instruction appended to the author persona (upstream's intent, in our own words).
 const ENHANCE_INSTRUCTION: &str = "Rewrite the art prompt you are given through this literary \
 perspective so that the scene becomes more vivid and evocative. Keep every attribute it names; \
 leave none out and change none. Deepen its emotional weight and the story it suggests. Reply with \
@@ -42,7 +42,7 @@ pub enum Orientation {
 impl Orientation {
     /// Landscape if the text mentions "landscape" or "horizontal", else portrait if it mentions
     /// "portrait" or "vertical", else square; case-insensitive. Upstream tested "landscape" twice
-    /// and "vertical" case-sensitively (L§4.5); this is what it meant.
+    /// and "vertical" case-sensitively; this is what it meant.
     pub fn detect(text: &str) -> Orientation {
         let text = text.to_lowercase();
         if text.contains("landscape") || text.contains("horizontal") {
@@ -63,7 +63,8 @@ pub struct ImageParams {
     pub style: Option<&'static str>,
 }
 
-/// Size and quality for `model` (the L§4.5 table), with orientation taken from `orientation_text`.
+/// Size and quality for `model` (upstream's model table), with orientation taken from
+/// `orientation_text`.
 /// An unknown model gets no size, so the server picks its own default.
 pub fn image_params(model: &str, orientation_text: &str) -> ImageParams {
     let orientation = Orientation::detect(orientation_text);
@@ -110,9 +111,10 @@ pub enum OpenAiError {
     /// No `OPENAI_API_KEY` is configured.
     #[error("no OpenAI API key is configured (set OPENAI_API_KEY)")]
     NoKey,
-    /// The circuit breaker refused the call.
-    #[error("circuit breaker is OPEN - OpenAI is unavailable, try again later")]
-    BreakerOpen,
+    /// The operation's circuit breaker refused the call; the text names the operation and the
+    /// failure that opened it.
+    #[error("{0}")]
+    BreakerOpen(#[from] breaker::Rejected),
     /// No answer in time; `sent` tells whether the request may have reached the server.
     #[error("{}", timeout_text(.sent, .after))]
     Timeout { sent: bool, after: Duration },
@@ -169,16 +171,23 @@ impl OpenAiError {
     /// have reached the server can be made again (not so for image generation: it may be billed).
     pub fn is_retryable(&self, repeatable: bool) -> bool {
         match self {
-            // An exhausted quota is a 429 that waiting a few seconds will not fix.
+            // 408 (the server gave up reading or waiting) and 504 (a gateway gave up waiting for
+            // OpenAI) leave the outcome unknown, exactly like a timeout after sending: the image
+            // may have been made and billed. So they are retried only when repeating is harmless.
+            OpenAiError::Api {
+                status: 408 | 504, ..
+            } => repeatable,
+            // 429 and 500/502/503 are answers that the request was not carried out; an exhausted
+            // quota is a 429 that waiting a few seconds will not fix.
             OpenAiError::Api { status, code, .. } => {
-                matches!(status, 408 | 429 | 500 | 502 | 503 | 504)
+                matches!(status, 429 | 500 | 502 | 503)
                     && code.as_deref() != Some("insufficient_quota")
             }
             OpenAiError::Timeout { sent, .. } | OpenAiError::Connect { sent, .. } => {
                 !sent || repeatable
             }
             OpenAiError::NoKey
-            | OpenAiError::BreakerOpen
+            | OpenAiError::BreakerOpen(_)
             | OpenAiError::Decode(_)
             | OpenAiError::Setup(_) => false,
         }
@@ -200,7 +209,7 @@ impl OpenAiError {
             OpenAiError::Api { status, .. } => *status >= 500 || matches!(status, 408 | 429),
             OpenAiError::Timeout { .. } | OpenAiError::Connect { .. } => true,
             OpenAiError::NoKey
-            | OpenAiError::BreakerOpen
+            | OpenAiError::BreakerOpen(_)
             | OpenAiError::Decode(_)
             | OpenAiError::Setup(_) => false,
         }
@@ -298,10 +307,17 @@ mod tests {
             api(400, None).to_string(),
             "OpenAI API error (status 400): Your request was rejected"
         );
+        let refused = OpenAiError::from(breaker::Rejected::Open {
+            operation: breaker::Operation::Image,
+            failures: 5,
+            last: Some("cannot reach OpenAI: connection refused".into()),
+        });
         assert_eq!(
-            OpenAiError::BreakerOpen.to_string(),
-            "circuit breaker is OPEN - OpenAI is unavailable, try again later"
+            refused.to_string(),
+            "image circuit breaker is OPEN after 5 consecutive failures \
+             (last: cannot reach OpenAI: connection refused); try again later"
         );
+        assert!(!refused.is_retryable(true));
         let sent = OpenAiError::Timeout {
             sent: true,
             after: Duration::from_secs(300),
@@ -313,8 +329,13 @@ mod tests {
 
     #[test]
     fn only_transient_statuses_are_retryable() {
-        for status in [408, 429, 500, 502, 503, 504] {
+        for status in [429, 500, 502, 503] {
             assert!(api(status, None).is_retryable(false), "{status}");
+        }
+        // Unknown outcomes: retried only when repeating cannot bill twice.
+        for status in [408, 504] {
+            assert!(!api(status, None).is_retryable(false), "{status}");
+            assert!(api(status, None).is_retryable(true), "{status}");
         }
         for status in [400, 401, 403, 404, 409, 422, 501] {
             assert!(!api(status, None).is_retryable(true), "{status}");

@@ -482,7 +482,7 @@ async fn server_errors_are_retried_then_the_breaker_opens_without_making_the_ser
         second["data"]["error"]
             .as_str()
             .unwrap()
-            .contains("circuit breaker is OPEN"),
+            .contains("image circuit breaker is OPEN after 5 consecutive failures (last: OpenAI API error (status 503)"),
         "{second:#}"
     );
     assert_eq!(
@@ -499,10 +499,10 @@ async fn server_errors_are_retried_then_the_breaker_opens_without_making_the_ser
         .json()
         .await
         .unwrap();
-    assert_eq!(
-        health["data"]["components"]["openai"]["status"],
-        "unhealthy"
-    );
+    let openai = &health["data"]["components"]["openai"];
+    assert_eq!(openai["status"], "unhealthy");
+    assert_eq!(openai["details"]["operations"]["image"]["state"], "OPEN");
+    assert_eq!(openai["details"]["operations"]["chat"]["state"], "CLOSED");
     assert_eq!(
         client()
             .get(server.url("/readyz"))
@@ -514,7 +514,7 @@ async fn server_errors_are_retried_then_the_breaker_opens_without_making_the_ser
     );
     let metrics = metrics_text(&server).await;
     assert!(
-        metrics.contains("dalleserver_circuit_breaker_state{state=\"OPEN\"} 1"),
+        metrics.contains("dalleserver_circuit_breaker_state{operation=\"image\",state=\"OPEN\"} 1"),
         "{metrics}"
     );
     // Two retries per generation; the second generation's last retry met the open breaker.

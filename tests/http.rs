@@ -168,6 +168,10 @@ fn full_health_report_has_four_components_and_real_units() {
     }
     assert_eq!(components["openai"]["details"]["state"], "CLOSED");
     assert_eq!(components["openai"]["details"]["mode"], "mock");
+    for operation in ["chat", "image"] {
+        let breaker = &components["openai"]["details"]["operations"][operation];
+        assert_eq!(breaker["state"], "CLOSED", "{operation}");
+    }
     assert!(
         components["disk_space"]["details"]["total_gb"]
             .as_u64()
@@ -251,8 +255,10 @@ fn metrics_text_counts_real_requests_and_errors() {
         "dalleserver_openai_timeouts_total 0",
         "dalleserver_file_operations_total 0",
         "dalleserver_file_operation_errors_total 0",
-        "dalleserver_circuit_breaker_state{state=\"CLOSED\"} 1",
-        "dalleserver_circuit_breaker_state{state=\"OPEN\"} 0",
+        "dalleserver_circuit_breaker_state{operation=\"chat\",state=\"CLOSED\"} 1",
+        "dalleserver_circuit_breaker_state{operation=\"chat\",state=\"OPEN\"} 0",
+        "dalleserver_circuit_breaker_state{operation=\"image\",state=\"CLOSED\"} 1",
+        "dalleserver_circuit_breaker_state{operation=\"image\",state=\"OPEN\"} 0",
         "dalleserver_error_code_total{code=\"NOT_FOUND\"} 1",
         "dalleserver_error_endpoint_total{endpoint=\"other\"} 1",
         "dalleserver_up 1",
@@ -317,6 +323,10 @@ fn metrics_json_and_error_report() {
     assert_eq!(data["errors_by_code"]["NOT_FOUND"], 1);
     assert_eq!(data["errors_by_code"]["CLIENT_ERROR"], 1);
     assert_eq!(data["circuit_breaker_state"], "CLOSED");
+    assert_eq!(
+        data["circuit_breakers_by_operation"]["image"]["state"],
+        "CLOSED"
+    );
     assert!(data["response_times"]["count"].as_u64().unwrap() >= 3);
 
     let report = c.get(server.url("/errors")).send().unwrap().text().unwrap();

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use dalleserver::config::{ApiKey, OpenAiConfig};
 use dalleserver::metrics::{Metrics, MetricsSnapshot};
-use dalleserver::openai::breaker::{BreakerState, CircuitBreaker};
+use dalleserver::openai::breaker::{BreakerState, Breakers};
 use dalleserver::openai::{ImageAnswer, OpenAiClient, OpenAiError, RetryPolicy};
 use serde_json::{Value, json};
 use tokio::io::AsyncReadExt;
@@ -47,7 +47,7 @@ fn tiny_retries() -> RetryPolicy {
 
 struct Harness {
     client: OpenAiClient,
-    breaker: Arc<CircuitBreaker>,
+    breakers: Breakers,
     metrics: Arc<Metrics>,
 }
 
@@ -57,20 +57,20 @@ impl Harness {
     }
 
     fn with_policy(config: OpenAiConfig, policy: RetryPolicy) -> Harness {
-        let breaker = Arc::new(CircuitBreaker::default());
+        let breakers = Breakers::default();
         let metrics = Arc::new(Metrics::new().unwrap());
-        let client = OpenAiClient::new(&config, breaker.clone(), metrics.clone())
+        let client = OpenAiClient::new(&config, breakers.clone(), metrics.clone())
             .unwrap()
             .with_retry_policy(policy);
         Harness {
             client,
-            breaker,
+            breakers,
             metrics,
         }
     }
 
     fn metrics(&self) -> MetricsSnapshot {
-        self.metrics.snapshot(&self.breaker.snapshot())
+        self.metrics.snapshot(&self.breakers.snapshot())
     }
 
     /// An image request with a throwaway prompt that must fail.
@@ -245,7 +245,7 @@ async fn a_server_error_is_retried_once_then_succeeds() {
     assert_eq!(h.retries("image"), 1);
     let m = h.metrics();
     assert_eq!((m.openai_requests, m.openai_errors), (2, 1));
-    assert_eq!(h.breaker.snapshot().consecutive_failures, 0);
+    assert_eq!(h.breakers.image.snapshot().consecutive_failures, 0);
 }
 
 #[tokio::test]
@@ -304,8 +304,8 @@ async fn content_policy_refusal_is_not_retried_and_keeps_the_breaker_closed() {
     }
     assert_eq!(received(&server).await.len(), 6);
     assert_eq!(h.retries("image"), 0);
-    assert_eq!(h.breaker.snapshot().state, BreakerState::Closed);
-    assert_eq!(h.breaker.snapshot().consecutive_failures, 0);
+    assert_eq!(h.breakers.image.snapshot().state, BreakerState::Closed);
+    assert_eq!(h.breakers.image.snapshot().consecutive_failures, 0);
 }
 
 #[tokio::test]
@@ -392,10 +392,23 @@ async fn a_refused_connection_is_retried_even_for_images() {
     assert!(!err.to_string().contains(KEY));
 }
 
+fn server_error() -> ResponseTemplate {
+    let body = json!({"error": {
+        "message": "The server had an error while processing your request.",
+        "type": "server_error"}});
+    answer(500, body)
+}
+
+/// Requests the mock received on `route`.
+async fn count(server: &MockServer, route: &str) -> usize {
+    let requests = received(server).await;
+    requests.iter().filter(|r| r.url.path() == route).count()
+}
+
 #[tokio::test]
 async fn five_failures_open_the_breaker_and_later_calls_fail_fast() {
     let server = MockServer::start().await;
-    post(&server, IMAGES, ResponseTemplate::new(500)).await;
+    post(&server, IMAGES, server_error()).await;
     let once = RetryPolicy {
         attempts: 1,
         ..tiny_retries()
@@ -405,18 +418,146 @@ async fn five_failures_open_the_breaker_and_later_calls_fail_fast() {
         let err = h.image_err().await;
         assert_eq!(err.status(), Some(500));
     }
-    assert_eq!(h.breaker.snapshot().state, BreakerState::Open);
+    assert_eq!(h.breakers.image.snapshot().state, BreakerState::Open);
     let err = h.image_err().await;
-    assert!(matches!(err, OpenAiError::BreakerOpen));
+    assert!(matches!(err, OpenAiError::BreakerOpen(_)));
     assert_eq!(
         err.to_string(),
-        "circuit breaker is OPEN - OpenAI is unavailable, try again later"
+        "image circuit breaker is OPEN after 5 consecutive failures (last: OpenAI API error \
+         (status 500): The server had an error while processing your request.); try again later"
     );
-    assert!(matches!(h.enhance_err().await, OpenAiError::BreakerOpen));
     assert_eq!(received(&server).await.len(), 5);
     assert_eq!(h.metrics().openai_requests, 5);
 }
 
+/// The measured failure of the single shared breaker: images failing on every call while chat
+/// succeeds. Each run enhances (one chat request) and then asks for its image.
+#[tokio::test]
+async fn a_failing_image_endpoint_opens_only_the_image_breaker() {
+    let server = MockServer::start().await;
+    post(&server, CHAT, chat_answer("a vivid fox")).await;
+    post(&server, IMAGES, server_error()).await;
+    let h = Harness::new(config(&server.uri()));
+
+    let mut errors = Vec::new();
+    for _ in 0..3 {
+        assert_eq!(h.client.enhance("p", "a fox").await.unwrap(), "a vivid fox");
+        errors.push(h.image_err().await);
+    }
+    // Run 1: 3 attempts. Run 2: 2 attempts make 5 consecutive failures, so its third attempt is
+    // refused. Run 3: refused before sending anything.
+    assert_eq!(count(&server, IMAGES).await, 5);
+    assert_eq!(count(&server, CHAT).await, 3);
+    assert_eq!(errors[0].status(), Some(500));
+    for err in &errors[1..] {
+        assert!(matches!(err, OpenAiError::BreakerOpen(_)), "{err:?}");
+        assert!(
+            err.to_string()
+                .starts_with("image circuit breaker is OPEN after 5 consecutive failures (last: OpenAI API error (status 500)"),
+            "{err}"
+        );
+    }
+    let image = h.breakers.image.snapshot();
+    assert_eq!((image.state, image.total_failures), (BreakerState::Open, 5));
+    let chat = h.breakers.chat.snapshot();
+    assert_eq!(
+        (chat.state, chat.total_successes),
+        (BreakerState::Closed, 3)
+    );
+    assert_eq!(chat.total_failures, 0);
+
+    // Chat is still admitted while the image breaker is open.
+    assert_eq!(h.client.enhance("p", "a fox").await.unwrap(), "a vivid fox");
+    assert_eq!(count(&server, CHAT).await, 4);
+
+    let text = h.metrics.render_text(&h.breakers.snapshot()).unwrap();
+    for line in [
+        r#"dalleserver_circuit_breaker_state{operation="chat",state="CLOSED"} 1"#,
+        r#"dalleserver_circuit_breaker_state{operation="chat",state="OPEN"} 0"#,
+        r#"dalleserver_circuit_breaker_state{operation="image",state="OPEN"} 1"#,
+        r#"dalleserver_circuit_breaker_state{operation="image",state="CLOSED"} 0"#,
+    ] {
+        assert!(text.contains(line), "missing {line:?} in\n{text}");
+    }
+    let m = h.metrics();
+    assert_eq!(m.circuit_breaker_state, "OPEN");
+    assert_eq!(m.circuit_breakers_by_operation["chat"].state, "CLOSED");
+    assert_eq!(m.circuit_breakers_by_operation["image"].state, "OPEN");
+}
+
+#[tokio::test]
+async fn the_rejection_names_a_refused_connection_without_the_key() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let once = RetryPolicy {
+        attempts: 1,
+        ..tiny_retries()
+    };
+    let h = Harness::with_policy(config(&base), once);
+    for _ in 0..5 {
+        let err = h.image_err().await;
+        assert!(
+            matches!(err, OpenAiError::Connect { sent: false, .. }),
+            "{err:?}"
+        );
+    }
+    let err = h.image_err().await.to_string();
+    assert!(
+        err.starts_with("image circuit breaker is OPEN after 5 consecutive failures (last: cannot reach OpenAI: "),
+        "{err}"
+    );
+    assert!(err.to_lowercase().contains("connection refused"), "{err}");
+    assert!(err.ends_with("); try again later"), "{err}");
+    assert!(!err.contains(KEY), "{err}");
+    // A refused chat call is its own breaker's business.
+    assert!(matches!(h.enhance_err().await, OpenAiError::Connect { .. }));
+}
+
+/// 408 and 504 mean the image request may have been carried out (and billed): one request,
+/// however many attempts the policy allows. Chat may repeat them; it bills no image.
+#[tokio::test]
+async fn a_408_or_504_image_answer_is_never_repeated() {
+    for status in [408, 504] {
+        let server = MockServer::start().await;
+        let body = json!({"error": {"message": "Request timed out.", "type": "timeout"}});
+        post(&server, IMAGES, answer(status, body.clone())).await;
+        post(&server, CHAT, answer(status, body)).await;
+        let h = Harness::new(config(&server.uri()));
+        let err = h.image_err().await;
+        assert_eq!(err.status(), Some(status));
+        assert_eq!(count(&server, IMAGES).await, 1, "{status}");
+        assert_eq!(h.retries("image"), 0, "{status}");
+        assert_eq!(h.enhance_err().await.status(), Some(status));
+        assert_eq!(count(&server, CHAT).await, 3, "{status}");
+        // Still a failure of the service: the image breaker counts it.
+        assert_eq!(h.breakers.image.snapshot().consecutive_failures, 1);
+    }
+}
+
+#[tokio::test]
+async fn a_429_or_a_503_with_an_error_body_is_still_retried_for_images() {
+    let answers = [
+        ResponseTemplate::new(429)
+            .insert_header("Retry-After", "0")
+            .set_body_json(json!({"error": {"message": "Rate limit reached", "type": "requests"}})),
+        answer(
+            503,
+            json!({"error": {"message": "The engine is currently overloaded", "type": "server_error"}}),
+        ),
+    ];
+    for reply in answers {
+        let server = MockServer::start().await;
+        post(&server, IMAGES, reply).await;
+        let h = Harness::new(config(&server.uri()));
+        h.image_err().await;
+        assert_eq!(count(&server, IMAGES).await, 3);
+        assert_eq!(h.retries("image"), 2);
+    }
+}
+
+/// Production numbers (open after 5, half-open after 30 s, closed after 2), with the 30 s
+/// skipped on paused time: the HTTP calls run on real time, the wait does not.
 #[tokio::test]
 async fn the_breaker_recovers_when_openai_does() {
     let server = MockServer::start().await;
@@ -424,17 +565,7 @@ async fn the_breaker_recovers_when_openai_does() {
         attempts: 1,
         ..tiny_retries()
     };
-    // A short reset timeout so the test waits 40 ms instead of the production 30 s.
-    let breaker = Arc::new(CircuitBreaker::new(
-        dalleserver::openai::breaker::BreakerConfig {
-            reset_timeout: Duration::from_millis(40),
-            ..Default::default()
-        },
-    ));
-    let metrics = Arc::new(Metrics::new().unwrap());
-    let client = OpenAiClient::new(&config(&server.uri()), breaker.clone(), metrics)
-        .unwrap()
-        .with_retry_policy(once);
+    let h = Harness::with_policy(config(&server.uri()), once);
     Mock::given(method("POST"))
         .and(path(IMAGES))
         .respond_with(ResponseTemplate::new(500))
@@ -448,20 +579,26 @@ async fn the_breaker_recovers_when_openai_does() {
     )
     .await;
     for _ in 0..5 {
-        assert!(client.request_image("p", "").await.is_err());
+        assert!(h.client.request_image("p", "").await.is_err());
     }
+    let breaker = &h.breakers.image;
     assert_eq!(breaker.snapshot().state, BreakerState::Open);
-    tokio::time::sleep(Duration::from_millis(45)).await;
+    tokio::time::pause();
+    tokio::time::advance(Duration::from_secs(29)).await;
+    assert_eq!(breaker.snapshot().state, BreakerState::Open);
+    tokio::time::advance(Duration::from_secs(1)).await;
     assert_eq!(breaker.snapshot().state, BreakerState::HalfOpen);
-    client.request_image("p", "").await.unwrap();
+    tokio::time::resume();
+    h.client.request_image("p", "").await.unwrap();
     assert_eq!(
         breaker.snapshot().state,
         BreakerState::HalfOpen,
         "one success is not enough"
     );
-    client.request_image("p", "").await.unwrap();
+    h.client.request_image("p", "").await.unwrap();
     assert_eq!(breaker.snapshot().state, BreakerState::Closed);
     assert_eq!(received(&server).await.len(), 7);
+    assert_eq!(h.breakers.chat.snapshot().total_requests, 0);
 }
 
 #[tokio::test]
@@ -502,16 +639,19 @@ async fn downloads_bypass_the_breaker() {
         let err = h.client.download(&url("broken.png")).await.unwrap_err();
         assert_eq!(err.status(), Some(500));
     }
-    assert_eq!(h.breaker.snapshot().state, BreakerState::Closed);
-    assert_eq!(h.breaker.snapshot().consecutive_failures, 0);
+    for breaker in [&h.breakers.chat, &h.breakers.image] {
+        let snap = breaker.snapshot();
+        assert_eq!(snap.state, BreakerState::Closed);
+        assert_eq!((snap.total_requests, snap.consecutive_failures), (0, 0));
+    }
 
     for _ in 0..5 {
         h.image_err().await;
     }
-    assert_eq!(h.breaker.snapshot().state, BreakerState::Open);
+    assert_eq!(h.breakers.image.snapshot().state, BreakerState::Open);
     assert_eq!(h.client.download(&url("img.png")).await.unwrap(), PNG);
-    assert_eq!(h.breaker.snapshot().state, BreakerState::Open);
-    assert!(matches!(h.image_err().await, OpenAiError::BreakerOpen));
+    assert_eq!(h.breakers.image.snapshot().state, BreakerState::Open);
+    assert!(matches!(h.image_err().await, OpenAiError::BreakerOpen(_)));
 }
 
 #[tokio::test]

@@ -1,10 +1,11 @@
 //! The OpenAI HTTP client: prompt enhancement (chat completions), image generation and the
-//! download of a generated image (CONTRACT §5.2, L§4.3, L§4.5).
+//! download of a generated image.
 //!
-//! Every attempt asks the shared [`CircuitBreaker`] first and reports its outcome back; failed
-//! attempts are retried per [`RetryPolicy`]. Deliberate differences from the Go library: the
-//! orientation typo is fixed (L§4.5), the image URL download has a timeout, a status check and a
-//! size limit, and error texts carry no request-id prefix.
+//! Every API attempt asks its operation's [`CircuitBreaker`] first (chat and image each have
+//! their own, see [`Breakers`]) and reports its outcome back; failed attempts are retried per
+//! [`RetryPolicy`]. Deliberate differences from the Go library: the orientation typo is fixed,
+//! the image URL download has a timeout, a status check and a size limit, and error texts carry
+//! no request-id prefix.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,7 +14,7 @@ use base64::Engine as _;
 use reqwest::header::CONTENT_TYPE;
 use serde_json::{Value, json};
 
-use super::breaker::{Admission, CircuitBreaker};
+use super::breaker::{Admission, Breakers, CircuitBreaker};
 use super::image_prompt;
 use super::retry::{Operation, RetryPolicy, retry_after};
 // The pure request shaping lives in the parent module; re-exported so `client::…` paths work too.
@@ -37,34 +38,41 @@ pub enum ImageAnswer {
     Bytes(Vec<u8>),
 }
 
-/// Whether an attempt goes through the circuit breaker.
+/// Whether an attempt goes through a circuit breaker, and which.
 #[derive(Debug, Clone, Copy)]
-enum Guard {
-    /// Admitted by the breaker (or refused with [`OpenAiError::BreakerOpen`]) and reported to it.
-    Breaker,
+enum Guard<'a> {
+    /// Admitted by this breaker (or refused with [`OpenAiError::BreakerOpen`]) and reported to it.
+    Breaker(&'a CircuitBreaker),
     /// Neither admitted nor reported: the download of an image already made.
     Bypass,
 }
 
-/// Reports an admitted attempt to the breaker exactly once. If the caller drops the future
+/// What a dropped attempt tells the breaker it failed with.
+const ABANDONED: &str = "the call was abandoned before OpenAI answered";
+
+/// Reports an admitted attempt to its breaker exactly once. If the caller drops the future
 /// mid-flight the attempt counts as failed, so a half-open probe slot is never leaked.
 struct AttemptGuard<'a> {
-    breaker: &'a CircuitBreaker,
+    breaker: Option<&'a CircuitBreaker>,
     admission: Option<Admission>,
 }
 
 impl AttemptGuard<'_> {
-    fn finish(mut self, success: bool) {
-        if let Some(admission) = self.admission.take() {
-            self.breaker.record(admission, success);
+    /// Reports the outcome: a failure the service is to blame for, or anything else.
+    fn finish(mut self, service_failure: Option<&OpenAiError>) {
+        if let (Some(breaker), Some(admission)) = (self.breaker, self.admission.take()) {
+            match service_failure {
+                Some(error) => breaker.failed(admission, &error.to_string()),
+                None => breaker.succeeded(admission),
+            }
         }
     }
 }
 
 impl Drop for AttemptGuard<'_> {
     fn drop(&mut self) {
-        if let Some(admission) = self.admission.take() {
-            self.breaker.record(admission, false);
+        if let (Some(breaker), Some(admission)) = (self.breaker, self.admission.take()) {
+            breaker.failed(admission, ABANDONED);
         }
     }
 }
@@ -79,7 +87,8 @@ pub struct OpenAiClient {
     chat_model: String,
     image_timeout: Duration,
     enhance_timeout: Duration,
-    breaker: Arc<CircuitBreaker>,
+    /// One breaker per operation, shared with the app (which reports them).
+    breakers: Breakers,
     metrics: Arc<Metrics>,
     retry: RetryPolicy,
     /// Response bodies being read at once (see [`BODY_READS`]).
@@ -93,10 +102,10 @@ pub struct OpenAiClient {
 const BODY_READS: usize = 8;
 
 impl OpenAiClient {
-    /// A client for `config`, reporting to the shared breaker and metrics.
+    /// A client for `config`, reporting to the shared breakers and metrics.
     pub fn new(
         config: &OpenAiConfig,
-        breaker: Arc<CircuitBreaker>,
+        breakers: Breakers,
         metrics: Arc<Metrics>,
     ) -> Result<Self, OpenAiError> {
         let http = reqwest::Client::builder()
@@ -113,7 +122,7 @@ impl OpenAiClient {
             chat_model: config.chat_model.clone(),
             image_timeout: config.image_timeout,
             enhance_timeout: config.enhance_timeout,
-            breaker,
+            breakers,
             metrics,
             body_reads: Arc::new(tokio::sync::Semaphore::new(BODY_READS)),
             retry: RetryPolicy {
@@ -148,13 +157,15 @@ impl OpenAiClient {
         let body = to_json(&body)?;
         let url = format!("{}/chat/completions", self.base_url);
         tracing::debug!(model = %self.chat_model, prompt_chars = user.len(), "enhancing prompt");
+        // Chat is `Operation::Enhance`, which may be repeated after an unknown outcome (a 408,
+        // 504 or timeout after sending): see `Operation::repeatable`.
         let bytes = self
             .retry
             .run(Operation::Enhance, &self.metrics, || {
                 self.exchange(
                     self.post(key, &url, &body),
                     self.enhance_timeout,
-                    Guard::Breaker,
+                    Guard::Breaker(&self.breakers.chat),
                 )
             })
             .await?;
@@ -209,7 +220,7 @@ impl OpenAiClient {
                 self.exchange(
                     self.post(key, &url, &body),
                     self.image_timeout,
-                    Guard::Breaker,
+                    Guard::Breaker(&self.breakers.image),
                 )
             })
             .await?;
@@ -217,7 +228,7 @@ impl OpenAiClient {
     }
 
     /// Fetches a generated image. The API key is not sent: the URL is already signed and may
-    /// point at another host. The breaker neither refuses nor counts it: the image is already
+    /// point at another host. No breaker refuses or counts it: the image is already
     /// made (and billed), so fetching it is never a wasted call, and the storage host's health
     /// says nothing about the API's.
     pub async fn download(&self, url: &str) -> Result<Vec<u8>, OpenAiError> {
@@ -242,38 +253,34 @@ impl OpenAiClient {
             .body(body.to_vec())
     }
 
-    /// One attempt: breaker admission (when `guard` asks for it), the request, the whole body,
-    /// the breaker and metric reports. Returns the body of a 2xx answer.
+    /// One attempt: breaker admission (when `guard` names a breaker), the request, the whole
+    /// body, the breaker and metric reports. Returns the body of a 2xx answer.
     async fn exchange(
         &self,
         request: reqwest::RequestBuilder,
         timeout: Duration,
-        guard: Guard,
+        guard: Guard<'_>,
     ) -> Result<Vec<u8>, OpenAiError> {
         // Build first: a malformed URL is our fault, not the service's.
         let request = request
             .timeout(timeout)
             .build()
             .map_err(|e| OpenAiError::Setup(format!("invalid request: {}", e.without_url())))?;
-        let admission = match guard {
-            Guard::Breaker => Some(self.breaker.admit().map_err(|rejected| {
-                tracing::debug!(reason = %rejected, "OpenAI call refused by the circuit breaker");
-                OpenAiError::BreakerOpen
-            })?),
-            Guard::Bypass => None,
+        let (breaker, admission) = match guard {
+            Guard::Breaker(breaker) => {
+                let admission = breaker.admit().map_err(|rejected| {
+                    tracing::debug!(reason = %rejected, "OpenAI call refused by the circuit breaker");
+                    OpenAiError::BreakerOpen(rejected)
+                })?;
+                (Some(breaker), Some(admission))
+            }
+            Guard::Bypass => (None, None),
         };
-        let guard = AttemptGuard {
-            breaker: &self.breaker,
-            admission,
-        };
+        let guard = AttemptGuard { breaker, admission };
         let host = request.url().host_str().unwrap_or_default().to_string();
         let started = tokio::time::Instant::now();
         let result = self.send(request, timeout).await;
-        guard.finish(
-            result
-                .as_ref()
-                .map_or_else(|e| !e.is_service_failure(), |_| true),
-        );
+        guard.finish(result.as_ref().err().filter(|e| e.is_service_failure()));
         self.metrics.record_openai(
             result.is_ok(),
             result.as_ref().is_err_and(OpenAiError::is_timeout),
@@ -476,7 +483,6 @@ fn too_large() -> OpenAiError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::openai::breaker::CircuitBreaker;
 
     fn client() -> OpenAiClient {
         let config = OpenAiConfig {
@@ -491,7 +497,7 @@ mod tests {
             retry_base: Duration::from_millis(10),
         };
         let metrics = Arc::new(Metrics::new().unwrap());
-        OpenAiClient::new(&config, Arc::new(CircuitBreaker::default()), metrics).unwrap()
+        OpenAiClient::new(&config, Breakers::default(), metrics).unwrap()
     }
 
     #[test]

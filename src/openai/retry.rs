@@ -1,8 +1,9 @@
-//! Retry with exponential backoff for OpenAI calls (CONTRACT §5.2, S§10 numbers).
+//! Retry with exponential backoff for OpenAI calls (upstream's numbers: 3 attempts, 2 s doubling).
 //!
-//! Unlike the Go helper, which retried every error, only failures that a second attempt can
-//! fix are retried, and never an image request whose outcome is unknown: it may already have been
-//! billed. Retries are counted in the metrics (the Go server never counted them, Q-36). The loop
+//! Unlike the Go helper, which retried every error, only failures that a second attempt can fix
+//! are retried, and never an image request whose outcome is unknown (a timeout or dropped
+//! connection after sending, a 408 or a 504): it may already have been billed. Retries are
+//! counted in the metrics (the Go server never counted them). The loop
 //! returns the last error itself rather than wrapping it, so the user still reads
 //! `OpenAI API error (status N): …`.
 
@@ -64,8 +65,12 @@ impl Operation {
         }
     }
 
-    /// Whether repeating a call that may have reached the server is harmless. Image generation
-    /// is not: a second request may produce, and bill, a second image.
+    /// Whether repeating a call that may have reached the server is harmless (this decides the
+    /// fate of a timeout or dropped connection after sending, and of a 408 or 504). Image
+    /// generation is not: a second request may produce, and bill, a second image. A chat
+    /// completion is: a repeat costs a few tokens and leaves nothing behind, and giving up
+    /// would fail the whole run over one slow answer. A download fetches an image already
+    /// made, so repeating it is free.
     pub fn repeatable(self) -> bool {
         !matches!(self, Operation::Image)
     }
@@ -324,11 +329,26 @@ mod tests {
             message: "refused".into(),
         };
         assert_eq!(count_attempts(Operation::Image, refused).await.0, 3);
+        let refused_by_breaker = || {
+            OpenAiError::BreakerOpen(crate::openai::breaker::Rejected::ProbeInFlight {
+                operation: crate::openai::breaker::Operation::Image,
+            })
+        };
         assert_eq!(
-            count_attempts(Operation::Image, || OpenAiError::BreakerOpen)
-                .await
-                .0,
+            count_attempts(Operation::Image, refused_by_breaker).await.0,
             1
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_408_or_504_is_repeated_for_chat_but_never_for_an_image() {
+        assert_eq!(count_attempts(Operation::Image, || api(408)).await.0, 1);
+        assert_eq!(count_attempts(Operation::Image, || api(504)).await.0, 1);
+        assert_eq!(count_attempts(Operation::Enhance, || api(408)).await.0, 3);
+        assert_eq!(count_attempts(Operation::Enhance, || api(504)).await.0, 3);
+        assert_eq!(count_attempts(Operation::Download, || api(504)).await.0, 3);
+        // Answers that the request was not carried out stay retryable for images.
+        assert_eq!(count_attempts(Operation::Image, || api(429)).await.0, 3);
+        assert_eq!(count_attempts(Operation::Image, || api(502)).await.0, 3);
     }
 }
