@@ -208,3 +208,32 @@ mod needs_curl_jq {
         image::load_from_memory(&png).expect("the loop saved a real PNG");
     }
 }
+
+mod needs_mdbook {
+    use super::*;
+
+    /// `mdbook build` succeeds (a page in SUMMARY.md that does not exist is an error: see
+    /// book/book.toml), into a temporary directory so the tree stays clean.
+    #[test]
+    #[ignore = "needs mdbook (cargo install mdbook --locked --version 0.4.52 --no-default-features); `make test` runs it when installed"]
+    fn the_book_builds() {
+        common::require_tools(
+            &["mdbook"],
+            "cargo install mdbook --locked --version 0.4.52 --no-default-features",
+        );
+        let dest = tempfile::tempdir().unwrap();
+        let out = Command::new("mdbook")
+            .arg("build")
+            .arg(root().join("book"))
+            .arg("--dest-dir")
+            .arg(dest.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "mdbook build failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(dest.path().join("index.html").is_file());
+    }
+}
