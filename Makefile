@@ -2,7 +2,7 @@
 
 CARGO ?= cargo
 
-.PHONY: run build test lint fmt bench book chaos clean fuzz schemathesis slow-client load hit-pairs
+.PHONY: run build test test-tools lint fmt bench book chaos clean fuzz schemathesis slow-client load hit-pairs
 
 ## Run the server (mock mode when OPENAI_API_KEY is unset).
 run:
@@ -11,9 +11,16 @@ run:
 build:
 	$(CARGO) build --release
 
-## Format check, clippy with warnings as errors, then every test.
+## Format check, clippy with warnings as errors, then every test: the main suite, then the
+## tests that need outside programs (promtool, chromium + chromedriver, curl + jq), each where
+## its programs are installed. With CI set, those always run and a missing program fails.
 test: lint
 	$(CARGO) test --all-targets
+	CARGO="$(CARGO)" tests/tool-tests.sh
+
+## Only the tests that need outside programs (see tests/tool-tests.sh).
+test-tools:
+	CARGO="$(CARGO)" tests/tool-tests.sh
 
 lint:
 	$(CARGO) fmt --check

@@ -41,47 +41,6 @@ fn shell_block_after(markdown: &str, heading: &str) -> String {
     rest[open..open + close].to_string()
 }
 
-#[test]
-fn the_polling_loop_in_the_book_works_as_written() {
-    for tool in ["curl", "jq"] {
-        if Command::new(tool).arg("--version").output().is_err() {
-            assert!(std::env::var_os("CI").is_none(), "{tool} is required in CI");
-            eprintln!("SKIPPED: {tool} is not installed");
-            return;
-        }
-    }
-    let server = Server::start();
-    let script = shell_block_after(&read("book/src/progress.md"), "## A polling loop")
-        .replace("localhost:8080", &server.addr);
-    let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new("bash")
-        .arg("-c")
-        .arg(&script)
-        .current_dir(dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("the polling loop did not finish");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let out = child.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let address = "0xf503017d7baf7fbc0fff7492b751025c6a78179b";
-    assert!(
-        stdout.contains(&format!("saved {address}.png")),
-        "stdout:\n{stdout}\nstderr:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let png = std::fs::read(dir.path().join(format!("{address}.png"))).unwrap();
-    image::load_from_memory(&png).expect("the loop saved a real PNG");
-}
-
 /// GitHub/mdBook heading anchors: lower case, spaces to dashes, punctuation dropped.
 fn anchor(heading: &str) -> String {
     heading
@@ -207,5 +166,74 @@ fn the_endpoint_lists_in_the_docs_are_the_real_one() {
             real,
             "{page} shows a stale endpoint list"
         );
+    }
+}
+
+mod needs_curl_jq {
+    use super::*;
+
+    #[test]
+    #[ignore = "needs curl and jq (apt-get install curl jq); `make test` runs it when installed"]
+    fn the_polling_loop_in_the_book_works_as_written() {
+        common::require_tools(&["bash", "curl", "jq"], "apt-get install curl jq");
+        let server = Server::start();
+        let script = shell_block_after(&read("book/src/progress.md"), "## A polling loop")
+            .replace("localhost:8080", &server.addr);
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = Command::new("bash")
+            .arg("-c")
+            .arg(&script)
+            .current_dir(dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while child.try_wait().unwrap().is_none() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("the polling loop did not finish");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let out = child.wait_with_output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let address = "0xf503017d7baf7fbc0fff7492b751025c6a78179b";
+        assert!(
+            stdout.contains(&format!("saved {address}.png")),
+            "stdout:\n{stdout}\nstderr:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let png = std::fs::read(dir.path().join(format!("{address}.png"))).unwrap();
+        image::load_from_memory(&png).expect("the loop saved a real PNG");
+    }
+}
+
+mod needs_mdbook {
+    use super::*;
+
+    /// `mdbook build` succeeds (a page in SUMMARY.md that does not exist is an error: see
+    /// book/book.toml), into a temporary directory so the tree stays clean.
+    #[test]
+    #[ignore = "needs mdbook (cargo install mdbook --locked --version 0.4.52 --no-default-features); `make test` runs it when installed"]
+    fn the_book_builds() {
+        common::require_tools(
+            &["mdbook"],
+            "cargo install mdbook --locked --version 0.4.52 --no-default-features",
+        );
+        let dest = tempfile::tempdir().unwrap();
+        let out = Command::new("mdbook")
+            .arg("build")
+            .arg(root().join("book"))
+            .arg("--dest-dir")
+            .arg(dest.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "mdbook build failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(dest.path().join("index.html").is_file());
     }
 }

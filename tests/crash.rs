@@ -1,5 +1,7 @@
 //! Kill -9 in the middle of generations, restart, and check that nothing partial or corrupt is
 //! ever on disk or served, and that every key can still be generated.
+//!
+//! Binary ([`Process`]): `kill -9` must hit a real process, so nothing gets to clean up.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -9,7 +11,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Options, Server};
+use common::{Options, Process};
 use serde_json::Value;
 
 fn addresses(n: usize) -> Vec<String> {
@@ -57,7 +59,7 @@ fn assert_artifacts_whole(output: &Path) {
     }
 }
 
-fn kill9(server: &mut Server) {
+fn kill9(server: &mut Process) {
     Command::new("kill")
         .args(["-KILL", &server.child.id().to_string()])
         .status()
@@ -88,7 +90,7 @@ fn sigkill_mid_run_never_leaves_partial_files_and_every_key_completes_after_rest
     let keys = addresses(12);
     let c = client();
     for delay_ms in [150u64, 450, 900] {
-        let mut server = Server::start_with(opts());
+        let mut server = Process::start_with(opts());
         for a in &keys {
             c.get(server.url(&format!("/dalle/simple/{a}?generate=1")))
                 .send()
@@ -99,7 +101,7 @@ fn sigkill_mid_run_never_leaves_partial_files_and_every_key_completes_after_rest
         drop(server);
 
         // After a restart: nothing partial, and whatever is served is whole.
-        let server = Server::start_with(opts());
+        let server = Process::start_with(opts());
         assert_artifacts_whole(&data.join("output"));
         for a in &keys {
             let resp = c
@@ -114,7 +116,7 @@ fn sigkill_mid_run_never_leaves_partial_files_and_every_key_completes_after_rest
     }
 
     // Every key completes when asked again.
-    let server = Server::start_with(opts());
+    let server = Process::start_with(opts());
     for a in &keys {
         c.get(server.url(&format!("/dalle/simple/{a}?generate=1")))
             .send()

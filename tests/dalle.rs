@@ -1,5 +1,7 @@
-//! End-to-end tests of `/dalle`: the real binary, mock mode and a local mock OpenAI server
-//! (wiremock) that succeeds, fails, rate-limits and stalls. Loops are bounded in time.
+//! End-to-end tests of `/dalle`: the in-process server in mock mode and against a local mock
+//! OpenAI server (wiremock) that succeeds, fails, rate-limits and stalls. Loops are bounded in
+//! time; that something did *not* happen is shown by what the server answers next, never by
+//! waiting a while.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -7,7 +9,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Options, Server};
+use common::{Options, Process, Running, Server};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use wiremock::matchers::{method, path};
@@ -37,7 +39,7 @@ async fn metrics_text(server: &Server) -> String {
 }
 
 /// Polls `url` (without `generate`) until the snapshot says done, for at most `limit`.
-async fn poll_done(server: &Server, series: &str, address: &str, limit: Duration) -> Value {
+async fn poll_done(server: &impl Running, series: &str, address: &str, limit: Duration) -> Value {
     let deadline = Instant::now() + limit;
     let url = server.url(&format!("/dalle/{series}/{address}"));
     loop {
@@ -59,7 +61,7 @@ async fn poll_done(server: &Server, series: &str, address: &str, limit: Duration
 }
 
 /// `?generate=1`, then polls until done (see [`poll_done`]).
-async fn generate_and_wait(server: &Server, address: &str, limit: Duration) -> Value {
+async fn generate_and_wait(server: &impl Running, address: &str, limit: Duration) -> Value {
     get_json(&server.url(&format!("/dalle/simple/{address}?generate=1"))).await;
     poll_done(server, "simple", address, limit).await
 }
@@ -279,7 +281,9 @@ async fn decision_table_for_plain_generate_and_remove() {
         get_json(&dalle("?remove")).await["data"],
         serde_json::json!({})
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Nothing started: a run registers its progress before the request that starts it is
+    // answered, so a started run would answer this GET with its progress instead of {}.
+    assert_eq!(get_json(&dalle("")).await["data"], serde_json::json!({}));
     assert!(
         !server.data_dir.join("output/simple").exists(),
         "a plain GET must not generate"
@@ -301,7 +305,9 @@ async fn decision_table_for_plain_generate_and_remove() {
     let hit = get_json(&dalle("?generate=1")).await;
     assert_eq!(hit["data"]["cacheHit"], true, "{hit:#}");
     assert_eq!(hit["data"]["done"], true);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // No regeneration: a run in flight would answer a plain GET with its progress, not the PNG.
+    let resp = c.get(dalle("")).send().await.unwrap();
+    assert_eq!(resp.headers()["content-type"], "image/png");
     assert_eq!(std::fs::metadata(&png).unwrap().modified().unwrap(), before);
 
     // Remove: plain-text confirmation, file gone, then {} again.
@@ -368,7 +374,8 @@ async fn live_mode_with_b64_and_url_answers() {
         ))
         .mount(&mock)
         .await;
-    let server = Server::start_with(live(&mock, &[]));
+    // Binary: checks that the key stays out of the log lines.
+    let server = Process::start_with(live(&mock, &[]));
     for address in [A, B] {
         let done = generate_and_wait(&server, address, Duration::from_secs(60)).await;
         assert!(
@@ -593,7 +600,7 @@ async fn runs_beyond_the_concurrency_limit_wait_in_a_queue() {
     let mock = MockServer::start().await;
     answer_images(
         &mock,
-        b64_answer(&tiny_png([9, 9, 9])).set_delay(Duration::from_millis(800)),
+        b64_answer(&tiny_png([9, 9, 9])).set_delay(Duration::from_secs(2)),
     )
     .await;
     let mut opts = live(&mock, &[("TB_DALLE_NO_ENHANCE", "1")]);
@@ -603,24 +610,30 @@ async fn runs_beyond_the_concurrency_limit_wait_in_a_queue() {
     for a in addresses {
         get_json(&server.url(&format!("/dalle/simple/{a}?generate=1"))).await;
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    // One run holds the only slot; the other two wait in setup, numbered 1 and 2 (which of
-    // them is first depends on task scheduling).
-    let mut positions = Vec::new();
-    for a in &addresses[1..] {
-        let snap = get_json(&server.url(&format!("/dalle/simple/{a}"))).await;
-        if snap["data"]["queuePosition"].is_null() {
-            continue; // this one got the slot
+    // One run holds the only slot (its image takes 2 s); the other two wait in setup,
+    // numbered 1 and 2 once their tasks have queued (which is first depends on scheduling).
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let mut positions = Vec::new();
+        let mut snaps = Vec::new();
+        for a in addresses {
+            let snap = get_json(&server.url(&format!("/dalle/simple/{a}"))).await;
+            if let Some(position) = snap["data"]["queuePosition"].as_u64() {
+                assert_eq!(snap["data"]["currentPhase"], "setup", "{snap:#}");
+                positions.push(position);
+            }
+            snaps.push(snap);
         }
-        assert_eq!(snap["data"]["currentPhase"], "setup", "{snap:#}");
-        positions.push(snap["data"]["queuePosition"].as_u64().unwrap());
+        positions.sort_unstable();
+        if positions == [1, 2] {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "two runs should wait behind the one running: {positions:?}\n{snaps:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let first = get_json(&server.url(&format!("/dalle/simple/{}", addresses[0]))).await;
-    if !first["data"]["queuePosition"].is_null() {
-        positions.push(first["data"]["queuePosition"].as_u64().unwrap());
-    }
-    positions.sort_unstable();
-    assert_eq!(positions, [1, 2], "two runs wait behind the one running");
     for a in addresses {
         poll_done(&server, "simple", a, Duration::from_secs(60)).await;
     }

@@ -1,4 +1,6 @@
-//! End-to-end tests of the foundation: the real binary, real sockets, temp data dirs.
+//! End-to-end tests of the foundation over real sockets with temp data dirs: the in-process
+//! [`Server`] by default; the spawned binary ([`Process`]) where a test checks the process
+//! itself — its logs, exit codes, signals or `.env` (each such test says which).
 
 // Test code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -7,7 +9,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Options, Server, raw_request};
+use common::{Options, Process, Server, raw_request};
 use reqwest::blocking::Client;
 use serde_json::Value;
 
@@ -44,7 +46,8 @@ fn root_lists_every_endpoint_as_plain_text() {
 
 #[test]
 fn one_request_id_in_header_body_and_logs() {
-    let server = Server::start();
+    // Binary: the id must also appear in the log lines on stderr.
+    let server = Process::start();
     let c = client();
 
     // Successful requests log at debug; a 404 logs its line at info.
@@ -269,40 +272,6 @@ fn metrics_text_counts_real_requests_and_errors() {
         assert!(text.contains(series), "missing {series:?} in\n{text}");
     }
     assert!(!text.contains("0x"), "labels must never carry addresses");
-    promtool_check(&text);
-}
-
-/// `promtool check metrics` must accept the exposition. CI installs promtool (Debian's
-/// `prometheus`); elsewhere the check is skipped with a note.
-fn promtool_check(text: &str) {
-    use std::io::Write;
-    let Ok(mut child) = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-    else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "promtool is required in CI (apt-get install prometheus)"
-        );
-        eprintln!("promtool not installed: skipping `promtool check metrics`");
-        return;
-    };
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool rejected /metrics:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 #[test]
@@ -374,10 +343,11 @@ fn tb_dalle_port_beats_the_port_flag() {
 
 #[test]
 fn dotenv_fills_gaps_but_never_overrides_the_environment() {
+    // Binary: `.env` is read from the process's working directory, under its environment.
     let tmp = tempfile::tempdir().unwrap();
     let from_dotenv = tmp.path().join("from-dotenv");
     let from_env = tmp.path().join("from-env");
-    let server = Server::start_with(Options {
+    let server = Process::start_with(Options {
         dotenv: Some(format!(
             "TB_DALLE_DATA_DIR={}\nTB_DALLE_LOCK_TTL=90s\n",
             from_dotenv.display()
@@ -392,7 +362,7 @@ fn dotenv_fills_gaps_but_never_overrides_the_environment() {
     assert!(server.log_text().contains("lock_ttl=90s"));
     drop(server);
 
-    let server = Server::start_with(Options {
+    let server = Process::start_with(Options {
         dotenv: Some(format!(
             "TB_DALLE_DATA_DIR={}\n",
             from_dotenv.join("other").display()
@@ -407,7 +377,8 @@ fn dotenv_fills_gaps_but_never_overrides_the_environment() {
 
 #[test]
 fn unparsable_lock_ttl_warns_and_uses_five_minutes() {
-    let server = Server::start_with(Options {
+    // Binary: the warning is a log line.
+    let server = Process::start_with(Options {
         args: vec!["--lock-ttl".into(), "forever".into()],
         ..Options::default()
     });
@@ -419,6 +390,7 @@ fn unparsable_lock_ttl_warns_and_uses_five_minutes() {
     assert!(logs.contains("lock_ttl=300s"), "{logs}");
 }
 
+/// Runs the binary to its exit (bad configurations exit before serving): status and stderr.
 fn run_to_exit(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
     let tmp = tempfile::tempdir().unwrap();
     let mut cmd = common::command(tmp.path(), tmp.path());
@@ -491,7 +463,8 @@ fn unusable_data_dir_and_busy_port_exit_non_zero() {
 
 #[test]
 fn sigterm_shuts_down_gracefully() {
-    let mut server = Server::start();
+    // Binary: a signal and an exit status.
+    let mut server = Process::start();
     // An idle keep-alive connection must not hold the shutdown up.
     let c = client();
     assert_eq!(c.get(server.url("/livez")).send().unwrap().status(), 200);
@@ -504,7 +477,8 @@ fn sigterm_shuts_down_gracefully() {
 
 #[test]
 fn startup_report_names_mode_data_dir_and_url() {
-    let server = Server::start();
+    // Binary: the report is log lines.
+    let server = Process::start();
     let logs = server.log_text();
     assert!(logs.contains("dalleserver starting"), "{logs}");
     assert!(logs.contains("mode=\"mock\""), "{logs}");
@@ -521,7 +495,8 @@ fn startup_report_names_mode_data_dir_and_url() {
 
 #[test]
 fn the_api_key_never_appears_in_logs() {
-    let server = Server::start_with(Options {
+    // Binary: checks the log lines.
+    let server = Process::start_with(Options {
         env: vec![("OPENAI_API_KEY".into(), "sk-test-very-secret".into())],
         ..Options::default()
     });
@@ -562,13 +537,14 @@ fn series_lists_builtins_and_picks_up_user_series_without_restart() {
 
 #[test]
 fn databases_dir_in_our_own_format_is_used_and_reported() {
+    // Binary: the report is log lines.
     let tmp = tempfile::tempdir().unwrap();
     let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/attributes/data");
     for entry in std::fs::read_dir(&src).unwrap() {
         let path = entry.unwrap().path();
         std::fs::copy(&path, tmp.path().join(path.file_name().unwrap())).unwrap();
     }
-    let server = Server::start_with(Options {
+    let server = Process::start_with(Options {
         args: vec!["--databases".into(), tmp.path().display().to_string()],
         ..Options::default()
     });
@@ -588,8 +564,9 @@ fn databases_dir_in_our_own_format_is_used_and_reported() {
 
 #[test]
 fn unloadable_databases_make_the_server_unready_not_dead() {
+    // Binary: the load error is a log line.
     let tmp = tempfile::tempdir().unwrap();
-    let server = Server::start_with(Options {
+    let server = Process::start_with(Options {
         args: vec![
             "--databases".into(),
             tmp.path().join("missing").display().to_string(),
@@ -777,4 +754,47 @@ fn preview_lists_pages_and_escapes_what_it_shows() {
         200,
         "bad paging values fall back to defaults"
     );
+}
+
+mod needs_promtool {
+    use super::*;
+
+    /// `promtool check metrics` (Debian's `prometheus` package) accepts the exposition, with
+    /// labelled series fed by a request and an error.
+    #[test]
+    #[ignore = "needs promtool (apt-get install prometheus); `make test` runs it when installed"]
+    fn the_metrics_exposition_passes_promtool_check() {
+        use std::io::Write;
+        common::require_tools(&["promtool"], "apt-get install prometheus");
+        let server = Server::start();
+        let c = client();
+        c.get(server.url("/nope")).send().unwrap();
+        c.get(server.url("/health?check=liveness")).send().unwrap();
+        let text = c
+            .get(server.url("/metrics"))
+            .send()
+            .unwrap()
+            .text()
+            .unwrap();
+        let mut child = std::process::Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "promtool rejected /metrics:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }

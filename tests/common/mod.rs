@@ -1,170 +1,63 @@
-//! Test harness: runs the real `dalleserver` binary (built once by cargo) on `127.0.0.1:0`
-//! with a temporary data dir, a temporary working directory and a scrubbed environment.
+//! Test harness shared by the end-to-end tests.
+//!
+//! - [`Server`] (the default): the real server inside the test process, on `127.0.0.1:0` with a
+//!   temporary data dir. Start it with `Server::start()` or `Server::start_with(Options { .. })`.
+//! - [`Process`]: the same, as the spawned binary, for tests of the process itself (exit codes,
+//!   signals, `kill -9`, `.env`, stderr logs). It takes the same [`Options`], so moving a test
+//!   from one to the other is a one-word change.
+//! - [`require_tools`]: for tests that need an outside program (see `make test-tools`).
+//! - Small helpers: raw HTTP requests, PNGs and OpenAI answers for wiremock.
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::io::{BufRead, BufReader, Read, Write};
+mod process;
+mod server;
+
+#[allow(unused_imports)] // each test crate uses a different part
+pub use process::{Process, binary, command, wait_exit};
+pub use server::Server;
+
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-/// Path of the binary under test.
-pub fn binary() -> &'static str {
-    env!("CARGO_BIN_EXE_dalleserver")
-}
-
-/// A command with a clean environment: only PATH, a temporary HOME and what the test adds.
-pub fn command(home: &Path, cwd: &Path) -> Command {
-    let mut cmd = Command::new(binary());
-    cmd.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("HOME", home)
-        .env("RUST_LOG", "info")
-        .current_dir(cwd)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    cmd
-}
-
-/// A running server and everything it owns.
-pub struct Server {
-    pub child: Child,
-    pub base: String,
-    pub addr: String,
-    pub data_dir: PathBuf,
-    pub logs: Arc<Mutex<Vec<String>>>,
-    _tmp: tempfile::TempDir,
-}
-
-/// Options for [`Server::start_with`].
+/// How to start a [`Server`] or a [`Process`].
 #[derive(Default)]
 pub struct Options {
+    /// Command-line flags, as the binary would get them.
     pub args: Vec<String>,
+    /// Environment variables; the server sees no others (except a temporary `HOME`).
     pub env: Vec<(String, String)>,
-    /// Written to `.env` in the server's working directory.
+    /// Written to `.env` in the working directory ([`Process`] only).
     pub dotenv: Option<String>,
 }
 
-impl Server {
-    /// Starts a server with defaults (mock mode, temp data dir).
-    pub fn start() -> Server {
-        Server::start_with(Options::default())
-    }
+/// What a test needs from either kind of server, for helpers that work with both.
+pub trait Running {
+    /// `http://127.0.0.1:<port>` + `path`.
+    fn url(&self, path: &str) -> String;
+}
 
-    /// Starts a server and waits until it reports its listening address.
-    pub fn start_with(opts: Options) -> Server {
-        let tmp = tempfile::tempdir().unwrap();
-        let data_dir = tmp.path().join("data");
-        let cwd = tmp.path().join("cwd");
-        std::fs::create_dir_all(&cwd).unwrap();
-        if let Some(dotenv) = &opts.dotenv {
-            std::fs::write(cwd.join(".env"), dotenv).unwrap();
-        }
-        let mut cmd = command(tmp.path(), &cwd);
-        cmd.args(["--bind", "127.0.0.1", "--port", "0"]);
-        let data_dir_given = opts.args.iter().any(|a| a.starts_with("--data-dir"))
-            || opts.env.iter().any(|(k, _)| k == "TB_DALLE_DATA_DIR")
-            || opts
-                .dotenv
-                .as_deref()
-                .is_some_and(|d| d.contains("TB_DALLE_DATA_DIR"));
-        if !data_dir_given {
-            cmd.arg("--data-dir").arg(&data_dir);
-        }
-        cmd.args(&opts.args);
-        for (k, v) in &opts.env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let sink = logs.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let addr = line.split("listening on ").nth(1).map(|rest| {
-                    rest.split(';')
-                        .next()
-                        .unwrap_or_default()
-                        .trim()
-                        .to_string()
-                });
-                sink.lock().unwrap().push(line);
-                if let Some(addr) = addr {
-                    let _ = tx.send(addr);
-                }
-            }
-        });
-        let addr = match rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(addr) => addr,
-            Err(_) => {
-                let _ = child.kill();
-                panic!(
-                    "server did not start; logs:\n{}",
-                    logs.lock().unwrap().join("\n")
-                );
-            }
-        };
-        Server {
-            child,
-            base: format!("http://{addr}"),
-            addr,
-            data_dir,
-            logs,
-            _tmp: tmp,
-        }
-    }
-
-    /// `base + path`.
-    pub fn url(&self, path: &str) -> String {
-        format!("{}{}", self.base, path)
-    }
-
-    /// Everything the server logged so far.
-    pub fn log_text(&self) -> String {
-        self.logs.lock().unwrap().join("\n")
-    }
-
-    /// Waits until a log line containing `needle` appears.
-    pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if self.log_text().contains(needle) {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        false
-    }
-
-    /// Sends SIGTERM and waits for the process to exit.
-    pub fn terminate(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let pid = self.child.id().to_string();
-        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        wait_exit(&mut self.child, timeout)
+impl Running for Server {
+    fn url(&self, path: &str) -> String {
+        Server::url(self, path)
     }
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+impl Running for Process {
+    fn url(&self, path: &str) -> String {
+        Process::url(self, path)
     }
 }
 
-/// Waits for a child to exit, up to `timeout`.
-pub fn wait_exit(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if let Some(status) = child.try_wait().unwrap() {
-            return Some(status);
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    None
+/// Whether the test chose the data dir itself (otherwise the harness adds a temporary one).
+fn data_dir_given(opts: &Options) -> bool {
+    opts.args.iter().any(|a| a.starts_with("--data-dir"))
+        || opts.env.iter().any(|(k, _)| k == "TB_DALLE_DATA_DIR")
+        || opts
+            .dotenv
+            .as_deref()
+            .is_some_and(|d| d.contains("TB_DALLE_DATA_DIR"))
 }
 
 /// A raw HTTP/1.1 response.
@@ -241,4 +134,33 @@ pub fn b64_answer(png: &[u8]) -> wiremock::ResponseTemplate {
     let b64 = base64::engine::general_purpose::STANDARD.encode(png);
     wiremock::ResponseTemplate::new(200)
         .set_body_json(serde_json::json!({"data": [{"b64_json": b64}]}))
+}
+
+/// Panics, naming what to install, unless every program in `tools` is installed (a name found
+/// on `PATH`, or an absolute path that exists).
+///
+/// For the tests that need outside programs. Each lives in a module named `needs_<tool>…`
+/// (e.g. `needs_curl_jq`) and is `#[ignore = "needs …"]`, so a plain `cargo test` lists it as
+/// ignored with the reason instead of passing without checking anything. `make test` runs each
+/// such module when its tools are installed (`tests/tool-tests.sh`); with `CI` set it always
+/// runs them, and a missing tool fails here.
+pub fn require_tools(tools: &[&str], install: &str) {
+    let missing: Vec<&str> = tools
+        .iter()
+        .copied()
+        .filter(|tool| !installed(tool))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "this test needs {} (install: {install})",
+        missing.join(", ")
+    );
+}
+
+fn installed(tool: &str) -> bool {
+    if tool.contains('/') {
+        return std::path::Path::new(tool).is_file();
+    }
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(tool).is_file()))
 }
