@@ -47,7 +47,7 @@ impl RunError {
         match self {
             RunError::Superseded => "superseded",
             RunError::Attributes(_) => "invalid_input",
-            RunError::OpenAi(OpenAiError::BreakerOpen) => "provider_unavailable",
+            RunError::OpenAi(OpenAiError::BreakerOpen(_)) => "provider_unavailable",
             RunError::OpenAi(_) => "provider_failed",
             RunError::Annotate(_) => "annotate_failed",
             RunError::Storage { source, .. } if is_disk_full(source) => "storage_full",
@@ -386,9 +386,16 @@ mod tests {
         };
         assert_eq!(denied.code(), "storage_failed");
         assert!(!denied.to_string().contains('/'), "{denied}");
-        assert_eq!(
-            RunError::OpenAi(OpenAiError::BreakerOpen).code(),
-            "provider_unavailable"
+        let open = crate::openai::breaker::Rejected::Open {
+            operation: crate::openai::breaker::Operation::Image,
+            failures: 5,
+            last: Some("connection refused".into()),
+        };
+        let refused = RunError::OpenAi(OpenAiError::BreakerOpen(open));
+        assert_eq!(refused.code(), "provider_unavailable");
+        assert!(
+            refused.to_string().contains("connection refused"),
+            "{refused}"
         );
         assert_eq!(RunError::Superseded.code(), "superseded");
     }
