@@ -255,14 +255,14 @@ impl Generator {
     /// `<data>/output/<series>/<kind>/<address>.<ext>`, built in one allocation (every plain
     /// GET builds one).
     pub(crate) fn artifact_path(&self, key: &RunKey, kind: &str, ext: &str) -> PathBuf {
-        let stem = crate::attributes::selection::valid_filename(&key.address);
+        let stem = crate::attributes::selection::valid_filename(key.subject.as_str());
         let root = self.data.root().as_os_str();
         // "output", four separators and the dot fit in the 16 spare bytes.
-        let len = root.len() + key.series.len() + kind.len() + stem.len() + ext.len() + 16;
+        let len = root.len() + key.series.as_str().len() + kind.len() + stem.len() + ext.len() + 16;
         let mut path = PathBuf::with_capacity(len);
         path.push(root);
         path.push("output");
-        path.push(&key.series);
+        path.push(key.series.as_str());
         path.push(kind);
         path.push(&*stem);
         path.as_mut_os_string().push(".");
@@ -335,7 +335,9 @@ impl Generator {
     fn cache_hit(&self, key: &RunKey, request_id: &str) -> Snapshot {
         self.metrics.cache_hits.inc();
         if let StartOutcome::Started = self.progress.start(key, request_id)
-            && let Ok((dress, _)) = self.attributes.dress(&key.address, &key.series, None)
+            && let Ok((dress, _)) =
+                self.attributes
+                    .dress(key.subject.as_str(), key.series.as_str(), None)
         {
             self.progress.set_dress(key, dress);
         }
@@ -357,7 +359,7 @@ impl Generator {
         Outcome::Removed(format!(
             "{}/annotated/{}.png",
             key.series,
-            crate::attributes::selection::valid_filename(&key.address)
+            crate::attributes::selection::valid_filename(key.subject.as_str())
         ))
     }
 
@@ -451,7 +453,7 @@ impl Generator {
         options: JobOptions,
         request_id: String,
     ) {
-        let span = tracing::info_span!("generation", request_id = %request_id, series = %key.series, address = %key.address);
+        let span = tracing::info_span!("generation", request_id = %request_id, series = %key.series, subject = %key.subject);
         let _permit = match self.slots.clone().try_acquire_owned() {
             Ok(permit) => permit,
             Err(_) => {

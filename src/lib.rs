@@ -15,6 +15,7 @@ pub mod annotate;
 pub mod app;
 pub mod attributes;
 pub mod config;
+pub mod domain;
 pub mod engine;
 pub mod gallery;
 pub mod generation;

@@ -31,6 +31,7 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use crate::attributes::dress::DalleDress;
+use crate::domain::{SeriesName, Subject};
 
 mod rendered;
 mod shared_dress;
@@ -124,26 +125,26 @@ impl fmt::Display for Phase {
     }
 }
 
-/// Identifies a run: one per series and address at a time.
+/// Identifies a run: one per series and subject (address or seed) at a time.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RunKey {
-    pub series: String,
-    pub address: String,
+    pub series: SeriesName,
+    pub subject: Subject,
 }
 
 impl RunKey {
-    /// The key of `address` in `series`.
-    pub fn new(series: impl Into<String>, address: impl Into<String>) -> RunKey {
+    /// The key of `subject` in `series`.
+    pub fn new(series: SeriesName, subject: impl Into<Subject>) -> RunKey {
         RunKey {
-            series: series.into(),
-            address: address.into(),
+            series,
+            subject: subject.into(),
         }
     }
 }
 
 impl fmt::Display for RunKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.series, self.address)
+        write!(f, "{}:{}", self.series, self.subject)
     }
 }
 
@@ -285,7 +286,7 @@ impl Progress {
     /// [`fail`](Self::fail) and [`complete`](Self::complete).
     pub fn transition(&self, key: &RunKey, phase: Phase) {
         if !phase.is_work() {
-            tracing::warn!(series = %key.series, address = %key.address, %phase, "ignored a transition to a terminal phase");
+            tracing::warn!(series = %key.series, subject = %key.subject, %phase, "ignored a transition to a terminal phase");
             return;
         }
         self.update(key, |run, ledger, now| {
@@ -432,7 +433,11 @@ mod tests {
     const RETENTION: Duration = Duration::from_secs(60);
 
     pub(super) fn key(series: &str, n: u8) -> RunKey {
-        RunKey::new(series, format!("0x{n:040x}"))
+        let address = crate::domain::Address::parse(&format!("0x{n:040x}"));
+        RunKey::new(
+            SeriesName::normalize(series),
+            address.expect("a valid address"),
+        )
     }
 
     /// A whole generation whose seven work phases take `secs[i]` seconds each.

@@ -59,18 +59,18 @@ fn check_request(rest: &str, query: Option<&str>) {
     match &result {
         Ok((key, _)) => {
             assert!(
-                is_lower_hex_address(&key.address),
+                is_lower_hex_address(key.subject.as_str()),
                 "accepted address {:?}",
-                key.address
+                key.subject
             );
             assert!(
-                exists(&key.series),
+                exists(key.series.as_str()),
                 "accepted unknown series {:?}",
                 key.series
             );
-            assert_eq!(key.series, key.series.to_lowercase());
+            assert_eq!(key.series.as_str(), key.series.as_str().to_lowercase());
             assert_eq!(
-                format!("{}/{}", key.series, key.address),
+                format!("{}/{}", key.series, key.subject),
                 rest.to_lowercase(),
                 "the key is not the lower-cased path"
             );

@@ -17,6 +17,7 @@ use super::{records, series_admin};
 use crate::attributes::Attributes;
 use crate::attributes::selection::extended_seed;
 use crate::attributes::series::{Series, normalize_name};
+use crate::domain::{Seed, SeriesName};
 use crate::generation::{self, Artifact, Generator, JobOptions, RunError, RunOutput};
 use crate::progress::{RunKey, Snapshot};
 
@@ -279,7 +280,10 @@ impl Engine {
                 .map(|m| m.prompts.enhanced_prompt.clone())
                 .filter(|e| !e.is_empty()),
         };
-        let key = RunKey::new(series.suffix.clone(), seed.clone());
+        let key = RunKey::new(
+            SeriesName::normalize(&series.suffix),
+            Seed::new(seed.as_str()),
+        );
         let output = self.run(key, options, request_id).await?;
         let meta = self.new_record(&req, &seed, &series, &output);
         let written = meta.clone();
@@ -501,12 +505,12 @@ impl Engine {
     }
 
     /// The live (or retained) snapshot of the engine run for `series` and `seed`.
-    pub fn progress(&self, series: &str, seed: &str) -> Result<Snapshot, EngineError> {
-        let key = RunKey::new(normalize_name(series), seed.trim().to_string());
+    pub fn progress(&self, series: SeriesName, seed: Seed) -> Result<Snapshot, EngineError> {
+        let key = RunKey::new(series, seed);
         self.generator.progress.snapshot(&key).ok_or_else(|| {
             EngineError::new(
                 Code::ArtifactMissing,
-                format!("no run for {}/{}", key.series, key.address),
+                format!("no run for {}/{}", key.series, key.subject),
             )
         })
     }

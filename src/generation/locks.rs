@@ -85,10 +85,10 @@ mod tests {
     use super::*;
 
     fn key() -> RunKey {
-        RunKey {
-            series: "simple".into(),
-            address: "0xabc".into(),
-        }
+        RunKey::new(
+            crate::domain::SeriesName::normalize("simple"),
+            crate::domain::Seed::new("abc"),
+        )
     }
 
     #[tokio::test(start_paused = true)]

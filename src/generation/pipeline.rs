@@ -205,10 +205,11 @@ pub async fn run(
     run.clock.enter(generator, Phase::Setup);
 
     run.phase(Phase::BasePrompts)?;
-    let (dress, prompts) =
-        generator
-            .attributes
-            .dress(&key.address, &key.series, options.backstyle.as_deref())?;
+    let (dress, prompts) = generator.attributes.dress(
+        key.subject.as_str(),
+        key.series.as_str(),
+        options.backstyle.as_deref(),
+    )?;
     generator.guarded(key, token, |p| p.set_dress(key, dress.clone()))?;
     if options.artifacts.contains(Artifact::PromptTexts) {
         let texts = [&prompts.data, &prompts.title, &prompts.terse, &prompts.base];
@@ -296,7 +297,7 @@ pub async fn run(
             let palette = [1, 2, 3].map(|n| {
                 annotate::parse_hex_color(&output.dress.color(false, n)).unwrap_or([128, 128, 128])
             });
-            let address = key.address.clone();
+            let address = key.subject.to_string();
             let png =
                 image_work(generator, move || annotate::mock_png(&address, palette)).await??;
             run.skip(Phase::ImageDownload)?;

@@ -12,6 +12,7 @@ use serde::Serialize;
 
 use super::{ApiError, Envelope, ErrorCode, RequestId};
 use crate::app::AppState;
+use crate::domain::{Address, SeriesName};
 use crate::generation::{Flags, Outcome};
 use crate::progress::RunKey;
 
@@ -95,20 +96,17 @@ fn parse_path(
             Some(format!("Series '{series}' not found in available series")),
         ));
     }
-    let address = address.to_lowercase();
     if address.is_empty() {
         return Err(missing("address"));
     }
-    if !is_address(&address) {
-        return Err(ApiError::bad_request(
+    let address = Address::parse(address).map_err(|e| {
+        ApiError::bad_request(
             ErrorCode::InvalidAddress,
             "Invalid address format",
-            Some(format!(
-                "Address '{address}' is not a valid Ethereum address"
-            )),
-        ));
-    }
-    Ok(RunKey { series, address })
+            Some(e.to_string()),
+        )
+    })?;
+    Ok(RunKey::new(SeriesName::normalize(&series), address))
 }
 
 fn missing(name: &str) -> ApiError {
@@ -119,14 +117,7 @@ fn missing(name: &str) -> ApiError {
     )
 }
 
-/// `0x` + 40 hex digits (already lower-cased; no checksum check, as upstream).
-pub fn is_address(s: &str) -> bool {
-    s.len() == 42
-        && s.starts_with("0x")
-        && s[2..]
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-}
+pub use crate::domain::is_address;
 
 /// `generate` is true only for `generate=1` (its first value); `remove` for any presence.
 fn parse_flags(query: Option<&str>) -> Flags {
@@ -157,7 +148,8 @@ mod tests {
         assert_eq!(
             parse(&format!("Simple/{}", A.to_uppercase().replace("0X", "0x")))
                 .unwrap()
-                .address,
+                .subject
+                .as_str(),
             A
         );
         assert!(parse("simple").unwrap_err().contains("InvalidRequest"));

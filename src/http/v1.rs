@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use super::{ApiError, Envelope, RequestId};
 use crate::app::AppState;
 use crate::attributes::series::Series;
+use crate::domain::{Seed, SeriesName};
 use crate::engine::error::{Code, EngineError};
 use crate::engine::service::{Engine, GenerateRequest};
 
@@ -230,7 +231,8 @@ pub async fn progress(
     rid: RequestId,
     Path((series, seed)): Path<(String, String)>,
 ) -> V1Result {
-    ok(engine(&state)?.progress(&series, &seed)?, &rid)
+    let (series, seed) = (SeriesName::normalize(&series), Seed::new(seed.trim()));
+    ok(engine(&state)?.progress(series, seed)?, &rid)
 }
 
 /// Any other path under `/v1/`: a 404 in the `/v1` error family.

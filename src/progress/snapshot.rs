@@ -254,8 +254,8 @@ impl Run {
         let (phase_percent, phase_eta_seconds) = self.phase_progress(stats, now);
         let (percent, eta_seconds) = self.overall_progress(stats, now);
         Snapshot {
-            series: key.series.clone(),
-            address: key.address.clone(),
+            series: key.series.to_string(),
+            address: key.subject.to_string(),
             current_phase: self.current,
             started_ns: self.started_unix_ns,
             percent,

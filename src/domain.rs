@@ -1,0 +1,195 @@
+//! The identifiers a request names, parsed once at the edge (the HTTP handlers) into types
+//! that carry the proof: below a handler an [`Address`] is always `0x` + 40 lower-case hex
+//! digits, a [`SeriesName`] is always a normalised, usable name, and a run's [`Subject`] says
+//! whether it is an address (`/dalle`) or a seed (`/v1`) instead of one string holding either.
+
+use std::fmt;
+use std::sync::Arc;
+
+/// An Ethereum address as `/dalle` uses it: `0x` + 40 hex digits, lower-cased. (No checksum
+/// check: mixed-case input is accepted and lower-cased, as the Go server did.)
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Address(Arc<str>);
+
+/// Why a string is not an [`Address`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "Address '{0}' is not a valid Ethereum address: expected 0x followed by 40 hex digits \
+     (ENS names are not supported)"
+)]
+pub struct AddressError(pub String);
+
+impl Address {
+    /// Lower-cases `raw` and checks its shape.
+    pub fn parse(raw: &str) -> Result<Address, AddressError> {
+        let lowered = raw.to_ascii_lowercase();
+        if is_address(&lowered) {
+            Ok(Address(lowered.into()))
+        } else {
+            Err(AddressError(raw.to_lowercase()))
+        }
+    }
+
+    /// The address as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// `0x` + 40 lower-case hex digits.
+pub fn is_address(s: &str) -> bool {
+    s.len() == 42
+        && s.starts_with("0x")
+        && s[2..]
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// A series name after normalisation ([`crate::attributes::series::normalize_name`]): the
+/// name of a directory under `<data>/output/` and of a series file. It never contains a path
+/// separator, never is `.` or `..`, and never is empty.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SeriesName(Arc<str>);
+
+impl SeriesName {
+    /// Normalises `raw` (trim, lower-case, separators to `-`; nothing usable is `unknown`).
+    pub fn normalize(raw: &str) -> SeriesName {
+        SeriesName(crate::attributes::series::normalize_name(raw).into())
+    }
+
+    /// The name as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The seed a `/v1` record is made from (an explicit seed, or the hash of the input).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Seed(Arc<str>);
+
+impl Seed {
+    /// A seed already checked by the caller (trimmed, long enough to select attributes).
+    pub fn new(checked: impl Into<Arc<str>>) -> Seed {
+        Seed(checked.into())
+    }
+
+    /// The seed as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// What a run is made for: an address (`/dalle`) or a seed (`/v1`). Both name the run's files,
+/// `<data>/output/<series>/<kind>/<subject>.<ext>`, so two subjects are the same key when their
+/// text is the same: a `/v1` seed that is an address shares the `/dalle` run and its files,
+/// and the two can never run side by side.
+#[derive(Debug, Clone)]
+pub enum Subject {
+    Address(Address),
+    Seed(Seed),
+}
+
+impl Subject {
+    /// The subject as text (what the dress is computed from and what files are named after).
+    pub fn as_str(&self) -> &str {
+        match self {
+            Subject::Address(a) => a.as_str(),
+            Subject::Seed(s) => s.as_str(),
+        }
+    }
+}
+
+impl PartialEq for Subject {
+    fn eq(&self, other: &Subject) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for Subject {}
+
+impl std::hash::Hash for Subject {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
+    }
+}
+
+impl PartialOrd for Subject {
+    fn partial_cmp(&self, other: &Subject) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Subject {
+    fn cmp(&self, other: &Subject) -> std::cmp::Ordering {
+        self.as_str().cmp(other.as_str())
+    }
+}
+
+impl From<Address> for Subject {
+    fn from(a: Address) -> Subject {
+        Subject::Address(a)
+    }
+}
+
+impl From<Seed> for Subject {
+    fn from(s: Seed) -> Subject {
+        Subject::Seed(s)
+    }
+}
+
+macro_rules! display_as_str {
+    ($($t:ty),*) => {$(
+        impl fmt::Display for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    )*};
+}
+display_as_str!(Address, SeriesName, Seed, Subject);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_are_lower_cased_and_checked() {
+        let a = "0xF503017D7baf7fbc0fff7492b751025c6a78179b";
+        assert_eq!(
+            Address::parse(a).unwrap().as_str(),
+            "0xf503017d7baf7fbc0fff7492b751025c6a78179b"
+        );
+        for bad in [
+            "",
+            "0x",
+            "f503017d7baf7fbc0fff7492b751025c6a78179b",
+            "0xzz03017d7baf7fbc0fff7492b751025c6a78179b",
+            "0xf503017d7baf7fbc0fff7492b751025c6a78179b0",
+        ] {
+            let err = Address::parse(bad).unwrap_err();
+            assert!(err.to_string().contains("40 hex digits"), "{err}");
+        }
+    }
+
+    #[test]
+    fn series_names_are_normalised_and_never_paths() {
+        assert_eq!(SeriesName::normalize(" My Cats ").as_str(), "my-cats");
+        assert_eq!(
+            SeriesName::normalize("../etc").as_str(),
+            "-etc".trim_matches('-')
+        );
+        assert_eq!(SeriesName::normalize("...").as_str(), "unknown");
+        assert_eq!(SeriesName::normalize("").as_str(), "unknown");
+    }
+
+    #[test]
+    fn subjects_name_their_files() {
+        let seed = Subject::from(Seed::new("abc"));
+        assert_eq!(seed.as_str(), "abc");
+        assert_eq!(seed.to_string(), "abc");
+        // The same files, the same key.
+        let a = "0xf503017d7baf7fbc0fff7492b751025c6a78179b";
+        let address = Subject::from(Address::parse(a).unwrap());
+        assert_eq!(address, Subject::from(Seed::new(a)));
+    }
+}
