@@ -10,7 +10,7 @@ use crate::attributes::Attributes;
 use crate::attributes::database::{BACKSTYLES, SELECTION_DATABASES, Source};
 use crate::config::Config;
 use crate::engine::service::Engine;
-use crate::generation::{Generator, ImageSource, Settings};
+use crate::generation::{Backends, Generator, ImageSource, Settings};
 use crate::metrics::Metrics;
 use crate::openai::breaker::Breakers;
 use crate::openai::{OpenAiClient, RetryPolicy};
@@ -91,10 +91,17 @@ impl App {
             max_concurrent: config.max_concurrent,
             no_enhance: config.openai.no_enhance,
         };
+        let file_cache = Arc::new(FileCache::new(FILE_CACHE_BYTES));
         let generator = attributes.clone().map(|attributes| {
+            let backends = Backends::local(
+                &settings,
+                data.output(),
+                file_cache.clone(),
+                progress.clone(),
+            );
             Arc::new(Generator::new(
                 attributes,
-                data.clone(),
+                backends,
                 progress.clone(),
                 source,
                 metrics.clone(),
@@ -114,7 +121,7 @@ impl App {
             progress,
             engine,
             generator,
-            file_cache: Arc::new(FileCache::new(FILE_CACHE_BYTES)),
+            file_cache,
             data,
             metrics,
             breaker,

@@ -3,11 +3,13 @@
 //! coalesces duplicate requests onto one run per key, queues runs beyond the concurrency
 //! limit and drives the pipeline on a tokio task.
 
+pub mod coordination;
 mod locks;
 mod pipeline;
 pub mod status;
+pub mod store;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -18,8 +20,10 @@ use crate::attributes::dress::DalleDress;
 use crate::metrics::Metrics;
 use crate::openai::OpenAiClient;
 use crate::progress::{Progress, RunKey, Snapshot, StartOutcome};
-use crate::storage::{CachedFile, DataDir, FileCache};
+use crate::storage::{CachedFile, FileCache};
+pub use coordination::{Leases, LocalLeases, LocalQueue, RunQueue};
 pub use locks::{LockTable, Token};
+pub use store::{ArtifactStore, DiskStore, Lookup};
 
 /// Where images come from.
 #[derive(Debug, Clone)]
@@ -29,6 +33,9 @@ pub enum ImageSource {
     /// OpenAI (or any compatible server).
     OpenAi(Arc<OpenAiClient>),
 }
+
+/// The annotated PNG's `(kind, extension)`: the file whose presence means a run is done.
+pub const ANNOTATED: (&str, &str) = ("annotated", "png");
 
 /// One kind of file a run writes, under `<data>/output/<series>/<kind>/<subject>.<ext>`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -149,8 +156,9 @@ pub struct RunOutput {
     pub enhanced_ran: bool,
     /// The technical prompt followed by the enhanced one: what the image request sends.
     pub technical: String,
-    pub generated: Option<PathBuf>,
-    pub annotated: Option<PathBuf>,
+    /// The stored names (`<series>/<kind>/<subject>.<ext>`) of the raw and captioned images.
+    pub generated: Option<String>,
+    pub annotated: Option<String>,
 }
 
 /// A run in flight: the channel its outcome arrives on, and the options it runs with.
@@ -160,24 +168,50 @@ type InFlight = (watch::Receiver<Option<RunResult>>, JobOptions);
 pub type RunResult = Result<Arc<RunOutput>, Arc<RunError>>;
 pub use pipeline::RunError;
 
+/// The coordination and storage a generator runs on (see [`coordination`] and [`store`]).
+#[derive(Debug, Clone)]
+pub struct Backends {
+    pub leases: Arc<dyn Leases>,
+    pub queue: Arc<dyn RunQueue>,
+    pub store: Arc<dyn ArtifactStore>,
+}
+
+impl Backends {
+    /// Everything in this process and on the local disk: leases and the queue in memory,
+    /// artifacts under `output` read through `cache`, queue positions published to `progress`.
+    pub fn local(
+        settings: &Settings,
+        output: PathBuf,
+        cache: Arc<FileCache>,
+        progress: Arc<Progress>,
+    ) -> Backends {
+        let on_position: coordination::OnPosition =
+            Arc::new(move |key: &RunKey, position| progress.set_queue_position(key, position));
+        Backends {
+            leases: Arc::new(LocalLeases::new(settings.lock_ttl)),
+            queue: Arc::new(LocalQueue::new(settings.max_concurrent, on_position)),
+            store: Arc::new(DiskStore::new(output, cache)),
+        }
+    }
+}
+
 /// Everything the generator needs, shared with its tasks.
 #[derive(Debug)]
 pub struct Generator {
     pub(crate) attributes: Arc<Attributes>,
-    pub(crate) data: DataDir,
     pub(crate) progress: Arc<Progress>,
     pub(crate) source: ImageSource,
     pub(crate) no_enhance: bool,
     pub(crate) metrics: Arc<Metrics>,
-    locks: Mutex<LockTable>,
+    leases: Arc<dyn Leases>,
+    queue: Arc<dyn RunQueue>,
+    pub(crate) store: Arc<dyn ArtifactStore>,
     /// Per-key write gates: a run checks its ownership and writes a file while holding its
-    /// key's gate, so a run that lost its lock can never write after the new owner started.
+    /// key's gate, so a run that lost its lease can never write after the new owner started.
     gates: Mutex<HashMap<RunKey, Arc<Mutex<()>>>>,
-    slots: Arc<Semaphore>,
     /// Decoding, captioning and encoding images: one job per core. More at once is no faster,
     /// and 50 runs whose images arrive together would hold ~17 MB of pixels each.
     pub(crate) image_slots: Semaphore,
-    queue: Mutex<VecDeque<RunKey>>,
     /// The outcome channel and options of every run in flight, for callers that wait (the
     /// `/v1` API) and for deciding whether a caller can join a run.
     running: Mutex<HashMap<RunKey, InFlight>>,
@@ -186,10 +220,8 @@ pub struct Generator {
 /// What a `/dalle` request resolved to.
 #[derive(Debug)]
 pub enum Outcome {
-    /// Serve this PNG, already in the file cache and unchanged on disk.
-    Cached(CachedFile),
-    /// Serve this PNG (not cached yet: read it).
-    Png(PathBuf),
+    /// Serve this PNG.
+    Image(CachedFile),
     /// Answer with this progress snapshot.
     Snapshot(Box<Snapshot>),
     /// Answer with this progress snapshot, already JSON ([`Progress::poll`]).
@@ -223,7 +255,7 @@ impl Generator {
     /// A generator over the given components.
     pub fn new(
         attributes: Arc<Attributes>,
-        data: DataDir,
+        backends: Backends,
         progress: Arc<Progress>,
         source: ImageSource,
         metrics: Arc<Metrics>,
@@ -231,43 +263,19 @@ impl Generator {
     ) -> Generator {
         Generator {
             attributes,
-            data,
             progress,
             source,
             no_enhance: settings.no_enhance,
             metrics,
-            locks: Mutex::new(LockTable::new(settings.lock_ttl)),
+            leases: backends.leases,
+            queue: backends.queue,
+            store: backends.store,
             gates: Mutex::new(HashMap::new()),
-            slots: Arc::new(Semaphore::new(settings.max_concurrent.max(1))),
             image_slots: Semaphore::new(
                 std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
             ),
-            queue: Mutex::new(VecDeque::new()),
             running: Mutex::new(HashMap::new()),
         }
-    }
-
-    /// `<data>/output/<series>/annotated/<address>.png`.
-    pub fn annotated_path(&self, key: &RunKey) -> PathBuf {
-        self.artifact_path(key, "annotated", "png")
-    }
-
-    /// `<data>/output/<series>/<kind>/<address>.<ext>`, built in one allocation (every plain
-    /// GET builds one).
-    pub(crate) fn artifact_path(&self, key: &RunKey, kind: &str, ext: &str) -> PathBuf {
-        let stem = crate::attributes::selection::valid_filename(key.subject.as_str());
-        let root = self.data.root().as_os_str();
-        // "output", four separators and the dot fit in the 16 spare bytes.
-        let len = root.len() + key.series.as_str().len() + kind.len() + stem.len() + ext.len() + 16;
-        let mut path = PathBuf::with_capacity(len);
-        path.push(root);
-        path.push("output");
-        path.push(key.series.as_str());
-        path.push(kind);
-        path.push(&*stem);
-        path.as_mut_os_string().push(".");
-        path.as_mut_os_string().push(ext);
-        path
     }
 
     /// The `/dalle` decision table, the only copy of it: what one request means given the
@@ -279,33 +287,33 @@ impl Generator {
     /// | present | — | the PNG | a cache-hit snapshot | removes the image |
     /// | absent | failed | its snapshot | its snapshot (no retry) | forgets the run |
     /// | absent | none or completed | `{}` | starts a run | `{}` |
-    pub async fn handle(
-        self: &Arc<Self>,
-        key: RunKey,
-        flags: Flags,
-        request_id: &str,
-        cache: &FileCache,
-    ) -> Outcome {
-        // A run in flight answers its snapshot whatever is on disk, so a poll (the most
-        // frequent request) needs no file-system call. Otherwise one stat of a local file,
-        // answered from the kernel's inode cache: done inline, as a trip to the blocking pool
-        // costs more than the call. An unchanged cached image is answered from memory.
+    pub async fn handle(self: &Arc<Self>, key: RunKey, flags: Flags, request_id: &str) -> Outcome {
+        // A run in flight answers its snapshot whatever is stored, so a poll (the most
+        // frequent request) needs no store call. Otherwise one lookup, which the local store
+        // answers without blocking (one stat, from the kernel's inode cache: a trip to the
+        // blocking pool costs more than the call); an unchanged image comes from memory.
         if !self.is_in_flight(&key) {
-            let png = self.annotated_path(&key);
-            let found = match cache.fresh(&png) {
-                Ok(Some(file)) => Some(Outcome::Cached(file)),
-                Ok(None) => Some(Outcome::Png(png.clone())),
-                Err(_) => None,
+            let (kind, ext) = ANNOTATED;
+            let found = match self.store.lookup(&key, kind, ext) {
+                Lookup::Cached(file) => Some(Some(file)),
+                Lookup::Present => Some(None),
+                Lookup::Absent => None,
             };
-            if let Some(found) = found {
+            if let Some(cached) = found {
                 if flags.remove {
-                    cache.forget(&png);
-                    return self.remove(&key, png).await;
+                    return self.remove(&key).await;
                 }
                 if flags.generate {
                     return Outcome::Snapshot(Box::new(self.cache_hit(&key, request_id)));
                 }
-                return found;
+                if let Some(file) = cached {
+                    return Outcome::Image(file);
+                }
+                // Not cached yet: read it once. Removed in between: nothing to show.
+                return match self.read_blocking(&key, kind, ext).await {
+                    Some(file) => Outcome::Image(file),
+                    None => Outcome::Empty,
+                };
             }
         }
         match self.progress.poll(&key) {
@@ -328,7 +336,21 @@ impl Generator {
     }
 
     fn is_in_flight(&self, key: &RunKey) -> bool {
-        self.progress.is_in_flight(key) && lock(&self.locks).is_held(key)
+        self.progress.is_in_flight(key) && self.leases.is_held(key)
+    }
+
+    /// Reads one stored file on the blocking pool.
+    async fn read_blocking(
+        &self,
+        key: &RunKey,
+        kind: &'static str,
+        ext: &'static str,
+    ) -> Option<CachedFile> {
+        let (store, key) = (self.store.clone(), key.clone());
+        tokio::task::spawn_blocking(move || store.read(&key, kind, ext).ok().flatten())
+            .await
+            .ok()
+            .flatten()
     }
 
     /// Registers a cache-hit run (no regeneration) and returns its snapshot.
@@ -347,20 +369,14 @@ impl Generator {
             .unwrap_or_else(|| Snapshot::empty(key))
     }
 
-    async fn remove(&self, key: &RunKey, png: PathBuf) -> Outcome {
-        let removed = tokio::task::spawn_blocking(move || {
-            std::fs::remove_file(&png)
-                .and_then(|()| png.parent().map_or(Ok(()), crate::storage::sync_dir))
-        })
-        .await;
-        let ok = matches!(removed, Ok(Ok(())));
+    async fn remove(&self, key: &RunKey) -> Outcome {
+        let (kind, ext) = ANNOTATED;
+        let (store, owned) = (self.store.clone(), key.clone());
+        let removed = tokio::task::spawn_blocking(move || store.remove(&owned, kind, ext)).await;
+        let ok = matches!(removed, Ok(Ok(_)));
         self.metrics.record_file_op(ok);
         self.progress.forget(key);
-        Outcome::Removed(format!(
-            "{}/annotated/{}.png",
-            key.series,
-            crate::attributes::selection::valid_filename(key.subject.as_str())
-        ))
+        Outcome::Removed(self.store.name(key, kind, ext))
     }
 
     /// Starts a legacy `/dalle` run for `key` unless one is in flight (then its snapshot is
@@ -377,10 +393,18 @@ impl Generator {
         options: JobOptions,
         request_id: &str,
     ) -> (Snapshot, watch::Receiver<Option<RunResult>>, bool) {
-        let (token, outcome) = {
-            let mut locks = lock(&self.locks);
-            let Some(token) = locks.try_acquire(&key) else {
-                drop(locks);
+        let mut acquired = None;
+        let token = self.leases.try_acquire(&key, &mut |_| {
+            // Before anyone else can take the lease, so a stale run cannot update progress in
+            // between.
+            self.progress.restart(&key, request_id);
+            let (tx, rx) = watch::channel(None);
+            lock(&self.running).insert(key.clone(), (rx.clone(), options.clone()));
+            acquired = Some((tx, rx));
+        });
+        let (token, (tx, outcome)) = match (token, acquired) {
+            (Some(token), Some(channel)) => (token, channel),
+            _ => {
                 let snapshot = self
                     .progress
                     .snapshot(&key)
@@ -390,13 +414,9 @@ impl Generator {
                     .map(|(rx, _)| rx.clone())
                     .unwrap_or_else(|| watch::channel(None).1);
                 return (snapshot, outcome, false);
-            };
-            // Under the lock table's mutex, so a stale run cannot update progress in between.
-            self.progress.restart(&key, request_id);
-            let (tx, rx) = watch::channel(None);
-            lock(&self.running).insert(key.clone(), (rx.clone(), options.clone()));
-            ((token, tx), rx)
+            }
         };
+        let token = (token, tx);
         let snapshot = self
             .progress
             .snapshot(&key)
@@ -454,22 +474,14 @@ impl Generator {
         request_id: String,
     ) {
         let span = tracing::info_span!("generation", request_id = %request_id, series = %key.series, subject = %key.subject);
-        let _permit = match self.slots.clone().try_acquire_owned() {
-            Ok(permit) => permit,
-            Err(_) => {
-                self.enqueue(&key);
-                let permit = self.slots.clone().acquire_owned().await;
-                self.dequeue(&key);
-                match permit {
-                    Ok(permit) => permit,
-                    // The semaphore is never closed; answer waiters anyway.
-                    Err(_) => {
-                        let closed = RunError::Task("generation slots closed".into());
-                        outcome.send_replace(Some(Err(Arc::new(closed))));
-                        return;
-                    }
-                }
-            }
+        let Some(_slot) = self.queue.wait_turn(&key).await else {
+            // The local queue is never shut down; answer waiters anyway.
+            let closed = RunError::Task("generation slots closed".into());
+            self.leases.release(&key, token, &mut || {
+                lock(&self.running).remove(&key);
+            });
+            outcome.send_replace(Some(Err(Arc::new(closed))));
+            return;
         };
         self.metrics.generations_in_flight.inc();
         let result = tracing::Instrument::instrument(
@@ -504,34 +516,11 @@ impl Generator {
                 Err(Arc::new(err))
             }
         };
-        {
-            let mut locks = lock(&self.locks);
-            if locks.owns(&key, token) {
-                lock(&self.running).remove(&key);
-            }
-            locks.release(&key, token);
-        }
+        self.leases.release(&key, token, &mut || {
+            lock(&self.running).remove(&key);
+        });
         outcome.send_replace(Some(reported));
         self.drop_gate(&key);
-    }
-
-    fn enqueue(&self, key: &RunKey) {
-        let mut queue = lock(&self.queue);
-        queue.push_back(key.clone());
-        self.publish_positions(&queue);
-    }
-
-    fn dequeue(&self, key: &RunKey) {
-        let mut queue = lock(&self.queue);
-        queue.retain(|k| k != key);
-        self.progress.set_queue_position(key, None);
-        self.publish_positions(&queue);
-    }
-
-    fn publish_positions(&self, queue: &VecDeque<RunKey>) {
-        for (i, k) in queue.iter().enumerate() {
-            self.progress.set_queue_position(k, Some(i + 1));
-        }
     }
 
     /// Runs `f` on the progress registry only while `token` still owns `key`.
@@ -541,12 +530,17 @@ impl Generator {
         token: Token,
         f: impl FnOnce(&Progress),
     ) -> Result<(), RunError> {
-        let locks = lock(&self.locks);
-        if !locks.owns(key, token) {
-            return Err(RunError::Superseded);
+        let mut f = Some(f);
+        let owned = self.leases.while_owned(key, token, &mut || {
+            if let Some(f) = f.take() {
+                f(&self.progress);
+            }
+        });
+        if owned {
+            Ok(())
+        } else {
+            Err(RunError::Superseded)
         }
-        f(&self.progress);
-        Ok(())
     }
 
     /// The write gate of `key`.
@@ -563,7 +557,7 @@ impl Generator {
 
     /// Ownership check for a write (called with the key's gate held).
     pub(crate) fn owns(&self, key: &RunKey, token: Token) -> bool {
-        lock(&self.locks).owns(key, token)
+        self.leases.while_owned(key, token, &mut || {})
     }
 }
 

@@ -217,17 +217,15 @@ impl Engine {
         meta.stages.enhanced = stage(output.enhanced_ran);
         meta.stages.generated = stage(output.generated.is_some());
         meta.stages.annotated = stage(output.annotated.is_some());
+        // Records name artifacts relative to the data dir, where the store keeps `output/`.
+        let recorded = |name: &Option<String>| {
+            name.as_deref()
+                .map(|n| format!("output/{n}"))
+                .unwrap_or_default()
+        };
         meta.artifacts = Artifacts {
-            generated: output
-                .generated
-                .as_deref()
-                .map(|p| self.relative(p))
-                .unwrap_or_default(),
-            annotated: output
-                .annotated
-                .as_deref()
-                .map(|p| self.relative(p))
-                .unwrap_or_default(),
+            generated: recorded(&output.generated),
+            annotated: recorded(&output.annotated),
         };
         meta
     }

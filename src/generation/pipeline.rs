@@ -4,7 +4,6 @@
 //! CPU work (image encode/decode, annotation) and file writes run on the blocking pool. Every
 //! artifact is written atomically, and only while this run still owns its key's lock.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -124,31 +123,31 @@ impl Run<'_> {
     async fn write(
         &self,
         kind: &'static str,
-        ext: &str,
+        ext: &'static str,
         bytes: Vec<u8>,
-    ) -> Result<PathBuf, RunError> {
-        let path = self.generator.artifact_path(self.key, kind, ext);
+    ) -> Result<String, RunError> {
         let generator = Arc::clone(self.generator);
-        let (key, token, target) = (self.key.clone(), self.token, path.clone());
+        let (key, token) = (self.key.clone(), self.token);
+        let name = generator.store.name(&key, kind, ext);
         let written = tokio::task::spawn_blocking(move || {
             let gate = generator.gate(&key);
             let _held = gate.lock().unwrap_or_else(|e| e.into_inner());
             if !generator.owns(&key, token) {
                 return Ok(false);
             }
-            crate::storage::write_atomic(&target, &bytes).map(|()| true)
+            generator.store.put(&key, kind, ext, &bytes).map(|()| true)
         })
         .await
         .map_err(|e| RunError::Task(e.to_string()))?;
         match written {
             Ok(true) => {
                 self.generator.metrics.record_file_op(true);
-                Ok(path)
+                Ok(name)
             }
             Ok(false) => Err(RunError::Superseded),
             Err(source) => {
                 self.generator.metrics.record_file_op(false);
-                tracing::error!(path = %path.display(), error = %source, "writing an artifact failed");
+                tracing::error!(artifact = %name, error = %source, "writing an artifact failed");
                 Err(RunError::Storage {
                     artifact: kind,
                     source,
@@ -333,14 +332,13 @@ async fn finish(
     annotated: Option<Vec<u8>>,
 ) -> Result<RunOutput, RunError> {
     let generator = run.generator;
-    let root = generator.data.output();
-    let relative = |p: &PathBuf| p.strip_prefix(&root).unwrap_or(p).display().to_string();
-    let annotated_path = annotated
+    let (kind, ext) = super::ANNOTATED;
+    let annotated_name = annotated
         .as_ref()
-        .map(|_| generator.artifact_path(run.key, "annotated", "png"));
+        .map(|_| generator.store.name(run.key, kind, ext));
     output.dress.enhanced_prompt = output.enhanced.clone();
-    output.dress.generated_path = output.generated.as_ref().map(relative).unwrap_or_default();
-    output.dress.annotated_path = annotated_path.as_ref().map(relative).unwrap_or_default();
+    output.dress.generated_path = output.generated.clone().unwrap_or_default();
+    output.dress.annotated_path = annotated_name.unwrap_or_default();
     output.dress.completed = true;
     if let Some(snapshot) = generator
         .progress

@@ -36,9 +36,7 @@ pub async fn dalle(
         query.as_deref(),
         |s| generator.attributes.series.contains(s),
     )?;
-    let outcome = Arc::clone(generator)
-        .handle(key, flags, rid.as_str(), &state.file_cache)
-        .await;
+    let outcome = Arc::clone(generator).handle(key, flags, rid.as_str()).await;
     Ok(match outcome {
         Outcome::Snapshot(snapshot) => Envelope::ok(snapshot, &rid).into_response(),
         Outcome::Progress(json) => Envelope::ok_json(&json, &rid),
@@ -48,12 +46,7 @@ pub async fn dalle(
             format!("image removed {name}\n"),
         )
             .into_response(),
-        Outcome::Cached(file) => super::file::respond(&file, &headers, "image/png"),
-        Outcome::Png(path) => match super::files::read(&state, path).await {
-            Some(file) => super::file::respond(&file, &headers, "image/png"),
-            // Removed between the check and the read: nothing to show, nothing spawned.
-            None => Envelope::ok(Nothing {}, &rid).into_response(),
-        },
+        Outcome::Image(file) => super::file::respond(&file, &headers, "image/png"),
     })
 }
 
