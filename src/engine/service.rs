@@ -283,7 +283,19 @@ impl Engine {
             Seed::new(seed.as_str()),
         );
         let output = self.run(key, options, request_id).await?;
-        let meta = self.new_record(&req, &seed, &series, &output);
+        self.save_record(&req, &seed, &series, &output, path).await
+    }
+
+    /// Writes the record of a finished run (or preview) and answers it.
+    async fn save_record(
+        &self,
+        req: &GenerateRequest,
+        seed: &str,
+        series: &Series,
+        output: &RunOutput,
+        path: PathBuf,
+    ) -> Result<GenerateResult, EngineError> {
+        let meta = self.new_record(req, seed, series, output);
         let written = meta.clone();
         blocking({
             let path = path.clone();
@@ -341,14 +353,7 @@ impl Engine {
             generated: None,
             annotated: None,
         };
-        let meta = self.new_record(&req, &seed, &series, &output);
-        let written = meta.clone();
-        blocking({
-            let path = path.clone();
-            move || metadata::write(&path, &written)
-        })
-        .await?;
-        Ok(self.result(meta, &path))
+        self.save_record(&req, &seed, &series, &output, path).await
     }
 
     /// `GET /v1/images`.
