@@ -78,10 +78,7 @@ fn an_indexed_record_is_read_alone() {
         ("output/alpha/metadata/s1.json", false, &a)
     );
     // A seed is not an id: it still takes the scan, and the scan still fails.
-    assert_eq!(
-        records.get("s1").unwrap_err().code,
-        Code::MetadataInvalid
-    );
+    assert_eq!(records.get("s1").unwrap_err().code, Code::MetadataInvalid);
 }
 
 #[test]
@@ -97,8 +94,15 @@ fn a_record_written_behind_the_index_is_found_after_a_miss() {
     write_behind(root, &c);
     assert!(!records.is_indexed(&c.image_id));
     assert_eq!(records.get(&c.image_id).unwrap().metadata, c);
-    assert!(records.is_indexed(&c.image_id), "the rescan rebuilt the index");
-    assert_eq!(records.get("s3").unwrap().metadata, c, "and seeds still work");
+    assert!(
+        records.is_indexed(&c.image_id),
+        "the rescan rebuilt the index"
+    );
+    assert_eq!(
+        records.get("s3").unwrap().metadata,
+        c,
+        "and seeds still work"
+    );
 }
 
 #[test]
@@ -157,7 +161,10 @@ fn server_writes_and_deletes_keep_the_index_current() {
     std::fs::write(&b_path, "{").unwrap();
     assert_eq!(records.get(&c2.image_id).unwrap().metadata, c2);
     records.delete(&c2.image_id).unwrap();
-    assert!(!records.is_indexed(&c2.image_id), "deleted records are forgotten");
+    assert!(
+        !records.is_indexed(&c2.image_id),
+        "deleted records are forgotten"
+    );
     assert!(root.join("archives/gamma/metadata/s3.json").exists());
     std::fs::write(&b_path, serde_json::to_vec(&b).unwrap()).unwrap();
     assert_eq!(
