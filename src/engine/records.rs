@@ -219,7 +219,7 @@ impl Records {
                 _ => {}
             }
         }
-        Ok(found.into_iter().min_by(|a, b| list_order(a, b)))
+        Ok(found.into_iter().min_by(list_order))
     }
 
     /// Validates and writes a record atomically (as [`metadata::write`]) at `path`, normally
