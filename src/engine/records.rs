@@ -1,15 +1,17 @@
-//! Image-record operations over the data directory (L§5.4): list, get, soft delete into
-//! `<data>/archives`, and export of the prompt texts. All blocking file I/O.
+//! Image-record operations over the data directory: list, get (through an index of record
+//! ids, see [`Records`]), soft delete into `<data>/archives`, and export of the prompt texts.
+//! All blocking file I/O.
 //!
 //! Differences from upstream, on purpose: an export directory must stay inside the data
-//! directory, symlinks included (upstream wrote wherever a client asked, Q-19); the exported
+//! directory, symlinks included (upstream wrote wherever a client asked); the exported
 //! "technical" text is the technical prompt (upstream wrote title + terse); delete moves the
 //! metadata file last and fsyncs, so a crash leaves a visible record rather than an orphan;
 //! and a delete skips artifacts whose file is already gone instead of failing.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::FileType;
 use std::path::{Component, Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use serde::{Deserialize, Serialize};
 
@@ -44,13 +46,7 @@ pub fn list(
     if let Some(series) = series.filter(|s| !s.is_empty()) {
         records.retain(|r| r.metadata.series.name == series);
     }
-    records.sort_by(|a, b| {
-        (&a.metadata.input, &a.metadata.series.name, &a.path).cmp(&(
-            &b.metadata.input,
-            &b.metadata.series.name,
-            &b.path,
-        ))
-    });
+    records.sort_by(list_order);
     Ok(records)
 }
 
@@ -110,27 +106,196 @@ fn io_error(message: String, e: std::io::Error) -> EngineError {
     EngineError::new(Code::Internal, message).with_cause(e)
 }
 
-/// A live (not archived) record by exact `imageId`, else the first by seed in list order
-/// (a seed can match records of several series, as upstream).
-pub fn get(data_root: &Path, id: &str) -> Result<Record, EngineError> {
-    let id = id.trim();
-    if id.is_empty() {
-        return Err(EngineError::new(Code::InvalidInput, "image id is required"));
-    }
-    let records = list(data_root, None, false)?;
-    let by_id = records.iter().position(|r| r.metadata.image_id == id);
-    let index = by_id.or_else(|| records.iter().position(|r| r.metadata.seed == id));
-    index
-        .and_then(|i| records.into_iter().nth(i))
-        .ok_or_else(|| {
-            EngineError::new(Code::ArtifactMissing, "image metadata record was not found")
-        })
+/// The records of one data directory, with an in-memory index from `imageId` to the record
+/// files, so finding one record reads one file instead of all of them. Clones share the index.
+///
+/// The index is a hint, never the truth: a hit is read back and must still carry the id (a
+/// record rewritten or moved behind our back is a miss), and a miss rescans the whole output
+/// area, as the lookup always did, and rebuilds the index from that scan. So files written by
+/// another process are still found, and the index is first built by the first lookup's scan.
+/// The server's own writes ([`Records::write`]) and deletes keep it current without a rescan.
+#[derive(Debug, Clone)]
+pub struct Records {
+    root: PathBuf,
+    index: Arc<Mutex<Option<Index>>>,
 }
 
-/// Soft delete: moves the generated and annotated images (when recorded and present) and then
-/// the metadata file from `<data>/output/…` to the same place under `<data>/archives/…`.
-pub fn delete(data_root: &Path, id: &str) -> Result<(), EngineError> {
-    let record = get(data_root, id)?;
+/// Live record files by `imageId`, and the id each file was last seen with.
+#[derive(Debug, Default)]
+struct Index {
+    by_id: HashMap<String, BTreeSet<String>>,
+    by_path: HashMap<String, String>,
+}
+
+impl Index {
+    fn from_records(records: &[Record]) -> Index {
+        let mut index = Index::default();
+        for record in records.iter().filter(|r| !r.archived) {
+            index.insert(&record.path, &record.metadata.image_id);
+        }
+        index
+    }
+
+    fn insert(&mut self, path: &str, id: &str) {
+        self.remove(path);
+        self.by_id
+            .entry(id.to_string())
+            .or_default()
+            .insert(path.to_string());
+        self.by_path.insert(path.to_string(), id.to_string());
+    }
+
+    fn remove(&mut self, path: &str) {
+        let Some(id) = self.by_path.remove(path) else {
+            return;
+        };
+        if let Some(paths) = self.by_id.get_mut(&id) {
+            paths.remove(path);
+            if paths.is_empty() {
+                self.by_id.remove(&id);
+            }
+        }
+    }
+}
+
+impl Records {
+    /// The records under `data_root`; nothing is read until the first lookup.
+    pub fn new(data_root: PathBuf) -> Records {
+        Records {
+            root: data_root,
+            index: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// The data directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn index(&self) -> std::sync::MutexGuard<'_, Option<Index>> {
+        self.index.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A live (not archived) record by exact `imageId`, else the first by seed in list order
+    /// (a seed can match records of several series, as upstream).
+    ///
+    /// Unlike a full listing, a record found through the index is answered even while some
+    /// other record file is invalid; a miss (every seed lookup among them) still scans and
+    /// fails on an invalid record, as before.
+    pub fn get(&self, id: &str) -> Result<Record, EngineError> {
+        let id = id.trim();
+        if id.is_empty() {
+            return Err(EngineError::new(Code::InvalidInput, "image id is required"));
+        }
+        if let Some(record) = self.indexed(id)? {
+            return Ok(record);
+        }
+        let records = list(&self.root, None, false)?;
+        *self.index() = Some(Index::from_records(&records));
+        let by_id = records.iter().position(|r| r.metadata.image_id == id);
+        let index = by_id.or_else(|| records.iter().position(|r| r.metadata.seed == id));
+        index
+            .and_then(|i| records.into_iter().nth(i))
+            .ok_or_else(|| {
+                EngineError::new(Code::ArtifactMissing, "image metadata record was not found")
+            })
+    }
+
+    /// The first record in list order among the indexed files that still carry `id`.
+    fn indexed(&self, id: &str) -> Result<Option<Record>, EngineError> {
+        let paths: Vec<String> = match self.index().as_ref() {
+            Some(index) => index.by_id.get(id).into_iter().flatten().cloned().collect(),
+            None => return Ok(None),
+        };
+        let mut found = Vec::new();
+        for path in paths {
+            match metadata::read(&self.root.join(&path))? {
+                Some(metadata) if metadata.image_id == id => found.push(Record {
+                    path,
+                    metadata,
+                    archived: false,
+                }),
+                // Gone or rewritten behind our back: the rescan on a miss corrects the index.
+                _ => {}
+            }
+        }
+        Ok(found.into_iter().min_by(list_order))
+    }
+
+    /// Validates and writes a record atomically (as [`metadata::write`]) at `path`, normally
+    /// [`metadata::metadata_path`] under this data directory, and indexes it.
+    pub fn write(&self, path: &Path, meta: &ImageMetadata) -> Result<(), EngineError> {
+        metadata::write(path, meta)?;
+        if let Some(relative) = self.live_path(path) {
+            if let Some(index) = self.index().as_mut() {
+                index.insert(&relative, &meta.image_id);
+            }
+        }
+        Ok(())
+    }
+
+    /// `path` as a listing would name it, when a listing would include it as a live record.
+    fn live_path(&self, path: &Path) -> Option<String> {
+        let relative = path.strip_prefix(&self.root).ok()?;
+        let parts: Vec<&str> = relative
+            .components()
+            .map(|c| match c {
+                Component::Normal(part) => part.to_str(),
+                _ => None,
+            })
+            .collect::<Option<_>>()?;
+        match parts.as_slice() {
+            ["output", series, "metadata", file]
+                if file.ends_with(".json") && !file.starts_with('.') =>
+            {
+                Some(format!("output/{series}/metadata/{file}"))
+            }
+            _ => None,
+        }
+    }
+
+    /// Soft delete: moves the generated and annotated images (when recorded and present) and
+    /// then the metadata file from `<data>/output/…` to the same place under
+    /// `<data>/archives/…`, and drops the record from the index.
+    pub fn delete(&self, id: &str) -> Result<(), EngineError> {
+        let record = self.get(id)?;
+        let result = archive(&self.root, &record);
+        // Forgotten even when a move failed: a lookup then rereads the disk rather than trust
+        // a file that may be half moved.
+        if let Some(index) = self.index().as_mut() {
+            index.remove(&record.path);
+        }
+        result
+    }
+
+    /// Writes the chosen, non-blank prompt texts of a live record as `<name>.txt` files. With
+    /// no flag set: prompt, data, title, terse and enhanced. The directory defaults to
+    /// `<data>/output/<series>/exports/<seed>`; a relative one is taken from the data directory.
+    pub fn export(&self, id: &str, opts: &ExportOptions) -> Result<ExportResult, EngineError> {
+        let record = self.get(id)?;
+        export_record(&self.root, &record, opts)
+    }
+
+    /// Whether the index currently maps `id` to some file.
+    #[cfg(test)]
+    pub(crate) fn is_indexed(&self, id: &str) -> bool {
+        self.index()
+            .as_ref()
+            .is_some_and(|index| index.by_id.contains_key(id))
+    }
+}
+
+/// The order of [`list`]: input, series name, then path.
+fn list_order(a: &Record, b: &Record) -> std::cmp::Ordering {
+    (&a.metadata.input, &a.metadata.series.name, &a.path).cmp(&(
+        &b.metadata.input,
+        &b.metadata.series.name,
+        &b.path,
+    ))
+}
+
+/// Moves a live record's files into `<data>/archives`.
+fn archive(data_root: &Path, record: &Record) -> Result<(), EngineError> {
     let output = data_root.join("output");
     let archives = data_root.join("archives");
     let artifacts = &record.metadata.artifacts;
@@ -204,7 +369,7 @@ fn lexical(path: &Path) -> Option<PathBuf> {
 
 /// What to export; JSON keys match case-insensitively (`dir`, `Dir`, `includePrompt`,
 /// `IncludePrompt`, `includeprompt`…) because upstream's options had Go field names and no
-/// JSON tags. Unknown keys are ignored.
+/// JSON tags. Unknown keys are ignored.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ExportOptions {
     pub dir: Option<String>,
@@ -268,15 +433,12 @@ pub struct ExportResult {
     pub files: BTreeMap<String, String>,
 }
 
-/// Writes the chosen, non-blank prompt texts of a live record as `<name>.txt` files. With no
-/// flag set: prompt, data, title, terse and enhanced. The directory defaults to
-/// `<data>/output/<series>/exports/<seed>`; a relative one is taken from the data directory.
-pub fn export(
+/// [`Records::export`] for an already found record.
+fn export_record(
     data_root: &Path,
-    id: &str,
+    record: &Record,
     opts: &ExportOptions,
 ) -> Result<ExportResult, EngineError> {
-    let record = get(data_root, id)?;
     let meta = &record.metadata;
     let dir = export_dir(data_root, meta, opts.dir.as_deref())?;
     let p = &meta.prompts;
@@ -323,7 +485,8 @@ pub fn export(
 }
 
 /// The export directory, which must end up inside the data directory both lexically and
-/// after following the symlinks of its existing part (CONTRACT §8, fixing Q-19).
+/// after following the symlinks of its existing part, so a client cannot make the server
+/// write outside it.
 fn export_dir(
     data_root: &Path,
     meta: &ImageMetadata,

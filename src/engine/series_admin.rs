@@ -1,9 +1,11 @@
-//! Series administration for `/v1/series` (S§5.2, L§1.4): list with the hidden filters,
-//! get, save a user series and hide or unhide one. Built-ins are read-only. Blocking I/O.
+//! Series administration for `/v1/series`: list with the hidden filters, get, save a user
+//! series and hide or unhide one. Built-ins are read-only. Blocking I/O. Every write refreshes
+//! the store's in-memory catalogue, so the next lookup anywhere sees it.
 //!
-//! Upstream quirk kept on purpose: when a saved body carries a suffix, it wins over the
-//! name in the path. Ours: a blank name is refused rather than saved as `unknown`, and
-//! `modifiedAt`/`source` are never written into the file (they are derived on read).
+//! Upstream quirk kept on purpose, for clients written against it: when a saved body carries a
+//! suffix, it wins over the name in the path. Ours: a blank name is refused rather than saved
+//! as `unknown`, and `modifiedAt`/`source` are never written into the file (they are derived
+//! on read).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -47,7 +49,7 @@ fn builtin_refused() -> EngineError {
 }
 
 /// Writes a user series to `<user-series>/<suffix>.json` and returns it as read back. The
-/// suffix is the body's when set, else the path's name, normalised either way.
+/// suffix is the body's when set (as upstream), else the path's name, normalised either way.
 pub fn save(store: &SeriesStore, path_name: &str, series: Series) -> Result<Series, EngineError> {
     let raw = [series.suffix.as_str(), path_name]
         .into_iter()
@@ -116,7 +118,8 @@ pub fn set_hidden(
 }
 
 /// Writes `<user-series>/<name>.json` atomically as indented JSON, without the fields that
-/// are derived on read.
+/// are derived on read, then refreshes the catalogue: lookups otherwise trust memory for up
+/// to a second, and the caller reads its write straight back.
 fn write_user(store: &SeriesStore, name: &str, mut doc: Series) -> Result<(), EngineError> {
     doc.source.clear();
     doc.modified_at.clear();
@@ -126,7 +129,9 @@ fn write_user(store: &SeriesStore, name: &str, mut doc: Series) -> Result<(), En
     };
     let mut json = serde_json::to_vec_pretty(&doc).map_err(|e| fail(&e))?;
     json.push(b'\n');
-    crate::storage::write_atomic(&path, &json).map_err(|e| fail(&e))
+    crate::storage::write_atomic(&path, &json).map_err(|e| fail(&e))?;
+    store.refresh();
+    Ok(())
 }
 
 #[cfg(test)]

@@ -76,6 +76,7 @@ pub struct Engine {
     attributes: Arc<Attributes>,
     generator: Arc<Generator>,
     root: PathBuf,
+    records: records::Records,
     manifest: Manifest,
 }
 
@@ -97,6 +98,7 @@ impl Engine {
         Engine {
             attributes,
             generator,
+            records: records::Records::new(root.clone()),
             root,
             manifest,
         }
@@ -298,8 +300,8 @@ impl Engine {
         let meta = self.new_record(req, seed, series, output);
         let written = meta.clone();
         blocking({
-            let path = path.clone();
-            move || metadata::write(&path, &written)
+            let (path, records) = (path.clone(), self.records.clone());
+            move || records.write(&path, &written)
         })
         .await?;
         Ok(self.result(meta, &path))
@@ -367,14 +369,14 @@ impl Engine {
 
     /// `GET /v1/images/{id}`: by image id, then by seed.
     pub async fn get_image(&self, id: &str) -> Result<records::Record, EngineError> {
-        let (root, id) = (self.root.clone(), id.to_string());
-        blocking(move || records::get(&root, &id)).await
+        let (records, id) = (self.records.clone(), id.to_string());
+        blocking(move || records.get(&id)).await
     }
 
     /// `DELETE /v1/images/{id}`: soft delete into `<data>/archives/`.
     pub async fn delete_image(&self, id: &str) -> Result<(), EngineError> {
-        let (root, id) = (self.root.clone(), id.to_string());
-        blocking(move || records::delete(&root, &id)).await
+        let (records, id) = (self.records.clone(), id.to_string());
+        blocking(move || records.delete(&id)).await
     }
 
     /// `POST /v1/images/{id}/regenerate`: the record's request again, with `force` and an image.
@@ -410,8 +412,8 @@ impl Engine {
         options: serde_json::Value,
     ) -> Result<records::ExportResult, EngineError> {
         let options = records::ExportOptions::from_json(&options)?;
-        let (root, id) = (self.root.clone(), id.to_string());
-        blocking(move || records::export(&root, &id, &options)).await
+        let (records, id) = (self.records.clone(), id.to_string());
+        blocking(move || records.export(&id, &options)).await
     }
 
     /// `GET /v1/series`.

@@ -35,6 +35,145 @@ fn paths(records: &[Record]) -> Vec<&str> {
     records.iter().map(|r| r.path.as_str()).collect()
 }
 
+// One-shot lookups through a fresh index: each one scans, exactly as a lookup without an
+// index does, so the tests below pin the answers the index must not change.
+fn get(root: &Path, id: &str) -> Result<Record, EngineError> {
+    Records::new(root.to_path_buf()).get(id)
+}
+
+fn delete(root: &Path, id: &str) -> Result<(), EngineError> {
+    Records::new(root.to_path_buf()).delete(id)
+}
+
+fn export(root: &Path, id: &str, opts: &ExportOptions) -> Result<ExportResult, EngineError> {
+    Records::new(root.to_path_buf()).export(id, opts)
+}
+
+/// Writes a record file the way another process would, unseen by any index.
+fn write_behind(root: &Path, m: &ImageMetadata) -> PathBuf {
+    let path = metadata_path(root, &m.series.name, &m.seed);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, serde_json::to_vec(m).unwrap()).unwrap();
+    path
+}
+
+#[test]
+fn an_indexed_record_is_read_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let a = meta("a", "alpha", "s1");
+    let b = meta("b", "beta", "s2");
+    save(root, &a);
+    let b_path = save(root, &b);
+    let records = Records::new(root.to_path_buf());
+    assert!(!records.is_indexed(&a.image_id), "nothing read before use");
+    assert_eq!(records.get(&a.image_id).unwrap().metadata, a);
+    assert!(records.is_indexed(&a.image_id) && records.is_indexed(&b.image_id));
+
+    // Were every record read, this broken file would fail the lookup (as a scan does).
+    std::fs::write(&b_path, "{").unwrap();
+    let found = records.get(&format!(" {} ", a.image_id)).unwrap();
+    assert_eq!(
+        (found.path.as_str(), found.archived, &found.metadata),
+        ("output/alpha/metadata/s1.json", false, &a)
+    );
+    // A seed is not an id: it still takes the scan, and the scan still fails.
+    assert_eq!(records.get("s1").unwrap_err().code, Code::MetadataInvalid);
+}
+
+#[test]
+fn a_record_written_behind_the_index_is_found_after_a_miss() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let a = meta("a", "alpha", "s1");
+    save(root, &a);
+    let records = Records::new(root.to_path_buf());
+    records.get(&a.image_id).unwrap();
+
+    let c = meta("c", "gamma", "s3");
+    write_behind(root, &c);
+    assert!(!records.is_indexed(&c.image_id));
+    assert_eq!(records.get(&c.image_id).unwrap().metadata, c);
+    assert!(
+        records.is_indexed(&c.image_id),
+        "the rescan rebuilt the index"
+    );
+    assert_eq!(
+        records.get("s3").unwrap().metadata,
+        c,
+        "and seeds still work"
+    );
+}
+
+#[test]
+fn a_record_rewritten_or_removed_behind_the_index_is_not_answered_from_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let a = meta("a", "alpha", "s1");
+    let path = save(root, &a);
+    let records = Records::new(root.to_path_buf());
+    records.get(&a.image_id).unwrap();
+
+    // Same file, other identity (the input changed): the old id is gone.
+    let renamed = meta("a2", "alpha", "s1");
+    write_behind(root, &renamed);
+    let err = records.get(&a.image_id).unwrap_err();
+    assert_eq!(err.code, Code::ArtifactMissing);
+    assert!(!records.is_indexed(&a.image_id));
+    assert_eq!(records.get(&renamed.image_id).unwrap().metadata, renamed);
+
+    std::fs::remove_file(&path).unwrap();
+    let err = records.get(&renamed.image_id).unwrap_err();
+    assert_eq!(err.code, Code::ArtifactMissing);
+    assert!(!records.is_indexed(&renamed.image_id));
+}
+
+#[test]
+fn server_writes_and_deletes_keep_the_index_current() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let a = meta("a", "alpha", "s1");
+    let b = meta("b", "beta", "s2");
+    save(root, &a);
+    let b_path = save(root, &b);
+    let records = Records::new(root.to_path_buf());
+    records.get(&a.image_id).unwrap();
+
+    let c = meta("c", "gamma", "s3");
+    records
+        .write(&metadata_path(root, "gamma", "s3"), &c)
+        .unwrap();
+    assert!(records.is_indexed(&c.image_id), "indexed without a rescan");
+    // Rewriting a record under a new identity moves its index entry.
+    let c2 = meta("c2", "gamma", "s3");
+    records
+        .write(&metadata_path(root, "gamma", "s3"), &c2)
+        .unwrap();
+    assert!(!records.is_indexed(&c.image_id) && records.is_indexed(&c2.image_id));
+    // Not a live record path: written, never indexed.
+    let archived = meta("d", "delta", "s4");
+    records
+        .write(&root.join("archives/delta/metadata/s4.json"), &archived)
+        .unwrap();
+    assert!(!records.is_indexed(&archived.image_id));
+
+    // Broken neighbour: only an index hit can still answer.
+    std::fs::write(&b_path, "{").unwrap();
+    assert_eq!(records.get(&c2.image_id).unwrap().metadata, c2);
+    records.delete(&c2.image_id).unwrap();
+    assert!(
+        !records.is_indexed(&c2.image_id),
+        "deleted records are forgotten"
+    );
+    assert!(root.join("archives/gamma/metadata/s3.json").exists());
+    std::fs::write(&b_path, serde_json::to_vec(&b).unwrap()).unwrap();
+    assert_eq!(
+        records.get(&c2.image_id).unwrap_err().code,
+        Code::ArtifactMissing
+    );
+    assert_eq!(records.get(&a.image_id).unwrap().metadata, a);
+}
+
 #[test]
 fn list_sorts_by_input_series_and_path_and_filters_by_series() {
     let dir = tempfile::tempdir().unwrap();

@@ -98,7 +98,7 @@ fn save_writes_the_user_file_and_reads_it_back() {
     );
     assert_eq!(get(&store, "test-series").unwrap(), saved);
 
-    // Q-20: the body's suffix wins over the path name.
+    // As upstream: the body's suffix wins over the path name.
     let other = save(&store, "path-name", body(r#"{"suffix":"Body Name"}"#)).unwrap();
     assert_eq!(other.suffix, "body-name");
     assert!(!store.user_dir().join("path-name.json").exists());
@@ -173,4 +173,24 @@ fn hiding_refuses_builtins_and_unknown_series() {
             .code,
         Code::SeriesNotFound
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn writes_are_seen_by_every_clone_at_once() {
+    let (dir, store) = store();
+    let output = dir.path().join("output");
+    assert!(
+        !store.contains("fresh"),
+        "the catalogue is loaded, and empty"
+    );
+    // The server saves on a clone of the store (on a blocking thread).
+    let admin = store.clone();
+    save(&admin, "fresh", body(r#"{"purpose":"p"}"#)).unwrap();
+    assert!(store.contains("fresh"), "no wait for the periodic check");
+    assert_eq!(store.get("fresh").unwrap().purpose, "p");
+
+    set_hidden(&admin, &output, "fresh", true).unwrap();
+    assert!(store.get("fresh").unwrap().deleted);
+    save(&admin, "fresh", body(r#"{"purpose":"q"}"#)).unwrap();
+    assert_eq!(store.get("fresh").unwrap().purpose, "q");
 }
