@@ -8,13 +8,13 @@ use std::time::{Instant, SystemTime};
 
 use crate::attributes::Attributes;
 use crate::attributes::database::{BACKSTYLES, SELECTION_DATABASES, Source};
+use crate::catalogue::service::Catalogue;
 use crate::config::Config;
-use crate::engine::service::Engine;
-use crate::generation::{Backends, Generator, ImageSource, Settings};
 use crate::metrics::Metrics;
 use crate::openai::breaker::Breakers;
 use crate::openai::{OpenAiClient, RetryPolicy};
 use crate::progress::Progress;
+use crate::run::{Backends, Generator, ImageSource, Settings};
 use crate::storage::DataDir;
 use crate::storage::FileCache;
 
@@ -36,8 +36,8 @@ pub struct App {
     pub generator: Result<Arc<Generator>, String>,
     /// Served files and their ETags.
     pub file_cache: Arc<FileCache>,
-    /// The `/v1` engine; unavailable when the attributes are.
-    pub engine: Result<Arc<Engine>, String>,
+    /// The `/v1` catalogue; unavailable when the attributes are.
+    pub catalogue: Result<Arc<Catalogue>, String>,
     pub started: Instant,
     pub started_at: SystemTime,
 }
@@ -108,8 +108,8 @@ impl App {
                 settings,
             ))
         });
-        let engine = match (&attributes, &generator) {
-            (Ok(attributes), Ok(generator)) => Ok(Arc::new(Engine::new(
+        let catalogue = match (&attributes, &generator) {
+            (Ok(attributes), Ok(generator)) => Ok(Arc::new(Catalogue::new(
                 attributes.clone(),
                 generator.clone(),
                 data.root().to_path_buf(),
@@ -119,7 +119,7 @@ impl App {
         Ok(App {
             attributes,
             progress,
-            engine,
+            catalogue,
             generator,
             file_cache,
             data,
@@ -131,9 +131,9 @@ impl App {
         })
     }
 
-    /// The `/v1` engine, or why it is unavailable.
-    pub fn engine(&self) -> Result<&Arc<Engine>, &str> {
-        self.engine.as_ref().map_err(String::as_str)
+    /// The `/v1` catalogue, or why it is unavailable.
+    pub fn catalogue(&self) -> Result<&Arc<Catalogue>, &str> {
+        self.catalogue.as_ref().map_err(String::as_str)
     }
 
     /// The generator, or why it is unavailable.

@@ -1,30 +1,39 @@
 //! dalleserver: turns `GET /dalle/<series>/<address>?generate=1` into an AI-generated,
 //! captioned PNG, with live progress, a gallery, metrics and health probes.
 //!
-//! Crate map (dependencies point downwards):
-//! - [`http`]: the router, middleware and handlers — the only module that knows axum.
-//! - [`app`]: the [`app::App`] that owns every component; [`server`]: the accept loop.
-//! - [`health`], [`metrics`]: operational views over the components.
-//! - [`attributes`], [`prompts`]: the pure domain — databases, series, selection, prompts.
-//! - [`generation`], [`progress`], [`openai`], [`annotate`]: the `/dalle` pipeline.
-//! - [`gallery`]: the image listing behind `/preview`.
-//! - [`storage`]: the data directory and atomic writes.
-//! - [`config`]: flags, environment and `.env`.
+//! Crate map (dependencies point downwards; the book's architecture page draws it):
+//! - [`server`]: the accept loop and connection timeouts, generic over any tower service.
+//! - [`http`]: the router, the one request layer and the handlers — the only module that
+//!   knows axum.
+//! - [`app`]: the [`app::App`] that owns every component.
+//! - [`catalogue`]: the `/v1` records, database manifest and series administration, on top
+//!   of the run core.
+//! - [`run`]: **generate an image** — the run core for `/dalle` and `/v1` alike: the `/dalle`
+//!   decision table ([`run::Generator::handle`]), one run per key, queue and slots, the
+//!   pipeline stages, the artifacts a job writes, typed run failures; coordination
+//!   ([`run::coordination`]) and artifact storage ([`run::store`]) behind narrow traits.
+//! - [`progress`]: the run registry polls read, and the phase statistics behind the ETA.
+//! - [`openai`], [`annotate`]: the provider client with its breakers and retries; captions.
+//! - [`gallery`], [`health`], [`metrics`]: views over the components.
+//! - [`domain`], [`attributes`], [`prompts`]: identifiers parsed at the edge, and the pure
+//!   domain — databases, series, selection, prompts.
+//! - [`storage`]: the data directory, atomic writes and the file cache.
+//! - [`config`], [`telemetry`]: flags, environment, `.env`; logging.
 
 pub mod annotate;
 pub mod app;
 pub mod attributes;
+pub mod catalogue;
 pub mod config;
 pub mod domain;
-pub mod engine;
 pub mod gallery;
-pub mod generation;
 pub mod health;
 pub mod http;
 pub mod metrics;
 pub mod openai;
 pub mod progress;
 pub mod prompts;
+pub mod run;
 pub mod server;
 pub mod storage;
 pub mod telemetry;

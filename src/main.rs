@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use dalleserver::app::{App, AppState};
 use dalleserver::config::Config;
-use dalleserver::generation::status;
+use dalleserver::run::status;
 use dalleserver::server;
 
 fn main() -> ExitCode {

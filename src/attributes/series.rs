@@ -248,7 +248,7 @@ enum Check {
 
 /// The user series directory, parsed, with what is needed to tell when to parse it again.
 ///
-/// The current [`Catalogue`] sits behind an `RwLock<Arc<…>>`: readers clone the `Arc` and let
+/// The current [`Listing`] sits behind an `RwLock<Arc<…>>`: readers clone the `Arc` and let
 /// go. Revalidations are serialised by `refresh`, and each one reads the directory after it
 /// took that lock, so a snapshot published later never predates one published earlier (an
 /// explicit refresh after a write cannot be overtaken by an older timer-driven scan). Scans
@@ -257,7 +257,7 @@ enum Check {
 #[derive(Debug)]
 struct UserCatalogue {
     dir: PathBuf,
-    current: RwLock<Arc<Catalogue>>,
+    current: RwLock<Arc<Listing>>,
     refresh: Mutex<()>,
     /// How many scans have started.
     scans: AtomicU64,
@@ -267,7 +267,7 @@ struct UserCatalogue {
 
 /// One look at the user directory.
 #[derive(Debug, Default)]
-struct Catalogue {
+struct Listing {
     /// Every `<stem>.json` that names a series, by stem; invalid ones are kept (as `None`) so
     /// they are not parsed again until they change.
     files: BTreeMap<String, UserFile>,
@@ -297,7 +297,7 @@ struct Stamp {
     modified: Option<SystemTime>,
 }
 
-impl Catalogue {
+impl Listing {
     fn series(&self, name: &str) -> Option<&Series> {
         self.files.get(name)?.series.as_ref()
     }
@@ -307,7 +307,7 @@ impl UserCatalogue {
     fn new(dir: PathBuf) -> UserCatalogue {
         UserCatalogue {
             dir,
-            current: RwLock::new(Arc::new(Catalogue::default())),
+            current: RwLock::new(Arc::new(Listing::default())),
             refresh: Mutex::new(()),
             scans: AtomicU64::new(0),
             #[cfg(test)]
@@ -315,12 +315,12 @@ impl UserCatalogue {
         }
     }
 
-    fn current(&self) -> Arc<Catalogue> {
+    fn current(&self) -> Arc<Listing> {
         Arc::clone(&self.current.read().unwrap_or_else(PoisonError::into_inner))
     }
 
     /// The catalogue, revalidated first when it may be out of date for `check`.
-    fn snapshot(&self, check: Check) -> Arc<Catalogue> {
+    fn snapshot(&self, check: Check) -> Arc<Listing> {
         // Taken before anything is looked at: a scan numbered higher started afterwards.
         let ticket = self.scans.load(Ordering::SeqCst);
         let current = self.current();
@@ -343,7 +343,7 @@ impl UserCatalogue {
     /// Lists the directory again and parses what changed. With a `ticket` (the scan count
     /// when the caller looked), a scan started since (another thread's, while this one
     /// waited for the lock) is good enough.
-    fn revalidate(&self, ticket: Option<u64>) -> Arc<Catalogue> {
+    fn revalidate(&self, ticket: Option<u64>) -> Arc<Listing> {
         let _serial = self.refresh.lock().unwrap_or_else(PoisonError::into_inner);
         let previous = self.current();
         if ticket.is_some_and(|ticket| previous.scan > ticket) {
@@ -355,7 +355,7 @@ impl UserCatalogue {
         next
     }
 
-    fn scan(&self, previous: &Catalogue, scan: u64) -> Catalogue {
+    fn scan(&self, previous: &Listing, scan: u64) -> Listing {
         let checked = Some(Instant::now());
         // Taken before listing: a change made during the scan then shows up as a new mtime.
         let dir_modified = dir_modified(&self.dir);
@@ -363,7 +363,7 @@ impl UserCatalogue {
         let dir_racy = dir_modified.is_some() && racy(dir_modified, read_at);
         let mut files = BTreeMap::new();
         let Ok(entries) = std::fs::read_dir(&self.dir) else {
-            return Catalogue {
+            return Listing {
                 files,
                 dir_modified,
                 dir_racy,
@@ -402,7 +402,7 @@ impl UserCatalogue {
                 },
             );
         }
-        Catalogue {
+        Listing {
             files,
             dir_modified,
             dir_racy,

@@ -1,6 +1,6 @@
 //! `GET /dalle/<series>/<address>[?generate=1|?remove]`: parsing and validation exactly as the
 //! Go server (clients rely on its error codes), then the generator's decision
-//! ([`crate::generation::Generator::handle`]) mapped to a response.
+//! ([`crate::run::Generator::handle`]) mapped to a response.
 
 use std::sync::Arc;
 
@@ -13,8 +13,8 @@ use serde::Serialize;
 use super::{ApiError, Envelope, ErrorCode, RequestId};
 use crate::app::AppState;
 use crate::domain::{Address, SeriesName};
-use crate::generation::{Flags, Outcome};
 use crate::progress::RunKey;
+use crate::run::{Flags, Outcome};
 
 /// `data: {}`.
 #[derive(Debug, Serialize)]

@@ -116,10 +116,10 @@ pub enum ApiError {
     /// Anything else: the cause is logged once, the client sees a stable message.
     #[error("Internal server error")]
     Internal(String),
-    /// A `/v1` engine error: lower-case code, status by [`crate::engine::error::Code::http_status`], and the engine's
+    /// A `/v1` engine error: lower-case code, status by [`crate::catalogue::error::Code::http_status`], and the engine's
     /// own text (`<code>: <message>`) as the message.
     #[error("{0}")]
-    Engine(crate::engine::error::EngineError),
+    Catalogue(crate::catalogue::error::CatalogueError),
 }
 
 impl ApiError {
@@ -146,7 +146,7 @@ impl ApiError {
 
     fn status(&self) -> StatusCode {
         match self {
-            ApiError::Engine(e) => StatusCode::from_u16(e.code.http_status())
+            ApiError::Catalogue(e) => StatusCode::from_u16(e.code.http_status())
                 .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
@@ -165,7 +165,7 @@ impl ApiError {
             ApiError::Unavailable { .. } => ErrorCode::ServiceUnavailable.as_str(),
             ApiError::Template(_) => ErrorCode::TemplateError.as_str(),
             ApiError::Internal(_) => ErrorCode::InternalServerError.as_str(),
-            ApiError::Engine(e) => e.code.as_str(),
+            ApiError::Catalogue(e) => e.code.as_str(),
         }
     }
 
@@ -178,7 +178,7 @@ impl ApiError {
             ApiError::MethodNotAllowed { .. }
             | ApiError::Template(_)
             | ApiError::Internal(_)
-            | ApiError::Engine(_) => None,
+            | ApiError::Catalogue(_) => None,
         }
     }
 
@@ -189,7 +189,7 @@ impl ApiError {
             // A fault of ours answers its code and stable message; the cause (an I/O error,
             // a path) is for the log line only. A provider failure keeps the provider's own
             // answer (what OpenAI refused and why), which is the client's to know.
-            ApiError::Engine(e) if e.code.http_status() >= 500 && !e.code.is_provider() => {
+            ApiError::Catalogue(e) if e.code.http_status() >= 500 && !e.code.is_provider() => {
                 format!("{}: {}", e.code, e.code.public_message())
             }
             other => other.to_string(),
@@ -253,7 +253,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let cause = match &self {
             ApiError::Internal(cause) | ApiError::Template(cause) => Some(cause.clone()),
-            ApiError::Engine(e) if e.code.http_status() >= 500 => Some(e.to_string()),
+            ApiError::Catalogue(e) if e.code.http_status() >= 500 => Some(e.to_string()),
             _ => None,
         };
         let pending = PendingError {
@@ -298,15 +298,15 @@ mod tests {
 
     #[test]
     fn v1_server_faults_never_leak_their_cause_or_message() {
-        use crate::engine::error::{Code, EngineError};
+        use crate::catalogue::error::{CatalogueError, Code};
         for code in [
             Code::Internal,
             Code::MetadataInvalid,
             Code::DatabaseManifestInvalid,
         ] {
-            let e = EngineError::new(code, "cannot write /srv/data/output/x.json")
+            let e = CatalogueError::new(code, "cannot write /srv/data/output/x.json")
                 .with_cause("Is a directory (os error 21)");
-            let response = ApiError::Engine(e).into_response();
+            let response = ApiError::Catalogue(e).into_response();
             assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
             let pending = response.extensions().get::<PendingError>().unwrap();
             assert!(!pending.message.contains('/'), "{}", pending.message);
@@ -316,9 +316,9 @@ mod tests {
             assert!(pending.cause.as_deref().unwrap().contains("/srv/data"));
         }
         // A provider's refusal is the client's to read.
-        let e = EngineError::new(Code::ProviderFailed, "generation failed")
+        let e = CatalogueError::new(Code::ProviderFailed, "generation failed")
             .with_cause("OpenAI API error (status 400): rejected");
-        let response = ApiError::Engine(e).into_response();
+        let response = ApiError::Catalogue(e).into_response();
         let pending = response.extensions().get::<PendingError>().unwrap();
         assert!(pending.message.contains("rejected"));
     }

@@ -18,21 +18,21 @@ use serde::{Deserialize, Serialize};
 use super::{ApiError, Envelope, RequestId};
 use crate::app::AppState;
 use crate::attributes::series::Series;
+use crate::catalogue::error::{CatalogueError, Code};
+use crate::catalogue::service::{Catalogue, GenerateRequest};
 use crate::domain::{Seed, SeriesName};
-use crate::engine::error::{Code, EngineError};
-use crate::engine::service::{Engine, GenerateRequest};
 
 /// The OpenAPI 3.1 description of this server, embedded.
 pub const OPENAPI: &str = include_str!("openapi.json");
 
 type V1Result = Result<Response, ApiError>;
 
-fn engine(state: &AppState) -> Result<&std::sync::Arc<Engine>, ApiError> {
-    state.engine().map_err(ApiError::databases_unavailable)
+fn catalogue(state: &AppState) -> Result<&std::sync::Arc<Catalogue>, ApiError> {
+    state.catalogue().map_err(ApiError::databases_unavailable)
 }
 
 fn invalid(message: &str) -> ApiError {
-    ApiError::Engine(EngineError::new(Code::InvalidInput, message))
+    ApiError::Catalogue(CatalogueError::new(Code::InvalidInput, message))
 }
 
 /// Lenient JSON decoding: the first value only, unknown fields ignored.
@@ -56,13 +56,16 @@ fn ok<T: Serialize>(data: T, rid: &RequestId) -> V1Result {
 /// `POST /v1/images/generate`.
 pub async fn generate(State(state): State<AppState>, rid: RequestId, body: Bytes) -> V1Result {
     let request: GenerateRequest = decode(&body)?;
-    ok(engine(&state)?.generate(request, rid.as_str()).await?, &rid)
+    ok(
+        catalogue(&state)?.generate(request, rid.as_str()).await?,
+        &rid,
+    )
 }
 
 /// `POST /v1/images/preview`.
 pub async fn preview(State(state): State<AppState>, rid: RequestId, body: Bytes) -> V1Result {
     let request: GenerateRequest = decode(&body)?;
-    ok(engine(&state)?.preview(request).await?, &rid)
+    ok(catalogue(&state)?.preview(request).await?, &rid)
 }
 
 /// `GET /v1/images[?series=]`.
@@ -72,7 +75,7 @@ pub async fn list_images(
     Query(q): Query<HashMap<String, String>>,
 ) -> V1Result {
     let series = q.get("series").filter(|s| !s.is_empty()).cloned();
-    ok(engine(&state)?.list_images(series).await?, &rid)
+    ok(catalogue(&state)?.list_images(series).await?, &rid)
 }
 
 /// `/v1/images/` with no id.
@@ -86,7 +89,7 @@ pub async fn get_image(
     rid: RequestId,
     Path(id): Path<String>,
 ) -> V1Result {
-    ok(engine(&state)?.get_image(&id).await?, &rid)
+    ok(catalogue(&state)?.get_image(&id).await?, &rid)
 }
 
 /// `DELETE /v1/images/{id}`.
@@ -95,7 +98,7 @@ pub async fn delete_image(
     rid: RequestId,
     Path(id): Path<String>,
 ) -> V1Result {
-    engine(&state)?.delete_image(&id).await?;
+    catalogue(&state)?.delete_image(&id).await?;
     ok(Deleted { deleted: true }, &rid)
 }
 
@@ -105,7 +108,10 @@ pub async fn regenerate(
     rid: RequestId,
     Path(id): Path<String>,
 ) -> V1Result {
-    ok(engine(&state)?.regenerate(&id, rid.as_str()).await?, &rid)
+    ok(
+        catalogue(&state)?.regenerate(&id, rid.as_str()).await?,
+        &rid,
+    )
 }
 
 /// `POST /v1/images/{id}/export` (an empty body means default options).
@@ -120,7 +126,7 @@ pub async fn export(
     } else {
         decode(&body)?
     };
-    ok(engine(&state)?.export(&id, options).await?, &rid)
+    ok(catalogue(&state)?.export(&id, options).await?, &rid)
 }
 
 #[derive(Debug, Serialize)]
@@ -136,7 +142,7 @@ pub async fn list_series(
 ) -> V1Result {
     let flag = |k: &str| q.get(k).is_some_and(|v| v == "1");
     ok(
-        engine(&state)?.list_series(flag("includeHidden"), flag("onlyHidden")),
+        catalogue(&state)?.list_series(flag("includeHidden"), flag("onlyHidden")),
         &rid,
     )
 }
@@ -152,7 +158,7 @@ pub async fn get_series(
     rid: RequestId,
     Path(name): Path<String>,
 ) -> V1Result {
-    ok(engine(&state)?.get_series(&name)?, &rid)
+    ok(catalogue(&state)?.get_series(&name)?, &rid)
 }
 
 /// `PUT /v1/series/{name}`.
@@ -163,7 +169,7 @@ pub async fn save_series(
     body: Bytes,
 ) -> V1Result {
     let series: Series = decode(&body)?;
-    ok(engine(&state)?.save_series(&name, series).await?, &rid)
+    ok(catalogue(&state)?.save_series(&name, series).await?, &rid)
 }
 
 /// `POST /v1/series/{name}/hidden`.
@@ -175,19 +181,19 @@ pub async fn set_series_hidden(
 ) -> V1Result {
     let Hidden { hidden } = decode(&body)?;
     ok(
-        engine(&state)?.set_series_hidden(&name, hidden).await?,
+        catalogue(&state)?.set_series_hidden(&name, hidden).await?,
         &rid,
     )
 }
 
 /// `GET /v1/databases`.
 pub async fn list_databases(State(state): State<AppState>, rid: RequestId) -> V1Result {
-    ok(vec![engine(&state)?.manifest().clone()], &rid)
+    ok(vec![catalogue(&state)?.manifest().clone()], &rid)
 }
 
 /// `GET /v1/databases/`: the manifest (an empty version is the current one).
 pub async fn manifest(State(state): State<AppState>, rid: RequestId) -> V1Result {
-    ok(engine(&state)?.database("")?, &rid)
+    ok(catalogue(&state)?.database("")?, &rid)
 }
 
 /// `GET /v1/databases/{version}`.
@@ -196,7 +202,7 @@ pub async fn database(
     rid: RequestId,
     Path(version): Path<String>,
 ) -> V1Result {
-    ok(engine(&state)?.database(&version)?, &rid)
+    ok(catalogue(&state)?.database(&version)?, &rid)
 }
 
 /// `GET /v1/databases/{version}/records/{name}[?limit=]`.
@@ -211,7 +217,7 @@ pub async fn records(
         None => 0,
         Some(v) => v.parse::<i64>().map_err(|_| invalid("invalid limit"))?,
     };
-    ok(engine(&state)?.records(&version, &name, limit)?, &rid)
+    ok(catalogue(&state)?.records(&version, &name, limit)?, &rid)
 }
 
 #[derive(Debug, Serialize)]
@@ -221,7 +227,7 @@ struct Valid {
 
 /// `POST /v1/validate`.
 pub async fn validate(State(state): State<AppState>, rid: RequestId) -> V1Result {
-    engine(&state)?.validate()?;
+    catalogue(&state)?.validate()?;
     ok(Valid { valid: true }, &rid)
 }
 
@@ -232,12 +238,12 @@ pub async fn progress(
     Path((series, seed)): Path<(String, String)>,
 ) -> V1Result {
     let (series, seed) = (SeriesName::normalize(&series), Seed::new(seed.trim()));
-    ok(engine(&state)?.progress(series, seed)?, &rid)
+    ok(catalogue(&state)?.progress(series, seed)?, &rid)
 }
 
 /// Any other path under `/v1/`: a 404 in the `/v1` error family.
 pub async fn not_found(uri: axum::http::Uri) -> ApiError {
-    ApiError::Engine(EngineError::new(
+    ApiError::Catalogue(CatalogueError::new(
         Code::NotFound,
         format!("no such endpoint: {}", uri.path()),
     ))
@@ -248,8 +254,8 @@ pub async fn openapi() -> Response {
     ([(CONTENT_TYPE, "application/json")], OPENAPI).into_response()
 }
 
-impl From<EngineError> for ApiError {
-    fn from(e: EngineError) -> ApiError {
-        ApiError::Engine(e)
+impl From<CatalogueError> for ApiError {
+    fn from(e: CatalogueError) -> ApiError {
+        ApiError::Catalogue(e)
     }
 }

@@ -417,7 +417,7 @@ impl BreakersSnapshot {
 
 /// Makes a failure message fit to be kept and quoted to every later caller: anything that looks
 /// like an OpenAI key (`sk-…`) or an absolute file path is replaced, and the text is cut to
-/// [`MAX_CAUSE_CHARS`]. The client already removes its own key; this also covers keys a server
+/// `MAX_CAUSE_CHARS`. The client already removes its own key; this also covers keys a server
 /// echoes in another form and paths from TLS or OS errors, which say nothing useful to a user
 /// and reveal the server's layout.
 pub fn sanitise(message: &str) -> String {

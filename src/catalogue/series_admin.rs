@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use super::error::{Code, EngineError};
+use super::error::{CatalogueError, Code};
 use crate::attributes::series::{Series, SeriesStore, normalize_name};
 
 /// Built-in and user series merged (a user series shadows the built-in with its suffix),
@@ -35,30 +35,34 @@ pub fn list(store: &SeriesStore, include_hidden: bool, only_hidden: bool) -> Vec
 }
 
 /// A series by name (normalised first): the user's file, else the built-in.
-pub fn get(store: &SeriesStore, name: &str) -> Result<Series, EngineError> {
+pub fn get(store: &SeriesStore, name: &str) -> Result<Series, CatalogueError> {
     let name = normalize_name(name);
     store.get(&name).ok_or_else(|| not_found(&name))
 }
 
-fn not_found(name: &str) -> EngineError {
-    EngineError::new(Code::SeriesNotFound, format!("series not found: {name}"))
+fn not_found(name: &str) -> CatalogueError {
+    CatalogueError::new(Code::SeriesNotFound, format!("series not found: {name}"))
 }
 
-fn builtin_refused() -> EngineError {
-    EngineError::new(Code::SeriesInvalid, "cannot modify built-in series")
+fn builtin_refused() -> CatalogueError {
+    CatalogueError::new(Code::SeriesInvalid, "cannot modify built-in series")
 }
 
 /// Writes a user series to `<user-series>/<suffix>.json` and returns it as read back. The
 /// suffix is the body's when set (as upstream), else the path's name, normalised either way.
-pub fn save(store: &SeriesStore, path_name: &str, series: Series) -> Result<Series, EngineError> {
+pub fn save(
+    store: &SeriesStore,
+    path_name: &str,
+    series: Series,
+) -> Result<Series, CatalogueError> {
     let raw = [series.suffix.as_str(), path_name]
         .into_iter()
         .find(|s| !s.trim().is_empty())
-        .ok_or_else(|| EngineError::new(Code::InvalidInput, "series name is required"))?;
+        .ok_or_else(|| CatalogueError::new(Code::InvalidInput, "series name is required"))?;
     let suffix = normalize_name(raw);
     // A leading dot would make a hidden file that the store deliberately never reads.
     if suffix.starts_with('.') || suffix.contains('\0') {
-        return Err(EngineError::new(
+        return Err(CatalogueError::new(
             Code::InvalidInput,
             format!("invalid series name: {suffix}"),
         ));
@@ -72,7 +76,7 @@ pub fn save(store: &SeriesStore, path_name: &str, series: Series) -> Result<Seri
     };
     write_user(store, &suffix, doc)?;
     store.get(&suffix).ok_or_else(|| {
-        EngineError::new(
+        CatalogueError::new(
             Code::Internal,
             format!("saved series {suffix} could not be read back"),
         )
@@ -87,7 +91,7 @@ pub fn set_hidden(
     output_dir: &Path,
     name: &str,
     hidden: bool,
-) -> Result<Series, EngineError> {
+) -> Result<Series, CatalogueError> {
     let name = normalize_name(name);
     if store.builtin(&name).is_some() {
         return Err(builtin_refused());
@@ -108,7 +112,7 @@ pub fn set_hidden(
     };
     if from.is_dir() && std::fs::symlink_metadata(&to).is_err() {
         let fail = |e| {
-            EngineError::new(Code::Internal, format!("cannot move {}", from.display()))
+            CatalogueError::new(Code::Internal, format!("cannot move {}", from.display()))
                 .with_cause(e)
         };
         std::fs::rename(&from, &to).map_err(fail)?;
@@ -120,12 +124,13 @@ pub fn set_hidden(
 /// Writes `<user-series>/<name>.json` atomically as indented JSON, without the fields that
 /// are derived on read, then refreshes the catalogue: lookups otherwise trust memory for up
 /// to a second, and the caller reads its write straight back.
-fn write_user(store: &SeriesStore, name: &str, mut doc: Series) -> Result<(), EngineError> {
+fn write_user(store: &SeriesStore, name: &str, mut doc: Series) -> Result<(), CatalogueError> {
     doc.source.clear();
     doc.modified_at.clear();
     let path = store.user_dir().join(format!("{name}.json"));
     let fail = |e: &dyn std::fmt::Display| {
-        EngineError::new(Code::Internal, format!("cannot write {}", path.display())).with_cause(e)
+        CatalogueError::new(Code::Internal, format!("cannot write {}", path.display()))
+            .with_cause(e)
     };
     let mut json = serde_json::to_vec_pretty(&doc).map_err(|e| fail(&e))?;
     json.push(b'\n');

@@ -8,7 +8,7 @@ fn sample() -> ImageMetadata {
     let seed = normalize_seed("hello world", None).unwrap();
     let series = attributes.series.get("simple").unwrap();
     let (dress, prompts) = attributes.dress_in(&seed, &series, None).unwrap();
-    let manifest = crate::engine::manifest::from_databases(&attributes.databases);
+    let manifest = crate::catalogue::manifest::from_databases(&attributes.databases);
     let database = DatabaseRef {
         version: manifest.version,
         archive_hash: manifest.archive_hash,

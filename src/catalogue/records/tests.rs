@@ -1,7 +1,7 @@
 //! Unit tests of the image-record operations, each on its own temporary data directory.
 
 use super::*;
-use crate::engine::metadata::{Prompts, metadata_path};
+use crate::catalogue::metadata::{Prompts, metadata_path};
 
 /// A valid record for `input` in `series`, with every prompt set.
 fn meta(input: &str, series: &str, seed: &str) -> ImageMetadata {
@@ -37,15 +37,15 @@ fn paths(records: &[Record]) -> Vec<&str> {
 
 // One-shot lookups through a fresh index: each one scans, exactly as a lookup without an
 // index does, so the tests below pin the answers the index must not change.
-fn get(root: &Path, id: &str) -> Result<Record, EngineError> {
+fn get(root: &Path, id: &str) -> Result<Record, CatalogueError> {
     Records::new(root.to_path_buf()).get(id)
 }
 
-fn delete(root: &Path, id: &str) -> Result<(), EngineError> {
+fn delete(root: &Path, id: &str) -> Result<(), CatalogueError> {
     Records::new(root.to_path_buf()).delete(id)
 }
 
-fn export(root: &Path, id: &str, opts: &ExportOptions) -> Result<ExportResult, EngineError> {
+fn export(root: &Path, id: &str, opts: &ExportOptions) -> Result<ExportResult, CatalogueError> {
     Records::new(root.to_path_buf()).export(id, opts)
 }
 

@@ -12,7 +12,7 @@ use std::collections::HashSet;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::error::{Code, EngineError};
+use super::error::{CatalogueError, Code};
 use crate::attributes::database::{Databases, csv_shape};
 
 /// The manifest version recorded in image metadata (`database.version`). It is unrelated to
@@ -106,8 +106,8 @@ pub fn listing_hash(files: &[ManifestFile]) -> String {
 impl Manifest {
     /// The Go library's structural checks (a version, `sha256:` hashes, at least one file, unique
     /// paths, at least one column); any failure is `database_manifest_invalid`.
-    pub fn validate(&self) -> Result<(), EngineError> {
-        let invalid = |msg: String| Err(EngineError::new(Code::DatabaseManifestInvalid, msg));
+    pub fn validate(&self) -> Result<(), CatalogueError> {
+        let invalid = |msg: String| Err(CatalogueError::new(Code::DatabaseManifestInvalid, msg));
         if self.version.trim().is_empty() {
             return invalid("database manifest version is required".into());
         }

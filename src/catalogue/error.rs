@@ -112,17 +112,17 @@ impl fmt::Display for Code {
 /// A coded engine failure. Its text is upstream's: `<code>: <message>` or
 /// `<code>: <message>: <cause>` (the code is repeated inside the `/v1` error message).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EngineError {
+pub struct CatalogueError {
     pub code: Code,
     pub message: String,
     /// The underlying failure, already rendered (an I/O or JSON error, or a wrapped engine error).
     pub cause: Option<String>,
 }
 
-impl EngineError {
+impl CatalogueError {
     /// An error with a code and a message, no cause.
-    pub fn new(code: Code, message: impl Into<String>) -> EngineError {
-        EngineError {
+    pub fn new(code: Code, message: impl Into<String>) -> CatalogueError {
+        CatalogueError {
             code,
             message: message.into(),
             cause: None,
@@ -130,13 +130,13 @@ impl EngineError {
     }
 
     /// Attaches the underlying failure.
-    pub fn with_cause(mut self, cause: impl fmt::Display) -> EngineError {
+    pub fn with_cause(mut self, cause: impl fmt::Display) -> CatalogueError {
         self.cause = Some(cause.to_string());
         self
     }
 }
 
-impl fmt::Display for EngineError {
+impl fmt::Display for CatalogueError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}: {}", self.code, self.message)?;
         match &self.cause {
@@ -146,7 +146,7 @@ impl fmt::Display for EngineError {
     }
 }
 
-impl std::error::Error for EngineError {}
+impl std::error::Error for CatalogueError {}
 
 #[cfg(test)]
 mod tests {
@@ -190,13 +190,13 @@ mod tests {
 
     #[test]
     fn display_repeats_the_code_and_appends_the_cause() {
-        let e = EngineError::new(Code::ArtifactMissing, "image metadata record was not found");
+        let e = CatalogueError::new(Code::ArtifactMissing, "image metadata record was not found");
         assert_eq!(
             e.to_string(),
             "artifact_missing: image metadata record was not found"
         );
         let io = std::io::Error::new(std::io::ErrorKind::NotFound, "gone");
-        let e = EngineError::new(Code::Internal, "reading x").with_cause(io);
+        let e = CatalogueError::new(Code::Internal, "reading x").with_cause(io);
         assert_eq!(e.to_string(), "internal: reading x: gone");
         let boxed: Box<dyn std::error::Error> = Box::new(e);
         assert!(boxed.source().is_none());

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::error::{Code, EngineError};
+use super::error::{CatalogueError, Code};
 use super::manifest::{DATABASE_VERSION, Manifest};
 use super::metadata::{
     self, Artifacts, DatabaseRef, ImageMetadata, RECIPE_VERSION, Recipe, Stage, StageStatus,
@@ -18,8 +18,8 @@ use crate::attributes::Attributes;
 use crate::attributes::selection::extended_seed;
 use crate::attributes::series::{Series, normalize_name};
 use crate::domain::{Seed, SeriesName};
-use crate::generation::{self, Artifact, Generator, JobOptions, RunError, RunOutput};
 use crate::progress::{RunKey, Snapshot};
+use crate::run::{self, Artifact, Generator, JobOptions, RunError, RunOutput};
 
 /// `POST /v1/images/generate` and `/preview` bodies (unknown fields are ignored).
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -72,7 +72,7 @@ pub struct RecordRow {
 
 /// The engine.
 #[derive(Debug)]
-pub struct Engine {
+pub struct Catalogue {
     attributes: Arc<Attributes>,
     generator: Arc<Generator>,
     root: PathBuf,
@@ -80,22 +80,22 @@ pub struct Engine {
     manifest: Manifest,
 }
 
-fn internal(e: impl std::fmt::Display) -> EngineError {
-    EngineError::new(Code::Internal, "background task failed").with_cause(e)
+fn internal(e: impl std::fmt::Display) -> CatalogueError {
+    CatalogueError::new(Code::Internal, "background task failed").with_cause(e)
 }
 
 /// Runs blocking file work off the async runtime.
 async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, EngineError> + Send + 'static,
-) -> Result<T, EngineError> {
+    f: impl FnOnce() -> Result<T, CatalogueError> + Send + 'static,
+) -> Result<T, CatalogueError> {
     tokio::task::spawn_blocking(f).await.map_err(internal)?
 }
 
-impl Engine {
+impl Catalogue {
     /// An engine over the app's attributes, generator and data directory.
-    pub fn new(attributes: Arc<Attributes>, generator: Arc<Generator>, root: PathBuf) -> Engine {
+    pub fn new(attributes: Arc<Attributes>, generator: Arc<Generator>, root: PathBuf) -> Catalogue {
         let manifest = super::manifest::from_databases(&attributes.databases);
-        Engine {
+        Catalogue {
             attributes,
             generator,
             records: records::Records::new(root.clone()),
@@ -116,7 +116,7 @@ impl Engine {
             .to_string()
     }
 
-    fn series(&self, requested: Option<&str>) -> Result<Series, EngineError> {
+    fn series(&self, requested: Option<&str>) -> Result<Series, CatalogueError> {
         let name = normalize_name(
             requested
                 .map(str::trim)
@@ -124,22 +124,22 @@ impl Engine {
                 .unwrap_or("empty"),
         );
         self.attributes.series.get(&name).ok_or_else(|| {
-            EngineError::new(Code::SeriesInvalid, format!("series not found: {name}"))
+            CatalogueError::new(Code::SeriesInvalid, format!("series not found: {name}"))
         })
     }
 
     /// Refuses records made with other databases — also under `force` (upstream skipped the
     /// check then, and regenerated with different data under the old identity).
-    fn check_compatible(&self, meta: &ImageMetadata) -> Result<(), EngineError> {
-        let refused = |cause: EngineError| {
-            EngineError::new(
+    fn check_compatible(&self, meta: &ImageMetadata) -> Result<(), CatalogueError> {
+        let refused = |cause: CatalogueError| {
+            CatalogueError::new(
                 Code::RegenerationRefused,
                 "the stored record was made with other databases",
             )
             .with_cause(cause)
         };
         if !meta.database.version.is_empty() && meta.database.version != DATABASE_VERSION {
-            return Err(refused(EngineError::new(
+            return Err(refused(CatalogueError::new(
                 Code::DatabaseVersionUnavailable,
                 format!(
                     "database version {} is not available",
@@ -150,7 +150,7 @@ impl Engine {
         if !meta.database.archive_hash.is_empty()
             && meta.database.archive_hash != self.manifest.archive_hash
         {
-            return Err(refused(EngineError::new(
+            return Err(refused(CatalogueError::new(
                 Code::DatabaseHashMismatch,
                 format!(
                     "recorded {}, current {}",
@@ -238,11 +238,11 @@ impl Engine {
         &self,
         req: GenerateRequest,
         request_id: &str,
-    ) -> Result<GenerateResult, EngineError> {
+    ) -> Result<GenerateResult, CatalogueError> {
         // A contradiction in the request: 400 (upstream answered 503 provider_unavailable,
         // which invites retrying a request that can never succeed).
         if req.annotate && !req.image {
-            return Err(EngineError::new(
+            return Err(CatalogueError::new(
                 Code::InvalidInput,
                 "annotation requires image generation",
             ));
@@ -263,7 +263,7 @@ impl Engine {
                 return Ok(self.result(hit, &path));
             }
         }
-        let mut artifacts = generation::Artifacts::NONE;
+        let mut artifacts = run::Artifacts::NONE;
         if req.image {
             artifacts = artifacts.with(Artifact::Generated);
         }
@@ -296,7 +296,7 @@ impl Engine {
         series: &Series,
         output: &RunOutput,
         path: PathBuf,
-    ) -> Result<GenerateResult, EngineError> {
+    ) -> Result<GenerateResult, CatalogueError> {
         let meta = self.new_record(req, seed, series, output);
         let written = meta.clone();
         blocking({
@@ -314,7 +314,7 @@ impl Engine {
         key: RunKey,
         options: JobOptions,
         request_id: &str,
-    ) -> Result<Arc<RunOutput>, EngineError> {
+    ) -> Result<Arc<RunOutput>, CatalogueError> {
         self.generator
             .run_to_end(key, options, request_id)
             .await
@@ -322,7 +322,7 @@ impl Engine {
     }
 
     /// `POST /v1/images/preview`: prompts only, no provider calls; writes the record.
-    pub async fn preview(&self, req: GenerateRequest) -> Result<GenerateResult, EngineError> {
+    pub async fn preview(&self, req: GenerateRequest) -> Result<GenerateResult, CatalogueError> {
         let (req, seed) = checked_seed(req)?;
         let series = self.series(req.series.as_deref())?;
         let path = metadata_path(&self.root, &series.suffix, &seed);
@@ -344,7 +344,7 @@ impl Engine {
         let (dress, prompts) = attributes
             .dress_in(&seed, &series, backstyle.as_deref())
             .map_err(|e| {
-                EngineError::new(Code::InvalidInput, "cannot build the prompts").with_cause(e)
+                CatalogueError::new(Code::InvalidInput, "cannot build the prompts").with_cause(e)
             })?;
         let output = RunOutput {
             technical: prompts.technical.clone(),
@@ -362,19 +362,19 @@ impl Engine {
     pub async fn list_images(
         &self,
         series: Option<String>,
-    ) -> Result<Vec<records::Record>, EngineError> {
+    ) -> Result<Vec<records::Record>, CatalogueError> {
         let root = self.root.clone();
         blocking(move || records::list(&root, series.as_deref(), false)).await
     }
 
     /// `GET /v1/images/{id}`: by image id, then by seed.
-    pub async fn get_image(&self, id: &str) -> Result<records::Record, EngineError> {
+    pub async fn get_image(&self, id: &str) -> Result<records::Record, CatalogueError> {
         let (records, id) = (self.records.clone(), id.to_string());
         blocking(move || records.get(&id)).await
     }
 
     /// `DELETE /v1/images/{id}`: soft delete into `<data>/archives/`.
-    pub async fn delete_image(&self, id: &str) -> Result<(), EngineError> {
+    pub async fn delete_image(&self, id: &str) -> Result<(), CatalogueError> {
         let (records, id) = (self.records.clone(), id.to_string());
         blocking(move || records.delete(&id)).await
     }
@@ -384,7 +384,7 @@ impl Engine {
         &self,
         id: &str,
         request_id: &str,
-    ) -> Result<GenerateResult, EngineError> {
+    ) -> Result<GenerateResult, CatalogueError> {
         let meta = self.get_image(id).await?.metadata;
         let backstyle = meta
             .selected_records
@@ -410,7 +410,7 @@ impl Engine {
         &self,
         id: &str,
         options: serde_json::Value,
-    ) -> Result<records::ExportResult, EngineError> {
+    ) -> Result<records::ExportResult, CatalogueError> {
         let options = records::ExportOptions::from_json(&options)?;
         let (records, id) = (self.records.clone(), id.to_string());
         blocking(move || records.export(&id, &options)).await
@@ -422,18 +422,22 @@ impl Engine {
     }
 
     /// `GET /v1/series/{name}`.
-    pub fn get_series(&self, name: &str) -> Result<Series, EngineError> {
+    pub fn get_series(&self, name: &str) -> Result<Series, CatalogueError> {
         series_admin::get(&self.attributes.series, name)
     }
 
     /// `PUT /v1/series/{name}`.
-    pub async fn save_series(&self, name: &str, series: Series) -> Result<Series, EngineError> {
+    pub async fn save_series(&self, name: &str, series: Series) -> Result<Series, CatalogueError> {
         let (store, name) = (self.attributes.series.clone(), name.to_string());
         blocking(move || series_admin::save(&store, &name, series)).await
     }
 
     /// `POST /v1/series/{name}/hidden`.
-    pub async fn set_series_hidden(&self, name: &str, hidden: bool) -> Result<Series, EngineError> {
+    pub async fn set_series_hidden(
+        &self,
+        name: &str,
+        hidden: bool,
+    ) -> Result<Series, CatalogueError> {
         let (store, name, output) = (
             self.attributes.series.clone(),
             name.to_string(),
@@ -443,12 +447,12 @@ impl Engine {
     }
 
     /// `GET /v1/databases/{version}`: the manifest for an empty or matching version.
-    pub fn database(&self, version: &str) -> Result<Manifest, EngineError> {
+    pub fn database(&self, version: &str) -> Result<Manifest, CatalogueError> {
         let version = version.trim_end_matches('/');
         if version.is_empty() || version == self.manifest.version {
             Ok(self.manifest.clone())
         } else {
-            Err(EngineError::new(
+            Err(CatalogueError::new(
                 Code::DatabaseVersionUnavailable,
                 format!("database version {version} is not available"),
             ))
@@ -462,17 +466,17 @@ impl Engine {
         version: &str,
         name: &str,
         limit: i64,
-    ) -> Result<DatabaseRecords, EngineError> {
+    ) -> Result<DatabaseRecords, CatalogueError> {
         self.database(version)?;
         let name = normalize_name(name.trim_end_matches(".csv"));
         if name == "unknown" {
-            return Err(EngineError::new(
+            return Err(CatalogueError::new(
                 Code::InvalidInput,
                 "database name is required",
             ));
         }
         let db = self.attributes.databases.get(&name).ok_or_else(|| {
-            EngineError::new(
+            CatalogueError::new(
                 Code::DatabaseVersionUnavailable,
                 format!("database {name} is not available"),
             )
@@ -505,15 +509,15 @@ impl Engine {
     }
 
     /// `POST /v1/validate`.
-    pub fn validate(&self) -> Result<(), EngineError> {
+    pub fn validate(&self) -> Result<(), CatalogueError> {
         self.manifest.validate()
     }
 
     /// The live (or retained) snapshot of the engine run for `series` and `seed`.
-    pub fn progress(&self, series: SeriesName, seed: Seed) -> Result<Snapshot, EngineError> {
+    pub fn progress(&self, series: SeriesName, seed: Seed) -> Result<Snapshot, CatalogueError> {
         let key = RunKey::new(series, seed);
         self.generator.progress.snapshot(&key).ok_or_else(|| {
-            EngineError::new(
+            CatalogueError::new(
                 Code::ArtifactMissing,
                 format!("no run for {}/{}", key.series, key.subject),
             )
@@ -522,7 +526,7 @@ impl Engine {
 }
 
 /// The `/v1` error of a failed run: the run's own code where `/v1` has one.
-fn run_failure(err: &RunError) -> EngineError {
+fn run_failure(err: &RunError) -> CatalogueError {
     let code = match err.code() {
         "provider_unavailable" => Code::ProviderUnavailable,
         "provider_failed" => Code::ProviderFailed,
@@ -536,7 +540,7 @@ fn run_failure(err: &RunError) -> EngineError {
         Code::StorageFull => "the server's disk is full; nothing was saved",
         _ => "the generation failed",
     };
-    EngineError::new(code, message).with_cause(err)
+    CatalogueError::new(code, message).with_cause(err)
 }
 
 /// The request's engine seed, checked before any work is done: with a blank input the
@@ -544,12 +548,12 @@ fn run_failure(err: &RunError) -> EngineError {
 /// with `500 metadata_invalid`, after generating the image), and a seed too short to select
 /// attributes is `400 invalid_input` (upstream: so was preview's, but generate's failed in
 /// the run as `502 provider_failed`).
-fn checked_seed(mut req: GenerateRequest) -> Result<(GenerateRequest, String), EngineError> {
+fn checked_seed(mut req: GenerateRequest) -> Result<(GenerateRequest, String), CatalogueError> {
     let seed = normalize_seed(&req.input, req.seed.as_deref())?;
     if req.input.trim().is_empty() {
         req.input = seed.clone();
     }
-    extended_seed(&seed).map_err(|e| EngineError::new(Code::InvalidInput, e.to_string()))?;
+    extended_seed(&seed).map_err(|e| CatalogueError::new(Code::InvalidInput, e.to_string()))?;
     Ok((req, seed))
 }
 

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use serde::{Deserialize, Serialize};
 
-use super::error::{Code, EngineError};
+use super::error::{CatalogueError, Code};
 use super::metadata::{self, ImageMetadata};
 use crate::attributes::selection::valid_filename;
 use crate::attributes::series::normalize_name;
@@ -37,7 +37,7 @@ pub fn list(
     data_root: &Path,
     series: Option<&str>,
     include_archived: bool,
-) -> Result<Vec<Record>, EngineError> {
+) -> Result<Vec<Record>, CatalogueError> {
     let mut records = Vec::new();
     collect(data_root, "output", false, &mut records)?;
     if include_archived {
@@ -55,7 +55,7 @@ fn collect(
     area: &str,
     archived: bool,
     out: &mut Vec<Record>,
-) -> Result<(), EngineError> {
+) -> Result<(), CatalogueError> {
     let base = data_root.join(area);
     for (series_dir, kind) in entries(&base)? {
         if !kind.is_dir() {
@@ -82,7 +82,7 @@ fn collect(
 
 /// Directory entries with UTF-8 names (symlinks are not followed), sorted; a missing
 /// directory is empty.
-fn entries(dir: &Path) -> Result<Vec<(String, FileType)>, EngineError> {
+fn entries(dir: &Path) -> Result<Vec<(String, FileType)>, CatalogueError> {
     let read = match std::fs::read_dir(dir) {
         Ok(read) => read,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -102,8 +102,8 @@ fn entries(dir: &Path) -> Result<Vec<(String, FileType)>, EngineError> {
     Ok(out)
 }
 
-fn io_error(message: String, e: std::io::Error) -> EngineError {
-    EngineError::new(Code::Internal, message).with_cause(e)
+fn io_error(message: String, e: std::io::Error) -> CatalogueError {
+    CatalogueError::new(Code::Internal, message).with_cause(e)
 }
 
 /// The records of one data directory, with an in-memory index from `imageId` to the record
@@ -182,10 +182,13 @@ impl Records {
     /// Unlike a full listing, a record found through the index is answered even while some
     /// other record file is invalid; a miss (every seed lookup among them) still scans and
     /// fails on an invalid record, as before.
-    pub fn get(&self, id: &str) -> Result<Record, EngineError> {
+    pub fn get(&self, id: &str) -> Result<Record, CatalogueError> {
         let id = id.trim();
         if id.is_empty() {
-            return Err(EngineError::new(Code::InvalidInput, "image id is required"));
+            return Err(CatalogueError::new(
+                Code::InvalidInput,
+                "image id is required",
+            ));
         }
         if let Some(record) = self.indexed(id)? {
             return Ok(record);
@@ -197,12 +200,12 @@ impl Records {
         index
             .and_then(|i| records.into_iter().nth(i))
             .ok_or_else(|| {
-                EngineError::new(Code::ArtifactMissing, "image metadata record was not found")
+                CatalogueError::new(Code::ArtifactMissing, "image metadata record was not found")
             })
     }
 
     /// The first record in list order among the indexed files that still carry `id`.
-    fn indexed(&self, id: &str) -> Result<Option<Record>, EngineError> {
+    fn indexed(&self, id: &str) -> Result<Option<Record>, CatalogueError> {
         let paths: Vec<String> = match self.index().as_ref() {
             Some(index) => index.by_id.get(id).into_iter().flatten().cloned().collect(),
             None => return Ok(None),
@@ -224,7 +227,7 @@ impl Records {
 
     /// Validates and writes a record atomically (as [`metadata::write`]) at `path`, normally
     /// [`metadata::metadata_path`] under this data directory, and indexes it.
-    pub fn write(&self, path: &Path, meta: &ImageMetadata) -> Result<(), EngineError> {
+    pub fn write(&self, path: &Path, meta: &ImageMetadata) -> Result<(), CatalogueError> {
         metadata::write(path, meta)?;
         if let Some(relative) = self.live_path(path) {
             if let Some(index) = self.index().as_mut() {
@@ -257,7 +260,7 @@ impl Records {
     /// Soft delete: moves the generated and annotated images (when recorded and present) and
     /// then the metadata file from `<data>/output/…` to the same place under
     /// `<data>/archives/…`, and drops the record from the index.
-    pub fn delete(&self, id: &str) -> Result<(), EngineError> {
+    pub fn delete(&self, id: &str) -> Result<(), CatalogueError> {
         let record = self.get(id)?;
         let result = archive(&self.root, &record);
         // Forgotten even when a move failed: a lookup then rereads the disk rather than trust
@@ -271,7 +274,7 @@ impl Records {
     /// Writes the chosen, non-blank prompt texts of a live record as `<name>.txt` files. With
     /// no flag set: prompt, data, title, terse and enhanced. The directory defaults to
     /// `<data>/output/<series>/exports/<seed>`; a relative one is taken from the data directory.
-    pub fn export(&self, id: &str, opts: &ExportOptions) -> Result<ExportResult, EngineError> {
+    pub fn export(&self, id: &str, opts: &ExportOptions) -> Result<ExportResult, CatalogueError> {
         let record = self.get(id)?;
         export_record(&self.root, &record, opts)
     }
@@ -295,7 +298,7 @@ fn list_order(a: &Record, b: &Record) -> std::cmp::Ordering {
 }
 
 /// Moves a live record's files into `<data>/archives`.
-fn archive(data_root: &Path, record: &Record) -> Result<(), EngineError> {
+fn archive(data_root: &Path, record: &Record) -> Result<(), CatalogueError> {
     let output = data_root.join("output");
     let archives = data_root.join("archives");
     let artifacts = &record.metadata.artifacts;
@@ -322,15 +325,15 @@ fn archive(data_root: &Path, record: &Record) -> Result<(), EngineError> {
     Ok(())
 }
 
-fn outside(path: &str) -> EngineError {
-    EngineError::new(
+fn outside(path: &str) -> CatalogueError {
+    CatalogueError::new(
         Code::InvalidInput,
         format!("image path is outside the output directory: {path}"),
     )
 }
 
 /// Renames `from` to `to` (creating its directory) and makes both directory changes durable.
-fn move_file(from: &Path, to: &Path) -> Result<(), EngineError> {
+fn move_file(from: &Path, to: &Path) -> Result<(), CatalogueError> {
     let fail = |e| io_error(format!("cannot archive {}", from.display()), e);
     let to_dir = to.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(to_dir).map_err(fail)?;
@@ -384,9 +387,9 @@ pub struct ExportOptions {
 impl ExportOptions {
     /// The options of an already parsed JSON body (`null` = none); a wrongly typed field or a
     /// non-object body is `invalid_input`.
-    pub fn from_json(value: &serde_json::Value) -> Result<ExportOptions, EngineError> {
+    pub fn from_json(value: &serde_json::Value) -> Result<ExportOptions, CatalogueError> {
         ExportOptions::deserialize(value).map_err(|e| {
-            EngineError::new(Code::InvalidInput, "invalid export options").with_cause(e)
+            CatalogueError::new(Code::InvalidInput, "invalid export options").with_cause(e)
         })
     }
 }
@@ -438,7 +441,7 @@ fn export_record(
     data_root: &Path,
     record: &Record,
     opts: &ExportOptions,
-) -> Result<ExportResult, EngineError> {
+) -> Result<ExportResult, CatalogueError> {
     let meta = &record.metadata;
     let dir = export_dir(data_root, meta, opts.dir.as_deref())?;
     let p = &meta.prompts;
@@ -459,7 +462,7 @@ fn export_record(
     std::fs::create_dir_all(&dir).map_err(|e| match e.kind() {
         // The client named a path through or onto an existing file.
         std::io::ErrorKind::AlreadyExists | std::io::ErrorKind::NotADirectory => {
-            EngineError::new(Code::InvalidInput, "export dir is not a directory")
+            CatalogueError::new(Code::InvalidInput, "export dir is not a directory")
         }
         _ => io_error(format!("cannot create {}", dir.display()), e),
     })?;
@@ -491,8 +494,8 @@ fn export_dir(
     data_root: &Path,
     meta: &ImageMetadata,
     requested: Option<&str>,
-) -> Result<PathBuf, EngineError> {
-    let invalid = |msg: &str| EngineError::new(Code::InvalidInput, msg);
+) -> Result<PathBuf, CatalogueError> {
+    let invalid = |msg: &str| CatalogueError::new(Code::InvalidInput, msg);
     let requested = requested.map(str::trim).unwrap_or("");
     let candidate = if requested.is_empty() {
         data_root

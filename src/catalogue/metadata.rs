@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::error::{Code, EngineError};
+use super::error::{CatalogueError, Code};
 use crate::attributes::dress::DalleDress;
 use crate::attributes::selection::{seed_from_input, valid_filename};
 use crate::attributes::series::{Series, normalize_name};
@@ -170,12 +170,12 @@ pub struct Status {
 
 /// The engine seed: an explicit non-blank seed is used trimmed and not hashed;
 /// otherwise the lower-case hex SHA-256 of the trimmed input, which must not be blank.
-pub fn normalize_seed(input: &str, seed: Option<&str>) -> Result<String, EngineError> {
+pub fn normalize_seed(input: &str, seed: Option<&str>) -> Result<String, CatalogueError> {
     if let Some(seed) = seed.map(str::trim).filter(|s| !s.is_empty()) {
         return Ok(seed.to_string());
     }
     if input.trim().is_empty() {
-        return Err(EngineError::new(Code::InvalidInput, "input is required"));
+        return Err(CatalogueError::new(Code::InvalidInput, "input is required"));
     }
     Ok(seed_from_input(input))
 }
@@ -298,7 +298,7 @@ impl ImageMetadata {
     }
 
     /// The checks upstream ran on every read and write; failure is `metadata_invalid`.
-    pub fn validate(&self) -> Result<(), EngineError> {
+    pub fn validate(&self) -> Result<(), CatalogueError> {
         let required = [
             ("metadataVersion", &self.metadata_version),
             ("input", &self.input),
@@ -308,7 +308,7 @@ impl ImageMetadata {
             ("recipe.version", &self.recipe.version),
         ];
         match required.iter().find(|(_, v)| v.trim().is_empty()) {
-            Some((field, _)) => Err(EngineError::new(
+            Some((field, _)) => Err(CatalogueError::new(
                 Code::MetadataInvalid,
                 format!("image metadata {field} is required"),
             )),
@@ -319,9 +319,9 @@ impl ImageMetadata {
 
 /// Reads and validates a record; a missing file is `None`, anything unusable is
 /// `metadata_invalid`.
-pub fn read(path: &Path) -> Result<Option<ImageMetadata>, EngineError> {
+pub fn read(path: &Path) -> Result<Option<ImageMetadata>, CatalogueError> {
     let invalid = |what: &str| {
-        EngineError::new(
+        CatalogueError::new(
             Code::MetadataInvalid,
             format!("{what} image metadata {}", path.display()),
         )
@@ -338,14 +338,14 @@ pub fn read(path: &Path) -> Result<Option<ImageMetadata>, EngineError> {
 }
 
 /// Validates, then writes the record atomically as indented JSON plus a newline.
-pub fn write(path: &Path, meta: &ImageMetadata) -> Result<(), EngineError> {
+pub fn write(path: &Path, meta: &ImageMetadata) -> Result<(), CatalogueError> {
     meta.validate()?;
     let mut json = serde_json::to_vec_pretty(meta).map_err(|e| {
-        EngineError::new(Code::Internal, "cannot serialise image metadata").with_cause(e)
+        CatalogueError::new(Code::Internal, "cannot serialise image metadata").with_cause(e)
     })?;
     json.push(b'\n');
     crate::storage::write_atomic(path, &json).map_err(|e| {
-        EngineError::new(
+        CatalogueError::new(
             Code::Internal,
             format!("cannot write image metadata {}", path.display()),
         )
