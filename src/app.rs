@@ -102,7 +102,6 @@ impl App {
             Arc::new(Generator::new(
                 attributes,
                 backends,
-                progress.clone(),
                 source,
                 metrics.clone(),
                 settings,

@@ -17,7 +17,7 @@ fn main() -> ExitCode {
             return ExitCode::from(err.exit_code() as u8);
         }
     };
-    dalleserver::telemetry::init(&config.log_filter);
+    let _logs = dalleserver::telemetry::init(&config.log_filter);
     for warning in &config.warnings {
         tracing::warn!("{warning}");
     }

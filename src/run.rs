@@ -21,7 +21,7 @@ use crate::metrics::Metrics;
 use crate::openai::OpenAiClient;
 use crate::progress::{Progress, RunKey, Snapshot, StartOutcome};
 use crate::storage::{CachedFile, FileCache};
-pub use coordination::{Leases, LocalLeases, LocalQueue, RunQueue};
+pub use coordination::{Leases, LocalLeases, LocalQueue, RunQueue, RunRegistry};
 pub use locks::{LockTable, Token};
 pub use store::{ArtifactStore, DiskStore, Lookup};
 
@@ -171,6 +171,7 @@ pub use pipeline::RunError;
 /// The coordination and storage a generator runs on (see [`coordination`] and [`store`]).
 #[derive(Debug, Clone)]
 pub struct Backends {
+    pub registry: Arc<dyn RunRegistry>,
     pub leases: Arc<dyn Leases>,
     pub queue: Arc<dyn RunQueue>,
     pub store: Arc<dyn ArtifactStore>,
@@ -185,9 +186,11 @@ impl Backends {
         cache: Arc<FileCache>,
         progress: Arc<Progress>,
     ) -> Backends {
+        let registry: Arc<dyn RunRegistry> = progress.clone();
         let on_position: coordination::OnPosition =
             Arc::new(move |key: &RunKey, position| progress.set_queue_position(key, position));
         Backends {
+            registry,
             leases: Arc::new(LocalLeases::new(settings.lock_ttl)),
             queue: Arc::new(LocalQueue::new(settings.max_concurrent, on_position)),
             store: Arc::new(DiskStore::new(output, cache)),
@@ -199,7 +202,8 @@ impl Backends {
 #[derive(Debug)]
 pub struct Generator {
     pub(crate) attributes: Arc<Attributes>,
-    pub(crate) progress: Arc<Progress>,
+    /// The run registry polls read (see [`RunRegistry`]).
+    pub(crate) progress: Arc<dyn RunRegistry>,
     pub(crate) source: ImageSource,
     pub(crate) no_enhance: bool,
     pub(crate) metrics: Arc<Metrics>,
@@ -224,7 +228,7 @@ pub enum Outcome {
     Image(CachedFile),
     /// Answer with this progress snapshot.
     Snapshot(Box<Snapshot>),
-    /// Answer with this progress snapshot, already JSON ([`Progress::poll`]).
+    /// Answer with this progress snapshot, already JSON ([`RunRegistry::poll`]).
     Progress(Vec<u8>),
     /// `data: {}`.
     Empty,
@@ -256,14 +260,13 @@ impl Generator {
     pub fn new(
         attributes: Arc<Attributes>,
         backends: Backends,
-        progress: Arc<Progress>,
         source: ImageSource,
         metrics: Arc<Metrics>,
         settings: Settings,
     ) -> Generator {
         Generator {
             attributes,
-            progress,
+            progress: backends.registry,
             source,
             no_enhance: settings.no_enhance,
             metrics,
@@ -528,12 +531,12 @@ impl Generator {
         &self,
         key: &RunKey,
         token: Token,
-        f: impl FnOnce(&Progress),
+        f: impl FnOnce(&dyn RunRegistry),
     ) -> Result<(), RunError> {
         let mut f = Some(f);
         let owned = self.leases.while_owned(key, token, &mut || {
             if let Some(f) = f.take() {
-                f(&self.progress);
+                f(&*self.progress);
             }
         });
         if owned {

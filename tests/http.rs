@@ -50,7 +50,7 @@ fn one_request_id_in_header_body_and_logs() {
     let server = Process::start();
     let c = client();
 
-    // Successful requests log at debug; a 404 logs its line at info.
+    // Every request gets its access-log line, with the id in its span.
     let resp = c.get(server.url("/no/such/thing")).send().unwrap();
     let header = resp.headers()["x-request-id"].to_str().unwrap().to_string();
     assert!(is_hex8(&header), "minted id {header:?} is not 8 hex digits");
@@ -81,6 +81,91 @@ fn one_request_id_in_header_body_and_logs() {
     let header = resp.headers()["x-request-id"].to_str().unwrap().to_string();
     assert!(is_hex8(&header));
     assert_eq!(json(resp)["request_id"], header.as_str());
+}
+
+#[test]
+fn the_access_log_has_one_line_per_request_and_can_be_turned_off() {
+    // Binary: the access log is the process's stderr.
+    let server = Process::start();
+    let c = client();
+    let resp = c
+        .get(server.url("/health?check=liveness"))
+        .header("X-Request-ID", "access-1")
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    // At the default level a successful request gets its line, with id, method, path,
+    // status and duration.
+    assert!(
+        server.wait_for_log("request_id=access-1", Duration::from_secs(5)),
+        "no access-log line"
+    );
+    let line = server
+        .logs
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|l| l.contains("request_id=access-1") && l.contains(" request"))
+        .cloned()
+        .expect("the request line");
+    for field in [
+        "INFO",
+        "method=GET",
+        "path=/health",
+        "status=200",
+        "elapsed=",
+    ] {
+        assert!(line.contains(field), "{field} missing from {line}");
+    }
+
+    let mut quiet = Process::start_with(Options {
+        args: vec!["--access-log".into(), "off".into()],
+        ..Options::default()
+    });
+    for id in ["quiet-1", "quiet-2"] {
+        let resp = c
+            .get(quiet.url("/livez"))
+            .header("X-Request-ID", id)
+            .send()
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+    // Stop it and wait for its last line, so every line it wrote has been read.
+    assert!(quiet.terminate(Duration::from_secs(15)).is_some());
+    assert!(quiet.wait_for_log("stopped", Duration::from_secs(5)));
+    let logs = quiet.log_text();
+    assert!(
+        !logs.contains("request_id=quiet-"),
+        "access log off still logged:\n{logs}"
+    );
+}
+
+#[test]
+fn a_bad_access_log_value_exits_2_naming_it() {
+    let (code, err) = run_to_exit(&["--access-log", "loud"], &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("--access-log") && err.contains("loud"),
+        "{err}"
+    );
+}
+
+#[test]
+fn v1_paths_answer_404_and_405_in_the_v1_family() {
+    let server = Server::start();
+    let c = client();
+    let resp = c.get(server.url("/v1/no-such-thing")).send().unwrap();
+    assert_eq!(resp.status(), 404);
+    assert_eq!(json(resp)["error"]["code"], "not_found");
+    let resp = c.delete(server.url("/v1/images/generate")).send().unwrap();
+    assert_eq!(resp.status(), 405);
+    assert_eq!(resp.headers()["allow"], "POST");
+    assert_eq!(json(resp)["error"]["code"], "invalid_input");
+    let resp = c.delete(server.url("/series")).send().unwrap();
+    assert_eq!(resp.status(), 405);
+    assert_eq!(json(resp)["error"]["code"], "INVALID_REQUEST");
+    let resp = c.get(server.url("/no/such/thing")).send().unwrap();
+    assert_eq!(json(resp)["error"]["code"], "NOT_FOUND");
 }
 
 #[test]

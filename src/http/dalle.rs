@@ -4,8 +4,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{OriginalUri, Path, RawQuery, State};
-use axum::http::HeaderMap;
+use axum::extract::{Path, Request, State};
 use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -20,22 +19,22 @@ use crate::run::{Flags, Outcome};
 #[derive(Debug, Serialize)]
 struct Nothing {}
 
-/// `GET /dalle/{*rest}`.
+/// `GET /dalle/{*rest}`. The request is taken whole (its URI and headers are borrowed, not
+/// cloned by extractors): this is the most frequent route of all.
 pub async fn dalle(
     State(state): State<AppState>,
     rid: RequestId,
-    OriginalUri(uri): OriginalUri,
     rest: Option<Path<String>>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
+    request: Request,
 ) -> Result<Response, ApiError> {
     let generator = state.generator().map_err(ApiError::databases_unavailable)?;
     let (key, flags) = parse_request(
-        uri.path(),
+        request.uri().path(),
         rest.as_deref().map_or("", String::as_str),
-        query.as_deref(),
+        request.uri().query(),
         |s| generator.attributes.series.contains(s),
     )?;
+    let headers = request.headers();
     let outcome = Arc::clone(generator).handle(key, flags, rid.as_str()).await;
     Ok(match outcome {
         Outcome::Snapshot(snapshot) => Envelope::ok(snapshot, &rid).into_response(),
@@ -46,7 +45,7 @@ pub async fn dalle(
             format!("image removed {name}\n"),
         )
             .into_response(),
-        Outcome::Image(file) => super::file::respond(&file, &headers, "image/png"),
+        Outcome::Image(file) => super::file::respond(&file, headers, "image/png"),
     })
 }
 

@@ -3,8 +3,9 @@
 //! process ([`LocalLeases`], [`LocalQueue`]); a shared implementation (Redis) can stand behind
 //! the same traits without anything above the run core knowing which one is in use.
 //!
-//! Run progress is published through [`crate::progress::Progress`], the run registry that
-//! answers polls; a run writes to it only while it owns its key (see [`Leases::while_owned`]).
+//! Run progress is published to a [`RunRegistry`], which answers polls; a run writes to it only
+//! while it owns its key (see [`Leases::while_owned`]). Today's registry is
+//! [`crate::progress::Progress`], in this process.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -16,7 +17,8 @@ use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::locks::{LockTable, Token};
-use crate::progress::RunKey;
+use crate::attributes::dress::DalleDress;
+use crate::progress::{Phase, PolledSnapshot, Progress, RunKey, Snapshot, StartOutcome};
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -79,6 +81,89 @@ impl Leases for LocalLeases {
             then();
         }
         table.release(key, token);
+    }
+}
+
+/// The registry of runs: one entry per key with its phases, dress, outcome and queue place,
+/// kept for a retention window after the run ends, so every poll can answer it.
+pub trait RunRegistry: Send + Sync + fmt::Debug {
+    /// Registers a new run unless one is in flight.
+    fn start(&self, key: &RunKey, request_id: &str) -> StartOutcome;
+    /// Registers a new run even if one is in flight (its lease was taken over).
+    fn restart(&self, key: &RunKey, request_id: &str);
+    /// Sets or clears the 1-based queue place of a run waiting for a slot.
+    fn set_queue_position(&self, key: &RunKey, position: Option<usize>);
+    /// Moves a run to `phase`.
+    fn transition(&self, key: &RunKey, phase: Phase);
+    /// Marks `phase` skipped.
+    fn skip(&self, key: &RunKey, phase: Phase);
+    /// Sets the run's DalleDress.
+    fn set_dress(&self, key: &RunKey, dress: DalleDress);
+    /// Edits the run's DalleDress.
+    fn update_dress(&self, key: &RunKey, edit: &mut dyn FnMut(&mut DalleDress));
+    /// Completes a run.
+    fn complete(&self, key: &RunKey);
+    /// Completes a run as a cache hit.
+    fn complete_cache_hit(&self, key: &RunKey);
+    /// Fails a run with a message and its stable code.
+    fn fail(&self, key: &RunKey, error: String, code: &'static str);
+    /// The run's snapshot.
+    fn snapshot(&self, key: &RunKey) -> Option<Snapshot>;
+    /// The run's snapshot as JSON (what a poll answers).
+    fn poll(&self, key: &RunKey) -> Option<PolledSnapshot>;
+    /// Removes a finished run; `false` when there was none or it is still in flight.
+    fn forget(&self, key: &RunKey) -> bool;
+    /// Whether a run for `key` has started and not finished.
+    fn is_in_flight(&self, key: &RunKey) -> bool;
+    /// The runs not finished yet (the gallery's live cards).
+    fn in_flight(&self) -> Vec<Snapshot>;
+}
+
+impl RunRegistry for Progress {
+    fn start(&self, key: &RunKey, request_id: &str) -> StartOutcome {
+        Progress::start(self, key, request_id)
+    }
+    fn restart(&self, key: &RunKey, request_id: &str) {
+        Progress::restart(self, key, request_id);
+    }
+    fn set_queue_position(&self, key: &RunKey, position: Option<usize>) {
+        Progress::set_queue_position(self, key, position);
+    }
+    fn transition(&self, key: &RunKey, phase: Phase) {
+        Progress::transition(self, key, phase);
+    }
+    fn skip(&self, key: &RunKey, phase: Phase) {
+        Progress::skip(self, key, phase);
+    }
+    fn set_dress(&self, key: &RunKey, dress: DalleDress) {
+        Progress::set_dress(self, key, dress);
+    }
+    fn update_dress(&self, key: &RunKey, edit: &mut dyn FnMut(&mut DalleDress)) {
+        Progress::update_dress(self, key, edit);
+    }
+    fn complete(&self, key: &RunKey) {
+        Progress::complete(self, key);
+    }
+    fn complete_cache_hit(&self, key: &RunKey) {
+        Progress::complete_cache_hit(self, key);
+    }
+    fn fail(&self, key: &RunKey, error: String, code: &'static str) {
+        Progress::fail(self, key, error, code);
+    }
+    fn snapshot(&self, key: &RunKey) -> Option<Snapshot> {
+        Progress::snapshot(self, key)
+    }
+    fn poll(&self, key: &RunKey) -> Option<PolledSnapshot> {
+        Progress::poll(self, key)
+    }
+    fn forget(&self, key: &RunKey) -> bool {
+        Progress::forget(self, key)
+    }
+    fn is_in_flight(&self, key: &RunKey) -> bool {
+        Progress::is_in_flight(self, key)
+    }
+    fn in_flight(&self) -> Vec<Snapshot> {
+        Progress::in_flight(self)
     }
 }
 

@@ -113,8 +113,14 @@ impl Run<'_> {
     }
 
     fn dress(&self, f: impl FnOnce(&mut DalleDress)) -> Result<(), RunError> {
-        self.generator
-            .guarded(self.key, self.token, |p| p.update_dress(self.key, f))
+        self.generator.guarded(self.key, self.token, |p| {
+            let mut f = Some(f);
+            p.update_dress(self.key, &mut |d| {
+                if let Some(f) = f.take() {
+                    f(d);
+                }
+            });
+        })
     }
 
     /// Atomically writes one artifact. The ownership check and the write happen together
