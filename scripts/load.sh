@@ -16,7 +16,9 @@
 #   scripts/load.sh [dalleserver-binary]    (default: target/release/dalleserver, or $LOAD_BIN)
 #
 # Another binary (an older build, say) is measured with this tree's helpers and the same nginx;
-# a binary without `--access-log` runs once per comparison, as it is.
+# a binary without `--access-log` runs once per comparison, as it is. LOAD_BASELINE=<binary>
+# adds that binary to every comparison (with its access log off, or as built if it has no
+# such flag), so a before and an after share the same rounds; LOAD_BASELINE_NAME labels it.
 #
 # Nothing on the host is tuned: every server uses the machine's default congestion control and
 # socket settings, and no sysctl, route or limit is changed beyond this shell's descriptor limit.
@@ -72,13 +74,32 @@ if "$SERVER_BIN" --help 2>&1 | grep -q -- '--access-log'; then
 else
   VARIANTS=(builtin)
 fi
-variant_label() {
-  case $1 in
-    info) echo "dalleserver, access log info" ;;
-    off) echo "dalleserver, access log off" ;;
-    *) echo "dalleserver (no --access-log flag: as built)" ;;
+# The servers each comparison runs beside nginx, by key: the binary under test once per
+# access-log setting, and the baseline binary (LOAD_BASELINE) if one is given, so a before and
+# an after are measured in the same rounds.
+declare -A BIN_OF VARIANT_OF LABEL_OF
+KEYS=()
+for v in "${VARIANTS[@]}"; do
+  KEYS+=("$v")
+  BIN_OF[$v]=$SERVER_BIN
+  VARIANT_OF[$v]=$v
+  case $v in
+    info) LABEL_OF[$v]="dalleserver, access log info" ;;
+    off) LABEL_OF[$v]="dalleserver, access log off" ;;
+    *) LABEL_OF[$v]="dalleserver (no --access-log flag: as built)" ;;
   esac
-}
+done
+if [ -n "${LOAD_BASELINE:-}" ]; then
+  KEYS+=(baseline)
+  BIN_OF[baseline]=$(realpath "$LOAD_BASELINE")
+  if "${BIN_OF[baseline]}" --help 2>&1 | grep -q -- '--access-log'; then
+    VARIANT_OF[baseline]=off
+    LABEL_OF[baseline]="baseline ${LOAD_BASELINE_NAME:-$(basename "$LOAD_BASELINE")}, access log off"
+  else
+    VARIANT_OF[baseline]=builtin
+    LABEL_OF[baseline]="baseline ${LOAD_BASELINE_NAME:-$(basename "$LOAD_BASELINE")}"
+  fi
+fi
 
 WORK=$(mktemp -d /tmp/dalleserver-load.XXXXXX)
 chmod 755 "$WORK" # nginx workers run as nobody
@@ -177,17 +198,17 @@ field() { awk -v l="${2// /_}" -v c="$3" '$1 == l {print $c}' "$WORK/$1.medians"
 
 ADDRESS() { printf '0x%040x' "$1"; }
 
-# start_server PORT DATA-DIR LOG VARIANT [VAR=value…]: the binary under test on 127.0.0.1:PORT,
+# start_server BINARY PORT DATA-DIR LOG VARIANT [VAR=value…]: BINARY on 127.0.0.1:PORT,
 # with the caller's OpenAI and access-log settings removed and the given variables added, run
 # in the work directory (so no .env of the caller's is read), stdout and stderr appended to
 # LOG; sets SERVER_PID and STARTUP_MS (spawn to the first 200 on /readyz).
 start_server() {
-  local port=$1 data=$2 out=$3 variant=$4 t0 flags=()
-  shift 4
+  local bin=$1 port=$2 data=$3 out=$4 variant=$5 t0 flags=()
+  shift 5
   [ "$variant" = builtin ] || flags=(--access-log "$variant")
   t0=$(date +%s%N)
   (cd "$WORK" && exec env -u OPENAI_API_KEY -u OPENAI_BASE_URL -u TB_DALLE_ACCESS_LOG RUST_LOG=info "$@" \
-    "$SERVER_BIN" --bind 127.0.0.1 --port "$port" --data-dir "$data" --max-concurrent "$MAX_CONCURRENT" "${flags[@]}") >>"$out" 2>&1 &
+    "$bin" --bind 127.0.0.1 --port "$port" --data-dir "$data" --max-concurrent "$MAX_CONCURRENT" "${flags[@]}") >>"$out" 2>&1 &
   SERVER_PID=$!
   PIDS+=("$SERVER_PID")
   local deadline=$((SECONDS + 30))
@@ -206,7 +227,7 @@ stop_server() { # pid: stops it and forgets it (its number may be reused later)
 
 echo "machine: $CORES cores, $(uname -sr); load average before: $(load_average)"
 echo "congestion control (host default, unchanged): $(cat /proc/sys/net/ipv4/tcp_congestion_control)"
-echo "server binary: $SERVER_BIN (access-log variants: ${VARIANTS[*]})"
+echo "server binary: $SERVER_BIN (access-log variants: ${VARIANTS[*]})${LOAD_BASELINE:+; baseline: ${BIN_OF[baseline]}}"
 echo "tools: $(nginx -v 2>&1 | cut -d' ' -f3), $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2), $(hyperfine --version), $("$CONVERT" -version | head -1 | cut -d' ' -f2-3)"
 LOAD_START=$(load_average)
 LOAD_STARTED=$(date -u +%Y-%m-%dT%H:%MZ)
@@ -257,7 +278,7 @@ if [ "$GOALS34" = 1 ]; then
   STARTS=()
   IDLE=()
   for i in 1 2 3 4 5; do
-    start_server "$GEN_PORT" "$DATA" "$WORK/gen-server.log" "${VARIANTS[0]}" "${GEN_ENV[@]}"
+    start_server "$SERVER_BIN" "$GEN_PORT" "$DATA" "$WORK/gen-server.log" "${VARIANTS[0]}" "${GEN_ENV[@]}"
     STARTS+=("$STARTUP_MS")
     sleep 1
     IDLE+=("$(status_kb "$SERVER_PID" VmRSS)")
@@ -270,7 +291,7 @@ if [ "$GOALS34" = 1 ]; then
   GEN_COUNT=$GENERATIONS
 else
   log "one generation (mock OpenAI: 1 s per image) for the large image"
-  start_server "$GEN_PORT" "$DATA" "$WORK/gen-server.log" "${VARIANTS[0]}" "${GEN_ENV[@]}"
+  start_server "$SERVER_BIN" "$GEN_PORT" "$DATA" "$WORK/gen-server.log" "${VARIANTS[0]}" "${GEN_ENV[@]}"
   GEN_COUNT=1
 fi
 GEN_LOAD_BEFORE=$(load_average)
@@ -297,9 +318,9 @@ SMALL=$(ADDRESS 100000)
 BIG_FILE=$DATA/output/simple/annotated/$BIG.png
 SMALL_FILE=$DATA/output/simple/annotated/$SMALL.png
 declare -A HIT_PORT HIT_PID
-for v in "${VARIANTS[@]}"; do
+for v in "${KEYS[@]}"; do
   HIT_PORT[$v]=$(free_port)
-  start_server "${HIT_PORT[$v]}" "$DATA" "$WORK/hit-$v.log" "$v"
+  start_server "${BIN_OF[$v]}" "${HIT_PORT[$v]}" "$DATA" "$WORK/hit-$v.log" "${VARIANT_OF[$v]}"
   HIT_PID[$v]=$SERVER_PID
 done
 # The small image: a 128x128 picture of the same photographic noise with its caption bar, made
@@ -326,15 +347,15 @@ NGINX_PIDS="$NGINX_PID $(pgrep -P "$NGINX_PID" | tr '\n' ' ')"
 # The very files on disk, byte for byte, from every server (this also warms their caches).
 for f in "$BIG" "$SMALL"; do
   cmp <(get "http://127.0.0.1:$NGINX_PORT/simple/annotated/$f.png") "$DATA/output/simple/annotated/$f.png"
-  for v in "${VARIANTS[@]}"; do
+  for v in "${KEYS[@]}"; do
     cmp <(get "http://127.0.0.1:${HIT_PORT[$v]}/dalle/simple/$f") "$DATA/output/simple/annotated/$f.png"
   done
 done
 
 hit_targets() { # address: the target list of compare for a cache hit of that image
   echo "nginx|http://127.0.0.1:$NGINX_PORT/simple/annotated/$1.png|$NGINX_PIDS|"
-  for v in "${VARIANTS[@]}"; do
-    echo "$(variant_label "$v")|http://127.0.0.1:${HIT_PORT[$v]}/dalle/simple/$1|${HIT_PID[$v]}|"
+  for v in "${KEYS[@]}"; do
+    echo "${LABEL_OF[$v]}|http://127.0.0.1:${HIT_PORT[$v]}/dalle/simple/$1|${HIT_PID[$v]}|"
   done
 }
 log "(a) cache hit of the large image ($BIG_BYTES bytes): ${SECONDS_PER_RUN}s wrk runs, 64 connections, $ROUNDS rounds"
@@ -345,7 +366,7 @@ log "(b) cache hit of the small image ($SMALL_BYTES bytes): ${SECONDS_PER_RUN}s 
 mapfile -t targets < <(hit_targets "$SMALL")
 compare small 64 "" "${targets[@]}"
 B_LOAD=$(load_average)
-for v in "${VARIANTS[@]}"; do stop_server "${HIT_PID[$v]}"; done
+for v in "${KEYS[@]}"; do stop_server "${HIT_PID[$v]}"; done
 
 # ---------------------------------------------------------------------------------------------
 log "(c) progress polls of $POLL_RUNS runs in flight, 1 000 connections, $ROUNDS rounds"
@@ -356,9 +377,9 @@ STALL_PORT=$(free_port)
 PIDS+=($!)
 wait_ok "http://127.0.0.1:$STALL_PORT/stats" 30
 declare -A POLL_PORT POLL_PID
-for v in "${VARIANTS[@]}"; do
+for v in "${KEYS[@]}"; do
   POLL_PORT[$v]=$(free_port)
-  start_server "${POLL_PORT[$v]}" "$WORK/polls-$v" "$WORK/polls-$v.log" "$v" \
+  start_server "${BIN_OF[$v]}" "${POLL_PORT[$v]}" "$WORK/polls-$v" "$WORK/polls-$v.log" "${VARIANT_OF[$v]}" \
     OPENAI_API_KEY=x "OPENAI_BASE_URL=http://127.0.0.1:$STALL_PORT" TB_DALLE_NO_ENHANCE=1
   POLL_PID[$v]=$SERVER_PID
   for i in $(seq "$POLL_RUNS"); do
@@ -386,19 +407,19 @@ end
 EOF
 } >"$WORK/polls.lua"
 targets=("nginx|http://127.0.0.1:$NGINX_PORT|$NGINX_PIDS|/polls/simple/")
-for v in "${VARIANTS[@]}"; do
-  targets+=("$(variant_label "$v")|http://127.0.0.1:${POLL_PORT[$v]}|${POLL_PID[$v]}|/dalle/simple/")
+for v in "${KEYS[@]}"; do
+  targets+=("${LABEL_OF[$v]}|http://127.0.0.1:${POLL_PORT[$v]}|${POLL_PID[$v]}|/dalle/simple/")
 done
 compare polls 1000 "$WORK/polls.lua" "${targets[@]}"
 C_LOAD=$(load_average)
 IN_FLIGHT=0
-for v in "${VARIANTS[@]}"; do
+for v in "${KEYS[@]}"; do
   for i in $(seq "$POLL_RUNS"); do
     done_flag=$(get "http://127.0.0.1:${POLL_PORT[$v]}/dalle/simple/$(ADDRESS "$i")" | jq .data.done)
     [ "$done_flag" = false ] && IN_FLIGHT=$((IN_FLIGHT + 1))
   done
 done
-IN_FLIGHT_WANTED=$((POLL_RUNS * ${#VARIANTS[@]}))
+IN_FLIGHT_WANTED=$((POLL_RUNS * ${#KEYS[@]}))
 echo "runs still in flight after the polls: $IN_FLIGHT of $IN_FLIGHT_WANTED"
 # What the access log cost in bytes: the info servers' log lines per request.
 LOG_LINE=""
@@ -413,16 +434,20 @@ pass() { if awk "BEGIN {exit !($1)}"; then echo PASS; else echo FAIL; fi; }
 mb() { awk -v k="$1" 'BEGIN {printf "%.1f MB", k / 1024}'; }
 # One measure's rows: nginx, then each dalleserver variant with its ratios and result.
 rows() { # name title target-ratio extra-condition load
-  local name=$1 title=$2 want=$3 cond=$4 load=$5 label ratio
+  local name=$1 title=$2 want=$3 cond=$4 load=$5 v label ratio target result
   printf '| %s | nginx | %.0f | %s ms | %s µs | | | | %s |\n' "$title" "$(field "$name" nginx 2)" \
     "$(field "$name" nginx 3)" "$(field "$name" nginx 4)" "$load"
-  for v in "${VARIANTS[@]}"; do
-    label=$(variant_label "$v")
+  for v in "${KEYS[@]}"; do
+    label=${LABEL_OF[$v]}
     ratio=$(awk -v a="$(field "$name" "$label" 2)" -v b="$(field "$name" nginx 2)" 'BEGIN {printf "%.3f", a / b}')
-    printf '| | %s | %.0f | %s ms | %s µs | **%s** | %s (%s–%s) | ≥ %s | %s |\n' "$label" \
+    target="≥ $want"
+    result=$(pass "$ratio >= $want && $(field "$name" "$label" 5) == 0 $cond")
+    # The baseline is there for comparison; the targets are the build's under test.
+    [ "$v" = baseline ] && { target="(before)"; result="—"; }
+    printf '| | %s | %.0f | %s ms | %s µs | **%s** | %s (%s–%s) | %s | %s |\n' "$label" \
       "$(field "$name" "$label" 2)" "$(field "$name" "$label" 3)" "$(field "$name" "$label" 4)" \
       "$ratio" "$(field "$name" "$label" 6)" "$(field "$name" "$label" 7)" "$(field "$name" "$label" 8)" \
-      "$want" "$(pass "$ratio >= $want && $(field "$name" "$label" 5) == 0 $cond")"
+      "$target" "$result"
   done
 }
 
@@ -430,7 +455,7 @@ SUMMARY=$OUT/summary.md
 {
   echo "Run $LOAD_STARTED to $(date -u +%H:%MZ), $CORES cores, load average $LOAD_START at the start;"
   echo "congestion control: the host's default ($(cat /proc/sys/net/ipv4/tcp_congestion_control)), unchanged;"
-  echo "server: \`$SERVER_BIN\`; wrk -t2, ${SECONDS_PER_RUN} s per run, $ROUNDS rounds (order rotating), medians."
+  echo "server: \`$SERVER_BIN\`${LOAD_BASELINE:+; baseline: \`${BIN_OF[baseline]}\`}; wrk -t2, ${SECONDS_PER_RUN} s per run, $ROUNDS rounds (order rotating), medians."
   echo
   echo "| measure | server | req/s | p99 | server CPU / request | ratio to nginx | per-round ratios: median (min–max) | target | result / load avg after |"
   echo "|---|---|---|---|---|---|---|---|---|"
