@@ -48,8 +48,9 @@ slow-client:
 
 ## Load benchmarks against nginx and ImageMagick (needs nginx, wrk, imagemagick, hyperfine,
 ## curl, jq; not part of `make test`). Results in target/load/; see book/src/benchmarks.md.
+## LOAD_BIN=path/to/dalleserver measures another build (an older one, say) the same way.
 load:
-	bash scripts/load.sh
+	bash scripts/load.sh $(LOAD_BIN)
 
 ## Goal 1 of the load benchmarks in many short paired rounds (needs nginx, wrk, curl); see
 ## book/src/benchmarks.md.

@@ -10,7 +10,9 @@
 # Environment: PAIRS (default 24), PAIR_SECONDS (per wrk run, default 2), PAIRS_GENERATE=N
 # (the server first makes N images against a 1 s mock OpenAI, as in `make load`),
 # PAIRS_ALLOCS=1 (count malloc/realloc calls per hit with perf uprobes on libc; needs root and
-# perf). Needs nginx, wrk and curl. Everything listens on free loopback ports, lives in a
+# perf), PAIRS_ACCESS_LOG=info|debug|off (passed as --access-log; unset: the binary's default,
+# which also suits a binary older than the flag). The server's output goes to a file in the
+# work directory, as in a deployment. Needs nginx, wrk and curl. Everything listens on free loopback ports, lives in a
 # temporary directory and stops on exit; every wrk run is bounded by PAIR_SECONDS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -52,6 +54,8 @@ mkdir -p "$(dirname "$HIT_FILE")"
 printf '%s' "A weary lighthouse keeper gazes across a storm-dark harbour while gulls wheel above the broken pier; amber lamplight spills over wet cobblestones." >"$WORK/caption.txt"
 "$EX/annotate_file" "$WORK/in.png" "$WORK/caption.txt" "$HIT_FILE"
 
+FLAGS=()
+[ -n "${PAIRS_ACCESS_LOG:-}" ] && FLAGS=(--access-log "$PAIRS_ACCESS_LOG")
 PORT=$(free_port)
 if [ "$GENERATE" -gt 0 ]; then
   MOCK_PORT=$(free_port)
@@ -59,9 +63,9 @@ if [ "$GENERATE" -gt 0 ]; then
   PIDS+=($!)
   wait_ok "http://127.0.0.1:$MOCK_PORT/stats" 30
   OPENAI_API_KEY=x OPENAI_BASE_URL=http://127.0.0.1:$MOCK_PORT TB_DALLE_NO_ENHANCE=1 RUST_LOG=info \
-    "$BIN" --bind 127.0.0.1 --port "$PORT" --data-dir "$DATA" --max-concurrent 50 >"$WORK/server.log" 2>&1 &
+    "$BIN" --bind 127.0.0.1 --port "$PORT" --data-dir "$DATA" --max-concurrent 50 "${FLAGS[@]}" >"$WORK/server.log" 2>&1 &
 else
-  env -u OPENAI_API_KEY RUST_LOG=info "$BIN" --bind 127.0.0.1 --port "$PORT" --data-dir "$DATA" >"$WORK/server.log" 2>&1 &
+  env -u OPENAI_API_KEY RUST_LOG=info "$BIN" --bind 127.0.0.1 --port "$PORT" --data-dir "$DATA" "${FLAGS[@]}" >"$WORK/server.log" 2>&1 &
 fi
 SERVER_PID=$!
 PIDS+=("$SERVER_PID")

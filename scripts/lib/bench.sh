@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by the benchmark scripts (load.sh, hit_pairs.sh): free ports, readiness, and the one
 # nginx configuration dalleserver is compared against, so every comparison uses the same nginx.
 
@@ -25,11 +26,13 @@ wait_ok() {
 # Writes $1/nginx.conf: nginx on 127.0.0.1:$2 serving /simple/… from $3 (a data dir's
 # `output`, so the very files dalleserver serves) and everything else from $4.
 #
-# Debian's defaults (sendfile, tcp_nopush, a worker per core) but no access log: dalleserver
-# logs successful requests at debug only, so neither side writes a line per request. How a
-# file came into the page cache changes what sendfile costs (a copy made by `install` served
-# 5–10 % faster than the same bytes written in one write(2)), so nginx serves the same files,
-# not copies; the server writes them 0600, so as root nginx's workers run as root.
+# Debian's defaults (sendfile, tcp_nopush, a worker per core) but no access log, so nginx's
+# figures are those of a server that writes nothing per request; load.sh measures dalleserver
+# with its access log on (the default) and off beside it. nginx serves the very files
+# dalleserver serves, not copies: how a file came into the page cache changes what sendfile
+# costs (a copy made by `install` served 5–10 % faster than the same bytes written in one
+# write(2)). The server writes them 0600, so as root nginx's workers run as root. Nothing here
+# changes the host: both servers use its default congestion control and socket settings.
 write_nginx_conf() {
   local dir=$1 port=$2 output=$3 www=$4 user=""
   [ "$(id -u)" = 0 ] && user="user root;"
