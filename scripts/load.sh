@@ -424,7 +424,7 @@ echo "runs still in flight after the polls: $IN_FLIGHT of $IN_FLIGHT_WANTED"
 # What the access log cost in bytes: the info servers' log lines per request.
 LOG_LINE=""
 if [ -f "$WORK/hit-info.log" ]; then
-  line_bytes() { grep -m 1000 ' request method=' "$1" | awk '{n++; b += length($0) + 1} END {printf "%.0f", n ? b / n : 0}'; }
+  line_bytes() { grep -m 1000 -E ' request (request_id=[^ ]+ )?method=' "$1" | awk '{n++; b += length($0) + 1} END {printf "%.0f", n ? b / n : 0}'; }
   LOG_LINE="$(line_bytes "$WORK/hit-info.log") bytes per hit line, $(line_bytes "$WORK/polls-info.log") per poll line"
   echo "access log (info): $LOG_LINE; log files $(du -ch "$WORK"/hit-info.log "$WORK"/polls-info.log | tail -1 | cut -f1)"
 fi

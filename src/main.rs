@@ -17,7 +17,7 @@ fn main() -> ExitCode {
             return ExitCode::from(err.exit_code() as u8);
         }
     };
-    let _logs = dalleserver::telemetry::init(&config.log_filter);
+    dalleserver::telemetry::init(&config.log_filter);
     for warning in &config.warnings {
         tracing::warn!("{warning}");
     }
