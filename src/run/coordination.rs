@@ -169,6 +169,7 @@ impl RunRegistry for Progress {
 
 /// A slot to run in; the run holds it until it ends.
 #[derive(Debug)]
+// Never read: the permit is held only so that dropping the slot frees it.
 pub struct Slot(#[allow(dead_code)] OwnedSemaphorePermit);
 
 /// The boxed future of [`RunQueue::wait_turn`].
