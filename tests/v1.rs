@@ -809,6 +809,68 @@ async fn generate_shares_the_dalle_machinery_and_reports_provider_failures() {
     );
 }
 
+/// Two generates for one seed with different options: the second neither joins a run that
+/// would not give it what it asked for nor runs alongside it; it waits, then runs. Each
+/// request gets what it asked for, for exactly one image request each.
+#[tokio::test]
+async fn a_generate_with_other_options_waits_for_the_run_in_flight_then_runs() {
+    let mock = MockServer::start().await;
+    let png = common::png(32, 32, [200, 90, 40]);
+    Mock::given(method("POST"))
+        .and(path("/images/generations"))
+        .respond_with(common::b64_answer(&png).set_delay(Duration::from_millis(500)))
+        .mount(&mock)
+        .await;
+    let server = Server::start_with(Options {
+        env: vec![
+            ("OPENAI_API_KEY".into(), "sk-v1-test".into()),
+            ("OPENAI_BASE_URL".into(), mock.uri()),
+            ("TB_DALLE_NO_ENHANCE".into(), "1".into()),
+        ],
+        ..Options::default()
+    });
+    let api = std::sync::Arc::new(Api::new(server).await);
+    let generate = |body: Value| {
+        let api = api.clone();
+        tokio::spawn(async move {
+            api.call(
+                "POST",
+                "/v1/images/generate",
+                "/v1/images/generate",
+                Some(body),
+            )
+            .await
+        })
+    };
+    let plain = generate(json!({"input": "two option sets", "image": true}));
+    // The first run's image request is at the mock (and held there) before the second starts.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while mock.received_requests().await.unwrap().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first run never asked"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let captioned = generate(json!({"input": "two option sets", "image": true, "annotate": true}));
+    let (s, plain) = plain.await.unwrap();
+    assert_eq!(s, 200, "{plain:#}");
+    assert_eq!(plain["data"]["annotatedPath"], Value::Null, "{plain:#}");
+    let (s, captioned) = captioned.await.unwrap();
+    assert_eq!(s, 200, "{captioned:#}");
+    assert!(
+        captioned["data"]["annotatedPath"]
+            .as_str()
+            .is_some_and(|p| p.ends_with(".png")),
+        "{captioned:#}"
+    );
+    assert_eq!(
+        mock.received_requests().await.unwrap().len(),
+        2,
+        "one image request per option set"
+    );
+}
+
 #[tokio::test]
 async fn legacy_json_responses_match_the_openapi_document_too() {
     let api = Api::new(Server::start()).await;
