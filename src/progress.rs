@@ -38,7 +38,7 @@ mod shared_dress;
 mod snapshot;
 mod stats;
 
-pub use rendered::PolledSnapshot;
+pub use rendered::{PolledSnapshot, SnapshotJson};
 pub use shared_dress::SharedDress;
 use snapshot::Run;
 pub use snapshot::{PhaseTiming, Snapshot};

@@ -229,7 +229,7 @@ pub enum Outcome {
     /// Answer with this progress snapshot.
     Snapshot(Box<Snapshot>),
     /// Answer with this progress snapshot, already JSON ([`RunRegistry::poll`]).
-    Progress(Vec<u8>),
+    Progress(crate::progress::SnapshotJson),
     /// `data: {}`.
     Empty,
     /// The image was removed; the text names it relative to the output dir.

@@ -38,7 +38,7 @@ pub async fn dalle(
     let outcome = Arc::clone(generator).handle(key, flags, rid.as_str()).await;
     Ok(match outcome {
         Outcome::Snapshot(snapshot) => Envelope::ok(snapshot, &rid).into_response(),
-        Outcome::Progress(json) => Envelope::ok_json(&json, &rid),
+        Outcome::Progress(json) => Envelope::ok_json(json, &rid),
         Outcome::Empty => Envelope::ok(Nothing {}, &rid).into_response(),
         Outcome::Removed(name) => (
             [(CONTENT_TYPE, "text/plain; charset=utf-8")],

@@ -34,22 +34,28 @@ impl<T: Serialize> Envelope<T> {
 impl Envelope<()> {
     /// The success envelope around `data`, which is already JSON (a progress snapshot from
     /// [`crate::progress::Progress::poll`]): the same bytes as [`Envelope::ok`] would write
-    /// for the value, without serialising it again.
-    pub fn ok_json(data: &[u8], request_id: &super::RequestId) -> Response {
-        let mut body = Vec::with_capacity(data.len() + 96);
-        body.extend_from_slice(br#"{"success":true,"data":"#);
-        body.extend_from_slice(data);
-        body.extend_from_slice(br#","request_id":"#);
-        if serde_json::to_writer(&mut body, request_id.as_str()).is_err() {
-            body.extend_from_slice(b"\"\"");
+    /// for the value, without serialising it again, and without copying the snapshot's
+    /// shared parts (see [`super::chunks`]).
+    pub fn ok_json(data: crate::progress::SnapshotJson, request_id: &super::RequestId) -> Response {
+        let mut tail = Vec::with_capacity(48);
+        tail.extend_from_slice(br#","request_id":"#);
+        if serde_json::to_writer(&mut tail, request_id.as_str()).is_err() {
+            tail.extend_from_slice(b"\"\"");
         }
-        body.push(b'}');
+        tail.push(b'}');
+        let body = super::chunks::Chunks::new([
+            bytes::Bytes::from_static(br#"{"success":true,"data":"#),
+            data.before,
+            data.clock,
+            data.after,
+            bytes::Bytes::from(tail),
+        ]);
         (
             [(
                 axum::http::header::CONTENT_TYPE,
                 axum::http::HeaderValue::from_static("application/json"),
             )],
-            body,
+            axum::body::Body::new(body),
         )
             .into_response()
     }
@@ -284,7 +290,15 @@ mod tests {
         };
         let expected = body(Envelope::ok(&value, &rid).into_response()).await;
         let json = serde_json::to_vec(&value).unwrap();
-        assert_eq!(body(Envelope::ok_json(&json, &rid)).await, expected);
+        // Cut anywhere, the parts make the same bytes.
+        let (a, rest) = json.split_at(7);
+        let (b, c) = rest.split_at(9);
+        let parts = crate::progress::SnapshotJson {
+            before: bytes::Bytes::copy_from_slice(a),
+            clock: bytes::Bytes::copy_from_slice(b),
+            after: bytes::Bytes::copy_from_slice(c),
+        };
+        assert_eq!(body(Envelope::ok_json(parts, &rid)).await, expected);
     }
 
     #[test]
