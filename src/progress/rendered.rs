@@ -22,6 +22,8 @@ const CLOCK_FIELDS: &str =
 pub(super) struct Rendered {
     run_version: u64,
     stats_version: u64,
+    /// The queue position is read from the queue, not pushed as a change of the run.
+    queue_position: Option<usize>,
     before: String,
     after: String,
 }
@@ -45,12 +47,16 @@ pub(super) fn render(
     now: Instant,
 ) -> PolledSnapshot {
     let (done, failed) = (run.done, run.failed());
-    let current = run
-        .rendered
-        .as_ref()
-        .is_some_and(|r| r.run_version == run.version && r.stats_version == stats_version);
+    let position = run.queue_position();
+    let current = run.rendered.as_ref().is_some_and(|r| {
+        r.run_version == run.version
+            && r.stats_version == stats_version
+            && r.queue_position == position
+    });
     if !current {
-        run.rendered = split(&run.snapshot(key, stats, now), run.version, stats_version);
+        let mut snapshot = run.snapshot(key, stats, now);
+        snapshot.queue_position = position;
+        run.rendered = split(&snapshot, run.version, stats_version);
     }
     let json = match &run.rendered {
         Some(rendered) => {
@@ -93,6 +99,7 @@ fn split(snapshot: &Snapshot, run_version: u64, stats_version: u64) -> Option<Re
     Some(Rendered {
         run_version,
         stats_version,
+        queue_position: snapshot.queue_position,
         before: json.get(..at)?.to_string(),
         after: json.get(at + CLOCK_FIELDS.len()..)?.to_string(),
     })
