@@ -700,3 +700,204 @@ mod tests {
         assert!(!wanted.satisfies(&styled) && !styled.satisfies(&wanted));
     }
 }
+
+#[cfg(test)]
+mod lease_tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use super::*;
+    use crate::domain::{Address, SeriesName};
+
+    const A: &str = "0xf503017d7baf7fbc0fff7492b751025c6a78179b";
+    const B: &str = "0x054993ab0f2b1acc0fdc65405ee203b4271bebe6";
+
+    fn key(address: &str) -> RunKey {
+        RunKey::new(
+            SeriesName::normalize("simple"),
+            Address::parse(address).unwrap(),
+        )
+    }
+
+    /// A mock-mode generator over `leases` and a one-slot queue with room for one waiting run;
+    /// artifacts under `dir`.
+    fn generator(dir: &std::path::Path, leases: Arc<dyn Leases>) -> (Arc<Generator>, Backends) {
+        let settings = Settings {
+            lock_ttl: Duration::from_secs(3),
+            max_concurrent: 1,
+            max_queue: 1,
+            no_enhance: true,
+        };
+        let progress = Arc::new(Progress::in_memory(Duration::from_secs(60)));
+        let cache = Arc::new(FileCache::new(1 << 20));
+        let mut backends = Backends::local(&settings, dir.join("output"), cache, progress);
+        backends.leases = leases;
+        let attributes = Arc::new(Attributes::load(None, PathBuf::from("/nonexistent")).unwrap());
+        let metrics = Arc::new(Metrics::new().unwrap());
+        let generator = Generator::new(
+            attributes,
+            backends.clone(),
+            ImageSource::Mock,
+            metrics,
+            settings,
+        );
+        (Arc::new(generator), backends)
+    }
+
+    async fn outcome(mut rx: watch::Receiver<Option<RunResult>>) -> RunResult {
+        rx.wait_for(Option::is_some).await.unwrap().clone().unwrap()
+    }
+
+    /// A run waiting for a slot holds no lease (so no TTL can run out on it) and is counted in
+    /// the queue; the queue bound refuses a run for another key but not one that joins.
+    #[tokio::test]
+    async fn a_queued_run_holds_no_lease_until_its_slot_is_granted() {
+        let dir = tempfile::tempdir().unwrap();
+        let leases = Arc::new(LocalLeases::new(Duration::from_secs(3)));
+        let (generator, backends) = generator(dir.path(), leases.clone());
+        let busy = backends.queue.admit(&key(B)).unwrap().turn.await.unwrap();
+
+        let (snapshot, rx, started) = generator
+            .start_job(key(A), JobOptions::dalle(), "queued")
+            .unwrap();
+        assert!(started);
+        assert_eq!(snapshot.queue_position, Some(1));
+        assert_eq!(backends.queue.waiting(), 1);
+        assert!(!leases.is_held(&key(A)), "a queued run holds no lease");
+        let (_, _, again) = generator
+            .start_job(key(A), JobOptions::dalle(), "joins")
+            .unwrap();
+        assert!(!again, "a second request joins the queued run");
+        let other = key("0x0000000000000000000000000000000000000003");
+        let refused = generator.start_job(other, JobOptions::dalle(), "refused");
+        assert_eq!(refused.unwrap_err(), QueueFull { waiting: 1 });
+
+        drop(busy);
+        assert!(outcome(rx).await.is_ok());
+        assert!(!leases.is_held(&key(A)), "given up at the end");
+        assert!(!generator.is_in_flight(&key(A)));
+    }
+
+    /// Leases shared with another owner that can take a key away, as another process sharing
+    /// them could once a renewal failed.
+    #[derive(Debug)]
+    struct Takeover {
+        inner: LocalLeases,
+        /// The other owner's token while it holds the key.
+        thief: Mutex<Option<Token>>,
+        /// How often the run asked for the key while the other owner held it.
+        refused: AtomicUsize,
+        /// The last token handed to the run.
+        issued: Mutex<Option<Token>>,
+    }
+
+    impl Takeover {
+        fn steal(&self, key: &RunKey, from: Token) {
+            self.inner.release(key, from);
+            *lock(&self.thief) = self.inner.try_acquire(key);
+        }
+
+        fn give_back(&self, key: &RunKey) {
+            if let Some(token) = lock(&self.thief).take() {
+                self.inner.release(key, token);
+            }
+        }
+
+        fn stolen(&self) -> bool {
+            lock(&self.thief).is_some()
+        }
+    }
+
+    impl Leases for Takeover {
+        fn try_acquire(&self, key: &RunKey) -> Option<Token> {
+            if self.stolen() {
+                self.refused.fetch_add(1, Ordering::SeqCst);
+                return None;
+            }
+            let token = self.inner.try_acquire(key);
+            *lock(&self.issued) = token;
+            token
+        }
+        fn renew(&self, key: &RunKey, token: Token) -> bool {
+            self.inner.renew(key, token)
+        }
+        fn ttl(&self) -> Duration {
+            self.inner.ttl()
+        }
+        fn is_held(&self, key: &RunKey) -> bool {
+            self.inner.is_held(key)
+        }
+        fn while_owned(&self, key: &RunKey, token: Token, f: &mut dyn FnMut()) -> bool {
+            self.inner.while_owned(key, token, f)
+        }
+        fn release(&self, key: &RunKey, token: Token) {
+            self.inner.release(key, token);
+        }
+    }
+
+    /// A run that loses its lease after its image was requested keeps the image: it waits
+    /// for the other owner to give the key up, then writes every file and succeeds, and it
+    /// writes nothing while the other owner holds the key.
+    #[tokio::test]
+    async fn a_run_that_loses_its_lease_after_the_image_request_keeps_the_image() {
+        let dir = tempfile::tempdir().unwrap();
+        let leases = Arc::new(Takeover {
+            inner: LocalLeases::new(Duration::from_millis(30)),
+            thief: Mutex::new(None),
+            refused: AtomicUsize::new(0),
+            issued: Mutex::new(None),
+        });
+        let (generator, _) = generator(dir.path(), leases.clone());
+        // Hold every image slot, so the run stops inside its (mock) image request.
+        let slots = generator.image_slots.available_permits();
+        let held = generator
+            .image_slots
+            .acquire_many(slots as u32)
+            .await
+            .unwrap();
+        let (_, rx, _) = generator
+            .start_job(key(A), JobOptions::dalle(), "paid")
+            .unwrap();
+        let in_image = async {
+            let phase = || {
+                generator
+                    .progress
+                    .snapshot(&key(A))
+                    .map(|s| s.current_phase)
+            };
+            while phase() != Some(crate::progress::Phase::ImageWait) {
+                tokio::task::yield_now().await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(20), in_image)
+            .await
+            .unwrap();
+        // Another owner takes the key away while the image is being made.
+        let token = lock(&leases.issued).unwrap();
+        leases.steal(&key(A), token);
+        drop(held);
+        let reclaiming = async {
+            while leases.refused.load(Ordering::SeqCst) < 2 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(20), reclaiming)
+            .await
+            .unwrap();
+        let annotated = dir
+            .path()
+            .join("output/simple/annotated")
+            .join(format!("{A}.png"));
+        let generated = dir
+            .path()
+            .join("output/simple/generated")
+            .join(format!("{A}.png"));
+        assert!(
+            !annotated.exists() && !generated.exists(),
+            "nothing written while another owner holds the key"
+        );
+        leases.give_back(&key(A));
+        let output = outcome(rx).await.expect("the paid image is kept");
+        assert!(output.annotated.is_some() && annotated.is_file() && generated.is_file());
+    }
+}

@@ -309,3 +309,39 @@ async fn a_full_queue_refuses_new_runs_with_503_and_retry_after() {
         "the refused runs cost nothing"
     );
 }
+
+/// A `/v1` run for an address seed renders the same files as `/dalle` does for the address, so
+/// it is the same key. While it works past the lock TTL, `/dalle` requests for the address —
+/// a generate (the old image is on disk), a remove, a generate again — must all answer the run
+/// in flight: the lease of a working run never runs out, so no request can take the key over,
+/// start a second paid run and throw the first run's image away.
+#[tokio::test]
+async fn dalle_requests_after_the_ttl_never_take_over_a_working_v1_run() {
+    let mock = slow_images(IMAGE_TAKES).await;
+    let server = std::sync::Arc::new(server(&mock, &[]));
+    // An image on disk from an earlier run.
+    dalle(&server, A, "?generate=1").await;
+    until_png(&server, A).await;
+    assert_eq!(image_requests(&mock).await, 1);
+
+    let body = json!({"input": A, "seed": A, "series": "simple", "image": true, "annotate": true, "force": true});
+    let regenerate = spawn_post(&server, "/v1/images/generate", body);
+    until_image_requests(&mock, 2).await;
+    tokio::time::sleep(AFTER_TTL).await;
+    for query in ["?generate=1", "?remove", "?generate=1"] {
+        let (status, answer, _) = dalle(&server, A, query).await;
+        assert_eq!(status, 200, "{query}: {answer:#}");
+        assert_eq!(
+            answer["data"]["done"], false,
+            "{query}: the run in flight answers: {answer:#}"
+        );
+    }
+    let (status, done, _) = regenerate.await.unwrap();
+    assert_eq!(status, 200, "the paid run is kept: {done:#}");
+    until_png(&server, A).await;
+    assert_eq!(
+        image_requests(&mock).await,
+        2,
+        "no run started beside the one in flight"
+    );
+}
