@@ -214,8 +214,6 @@ pub struct Generator {
     /// Per-key write gates: a run checks its ownership and writes a file while holding its
     /// key's gate, so a run that lost its lease can never write after the new owner started.
     gates: Mutex<HashMap<RunKey, Arc<Mutex<()>>>>,
-    /// How long a run that lost its lease waits before asking for it again.
-    lease_retry: std::time::Duration,
     /// Decoding, captioning and encoding images: one job per core. More at once is no faster,
     /// and 50 runs whose images arrive together would hold ~17 MB of pixels each.
     pub(crate) image_slots: Semaphore,
@@ -283,7 +281,6 @@ impl Generator {
             queue: backends.queue,
             store: backends.store,
             gates: Mutex::new(HashMap::new()),
-            lease_retry: coordination::renew_interval(settings.lock_ttl),
             image_slots: Semaphore::new(
                 std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
             ),
@@ -597,7 +594,7 @@ impl Generator {
                 lease.set(token);
                 return;
             }
-            tokio::time::sleep(self.lease_retry).await;
+            tokio::time::sleep(coordination::renew_interval(self.leases.ttl())).await;
         }
     }
 

@@ -169,7 +169,8 @@ pub async fn heartbeat<F: Future>(
 pub trait RunRegistry: Send + Sync + fmt::Debug {
     /// Registers a new run unless one is in flight.
     fn start(&self, key: &RunKey, request_id: &str) -> StartOutcome;
-    /// Registers a new run even if one is in flight (its lease was taken over).
+    /// Registers a new run, replacing whatever the registry holds for the key (the caller has
+    /// made sure no run of its own is in flight for it).
     fn restart(&self, key: &RunKey, request_id: &str);
     /// Sets or clears the place of a run waiting for a slot (its position is read from it).
     fn set_queue_place(&self, key: &RunKey, place: Option<QueuePlace>);
