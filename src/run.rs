@@ -296,7 +296,7 @@ impl Generator {
     /// | any | in flight | its snapshot | its snapshot (joins it) | its snapshot |
     /// | present | — | the PNG | a cache-hit snapshot | removes the image |
     /// | absent | failed | its snapshot | its snapshot (no retry) | forgets the run |
-    /// | absent | none or completed | `{}` | starts a run | `{}` |
+    /// | absent | none or completed | `{}` | starts a run (refused when the queue is full) | `{}` |
     pub async fn handle(self: &Arc<Self>, key: RunKey, flags: Flags, request_id: &str) -> Outcome {
         // A run in flight answers its snapshot whatever is stored, so a poll (the most
         // frequent request) needs no store call. Otherwise one lookup, which the local store
