@@ -89,6 +89,7 @@ impl App {
         let settings = Settings {
             lock_ttl: config.lock_ttl,
             max_concurrent: config.max_concurrent,
+            max_queue: config.max_queue,
             no_enhance: config.openai.no_enhance,
         };
         let file_cache = Arc::new(FileCache::new(FILE_CACHE_BYTES));
@@ -179,7 +180,7 @@ impl App {
                 "attributes loaded"
             );
         }
-        tracing::info!(lock_ttl = ?self.config.lock_ttl, max_concurrent = self.config.max_concurrent, "generation limits");
+        tracing::info!(lock_ttl = ?self.config.lock_ttl, max_concurrent = self.config.max_concurrent, max_queue = self.config.max_queue, "generation limits");
         let host = if local.ip().is_unspecified() {
             "127.0.0.1".to_string()
         } else {

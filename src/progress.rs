@@ -41,7 +41,7 @@ mod stats;
 pub use rendered::{PolledSnapshot, SnapshotJson};
 pub use shared_dress::SharedDress;
 use snapshot::Run;
-pub use snapshot::{PhaseTiming, Snapshot};
+pub use snapshot::{PhaseTiming, QueuePlace, Snapshot};
 use stats::{Ledger, Saver};
 pub use stats::{PhaseStat, PhaseStats, StatsError};
 
@@ -276,9 +276,15 @@ impl Progress {
         state.runs.insert(key.clone(), Run::new(request_id, now));
     }
 
-    /// Sets (or, with `None`, clears) the 1-based queue place of a run waiting for a slot.
+    /// Sets (or, with `None`, clears) the place of a run waiting for a slot; its position is
+    /// read from it whenever a snapshot is taken.
+    pub fn set_queue_place(&self, key: &RunKey, place: Option<QueuePlace>) {
+        self.update(key, |run, _, _| run.set_queue_place(place));
+    }
+
+    /// Sets (or, with `None`, clears) a fixed 1-based queue position (tests, tools).
     pub fn set_queue_position(&self, key: &RunKey, position: Option<usize>) {
-        self.update(key, |run, _, _| run.set_queue_position(position));
+        self.set_queue_place(key, position.map(QueuePlace::fixed));
     }
 
     /// Moves an in-flight run to `phase`, ending the current phase (which feeds its average).

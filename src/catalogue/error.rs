@@ -28,11 +28,13 @@ pub enum Code {
     StorageFull,
     /// Ours: every failure upstream left uncoded (I/O, serialisation, bugs).
     Internal,
+    /// Ours: the generation queue is full; nothing was started (503 with `Retry-After`).
+    QueueFull,
 }
 
 impl Code {
     /// Every code, for exhaustive tests and documentation.
-    pub const ALL: [Code; 14] = [
+    pub const ALL: [Code; 15] = [
         Code::InvalidInput,
         Code::SeriesNotFound,
         Code::SeriesInvalid,
@@ -47,6 +49,7 @@ impl Code {
         Code::NotFound,
         Code::StorageFull,
         Code::Internal,
+        Code::QueueFull,
     ];
 
     /// The wire form, e.g. `invalid_input`.
@@ -66,6 +69,7 @@ impl Code {
             Code::NotFound => "not_found",
             Code::StorageFull => "storage_full",
             Code::Internal => "internal",
+            Code::QueueFull => "queue_full",
         }
     }
 
@@ -76,6 +80,7 @@ impl Code {
             Code::DatabaseManifestInvalid => "the attribute database manifest is invalid",
             Code::MetadataInvalid => "an image metadata record could not be read or written",
             Code::StorageFull => "the server's disk is full; nothing was saved",
+            Code::QueueFull => "the generation queue is full; nothing was started, retry later",
             _ => "internal error; the server log has the details under this request id",
         }
     }
@@ -95,7 +100,7 @@ impl Code {
             | Code::DatabaseVersionUnavailable
             | Code::NotFound => 404,
             Code::RegenerationRefused | Code::DatabaseHashMismatch => 409,
-            Code::ProviderUnavailable => 503,
+            Code::ProviderUnavailable | Code::QueueFull => 503,
             Code::ProviderFailed => 502,
             Code::StorageFull => 507,
             Code::DatabaseManifestInvalid | Code::MetadataInvalid | Code::Internal => 500,
@@ -177,6 +182,7 @@ mod tests {
             (Code::NotFound, "not_found", 404),
             (Code::StorageFull, "storage_full", 507),
             (Code::Internal, "internal", 500),
+            (Code::QueueFull, "queue_full", 503),
         ];
         assert_eq!(table.len(), Code::ALL.len());
         for ((code, text, status), listed) in table.into_iter().zip(Code::ALL) {

@@ -46,6 +46,7 @@ pub async fn dalle(
         )
             .into_response(),
         Outcome::Image(file) => super::file::respond(&file, headers, "image/png"),
+        Outcome::QueueFull(full) => return Err(ApiError::QueueFull(full)),
     })
 }
 

@@ -116,6 +116,9 @@ pub enum ApiError {
         message: String,
         details: Option<String>,
     },
+    /// No run was started because the generation queue is full (503 with `Retry-After`).
+    #[error("Generation queue is full")]
+    QueueFull(crate::run::QueueFull),
     /// The HTML template failed to render.
     #[error("Template execution failed")]
     Template(String),
@@ -150,6 +153,15 @@ impl ApiError {
         }
     }
 
+    /// A refusal because the generation queue is full, on a legacy route or on `/v1`.
+    fn is_queue_full(&self) -> bool {
+        match self {
+            ApiError::QueueFull(_) => true,
+            ApiError::Catalogue(e) => e.code == crate::catalogue::error::Code::QueueFull,
+            _ => false,
+        }
+    }
+
     fn status(&self) -> StatusCode {
         match self {
             ApiError::Catalogue(e) => StatusCode::from_u16(e.code.http_status())
@@ -157,7 +169,9 @@ impl ApiError {
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable { .. } | ApiError::QueueFull(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::Template(_) | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -168,7 +182,9 @@ impl ApiError {
             ApiError::NotFound { .. } => ErrorCode::NotFound.as_str(),
             ApiError::MethodNotAllowed { v1: true } => ErrorCode::V1InvalidInput.as_str(),
             ApiError::MethodNotAllowed { v1: false } => ErrorCode::InvalidRequest.as_str(),
-            ApiError::Unavailable { .. } => ErrorCode::ServiceUnavailable.as_str(),
+            ApiError::Unavailable { .. } | ApiError::QueueFull(_) => {
+                ErrorCode::ServiceUnavailable.as_str()
+            }
             ApiError::Template(_) => ErrorCode::TemplateError.as_str(),
             ApiError::Internal(_) => ErrorCode::InternalServerError.as_str(),
             ApiError::Catalogue(e) => e.code.as_str(),
@@ -181,6 +197,7 @@ impl ApiError {
                 details.clone()
             }
             ApiError::NotFound { details } => Some(details.clone()),
+            ApiError::QueueFull(full) => Some(full.to_string()),
             ApiError::MethodNotAllowed { .. }
             | ApiError::Template(_)
             | ApiError::Internal(_)
@@ -269,6 +286,12 @@ impl IntoResponse for ApiError {
             cause,
         };
         let mut response = self.status().into_response();
+        if self.is_queue_full() {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(crate::run::QUEUE_FULL_RETRY_AFTER.as_secs()),
+            );
+        }
         response.extensions_mut().insert(pending);
         response
     }

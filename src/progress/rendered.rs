@@ -23,6 +23,8 @@ const CLOCK_FIELDS: &str =
 pub(super) struct Rendered {
     run_version: u64,
     stats_version: u64,
+    /// The queue position is read from the queue, not pushed as a change of the run.
+    queue_position: Option<usize>,
     /// Shared by every poll of this version: a poll clones the handle, not the bytes.
     before: Bytes,
     after: Bytes,
@@ -79,12 +81,16 @@ pub(super) fn render(
     now: Instant,
 ) -> PolledSnapshot {
     let (done, failed) = (run.done, run.failed());
-    let current = run
-        .rendered
-        .as_ref()
-        .is_some_and(|r| r.run_version == run.version && r.stats_version == stats_version);
+    let position = run.queue_position();
+    let current = run.rendered.as_ref().is_some_and(|r| {
+        r.run_version == run.version
+            && r.stats_version == stats_version
+            && r.queue_position == position
+    });
     if !current {
-        run.rendered = split(&run.snapshot(key, stats, now), run.version, stats_version);
+        let mut snapshot = run.snapshot(key, stats, now);
+        snapshot.queue_position = position;
+        run.rendered = split(&snapshot, run.version, stats_version);
     }
     let json = match &run.rendered {
         Some(rendered) => {
@@ -135,6 +141,7 @@ fn split(snapshot: &Snapshot, run_version: u64, stats_version: u64) -> Option<Re
     Some(Rendered {
         run_version,
         stats_version,
+        queue_position: snapshot.queue_position,
         before: Bytes::copy_from_slice(json.get(..at)?.as_bytes()),
         after: Bytes::copy_from_slice(json.get(at + CLOCK_FIELDS.len()..)?.as_bytes()),
     })
