@@ -170,6 +170,8 @@ impl DiskStore {
         path.canonicalize().is_ok_and(|real| real.starts_with(root))
     }
 
+    /// A hit costs one `stat`; a miss adds the containment check (a `realpath`: one `lstat`
+    /// per path segment, from the kernel's inode cache), and is followed by a read anyway.
     fn lookup_path(&self, path: &Path) -> Lookup {
         match self.cache.fresh(path) {
             Ok(Some(file)) => Lookup::Cached(file),
