@@ -14,7 +14,7 @@ use crate::metrics::Metrics;
 use crate::openai::breaker::Breakers;
 use crate::openai::{OpenAiClient, RetryPolicy};
 use crate::progress::Progress;
-use crate::run::{Backends, Generator, ImageSource, Settings};
+use crate::run::{ArtifactStore, Backends, Generator, ImageSource, RunRegistry, Settings};
 use crate::storage::DataDir;
 use crate::storage::FileCache;
 
@@ -36,6 +36,11 @@ pub struct App {
     pub generator: Result<Arc<Generator>, String>,
     /// Served files and their ETags.
     pub file_cache: Arc<FileCache>,
+    /// Where artifacts are stored: what `/files`, the gallery and `/health` read, through
+    /// the same trait (and containment rule) as the run core.
+    pub store: Arc<dyn ArtifactStore>,
+    /// The run registry as the run core sees it (the gallery's live and failed cards).
+    pub runs: Arc<dyn RunRegistry>,
     /// The `/v1` catalogue; unavailable when the attributes are.
     pub catalogue: Result<Arc<Catalogue>, String>,
     pub started: Instant,
@@ -93,13 +98,14 @@ impl App {
             no_enhance: config.openai.no_enhance,
         };
         let file_cache = Arc::new(FileCache::new(FILE_CACHE_BYTES));
+        let backends = Backends::local(
+            &settings,
+            data.output(),
+            file_cache.clone(),
+            progress.clone(),
+        );
+        let (store, runs) = (backends.store.clone(), backends.registry.clone());
         let generator = attributes.clone().map(|attributes| {
-            let backends = Backends::local(
-                &settings,
-                data.output(),
-                file_cache.clone(),
-                progress.clone(),
-            );
             Arc::new(Generator::new(
                 attributes,
                 backends,
@@ -122,6 +128,8 @@ impl App {
             catalogue,
             generator,
             file_cache,
+            store,
+            runs,
             data,
             metrics,
             breaker,

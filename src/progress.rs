@@ -387,6 +387,20 @@ impl Progress {
             .collect()
     }
 
+    /// The failed runs still within their retention, sorted by series then address: the
+    /// gallery shows them with their error until they are removed or expire.
+    pub fn failed(&self) -> Vec<Snapshot> {
+        let (state, now) = self.state();
+        let stats = state.ledger.stats();
+        state
+            .runs
+            .iter()
+            .filter(|(_, run)| run.done && !run.cache_hit)
+            .map(|(key, run)| run.snapshot(key, stats, now))
+            .filter(|s| s.current_phase == Phase::Failed)
+            .collect()
+    }
+
     /// Removes a finished run before its retention ends (`?remove`); an in-flight run is kept.
     /// Returns whether a run was removed.
     pub fn forget(&self, key: &RunKey) -> bool {

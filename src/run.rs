@@ -331,6 +331,7 @@ impl Generator {
             // A failed run stays visible until it is removed; polling never retries it.
             Some(polled) if polled.failed => {
                 if flags.remove {
+                    self.clear(&key).await;
                     self.progress.forget(&key);
                     Outcome::Empty
                 } else {
@@ -342,7 +343,27 @@ impl Generator {
                 Ok(snapshot) => Outcome::Snapshot(Box::new(snapshot)),
                 Err(full) => Outcome::QueueFull(full),
             },
-            _ => Outcome::Empty,
+            _ => {
+                if flags.remove {
+                    self.clear(&key).await;
+                }
+                Outcome::Empty
+            }
+        }
+    }
+
+    /// Removes what would block a run of `key` from writing its files (a folder at a file's
+    /// name, see [`ArtifactStore::check_writable`]); stored files are kept.
+    async fn clear(&self, key: &RunKey) {
+        let files: Vec<_> = Artifacts::ALL
+            .iter()
+            .flat_map(|a| a.files())
+            .copied()
+            .collect();
+        let (store, owned) = (self.store.clone(), key.clone());
+        let cleared = tokio::task::spawn_blocking(move || store.clear(&owned, &files)).await;
+        if let Ok(Ok(true)) | Ok(Err(_)) = &cleared {
+            self.metrics.record_file_op(matches!(cleared, Ok(Ok(_))));
         }
     }
 
@@ -387,6 +408,7 @@ impl Generator {
         let removed = tokio::task::spawn_blocking(move || store.remove(&owned, kind, ext)).await;
         let ok = matches!(removed, Ok(Ok(_)));
         self.metrics.record_file_op(ok);
+        self.clear(key).await;
         self.progress.forget(key);
         Outcome::Removed(self.store.name(key, kind, ext))
     }

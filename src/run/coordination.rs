@@ -198,6 +198,8 @@ pub trait RunRegistry: Send + Sync + fmt::Debug {
     fn is_in_flight(&self, key: &RunKey) -> bool;
     /// The runs not finished yet (the gallery's live cards).
     fn in_flight(&self) -> Vec<Snapshot>;
+    /// The runs that failed and are still retained (the gallery's failed cards).
+    fn failed(&self) -> Vec<Snapshot>;
 }
 
 impl RunRegistry for Progress {
@@ -245,6 +247,9 @@ impl RunRegistry for Progress {
     }
     fn in_flight(&self) -> Vec<Snapshot> {
         Progress::in_flight(self)
+    }
+    fn failed(&self) -> Vec<Snapshot> {
+        Progress::failed(self)
     }
 }
 

@@ -43,6 +43,9 @@ pub enum RunError {
         #[source]
         source: std::io::Error,
     },
+    /// Something other than a file is where the run must write one (found before it spends).
+    #[error("{0}")]
+    Blocked(#[from] super::store::Blocked),
     #[error("decoding the image: {0}")]
     Image(String),
     #[error("background task failed: {0}")]
@@ -61,6 +64,7 @@ impl RunError {
             RunError::Annotate(_) => "annotate_failed",
             RunError::Storage { source, .. } if is_disk_full(source) => "storage_full",
             RunError::Storage { .. } => "storage_failed",
+            RunError::Blocked(_) => "storage_blocked",
             RunError::Image(_) => "image_invalid",
             RunError::Task(_) => "internal",
         }
@@ -251,6 +255,18 @@ pub async fn run(
         paid: false,
     };
     run.clock.enter(generator, Phase::Setup);
+    // Before anything is spent: a folder where a file must go would fail the run only after
+    // the paid image.
+    let (store, owned) = (generator.store.clone(), key.clone());
+    let files: Vec<_> = options
+        .artifacts
+        .iter()
+        .flat_map(|a| a.files())
+        .copied()
+        .collect();
+    tokio::task::spawn_blocking(move || store.check_writable(&owned, &files))
+        .await
+        .map_err(|e| RunError::Task(e.to_string()))??;
 
     run.phase(Phase::BasePrompts).await?;
     let (dress, prompts) = generator.attributes.dress(
@@ -449,5 +465,11 @@ mod tests {
             "{refused}"
         );
         assert_eq!(RunError::Superseded.code(), "superseded");
+        let blocked = RunError::from(super::super::store::Blocked {
+            kind: "annotated",
+            what: "a directory",
+        });
+        assert_eq!(blocked.code(), "storage_blocked");
+        assert!(!blocked.to_string().contains('/'), "{blocked}");
     }
 }

@@ -131,6 +131,9 @@ impl CachedFile {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Stamp {
+    /// With the inode, which file this is: a link put in place of a cached file resolves to
+    /// another file, never to the cached one (the store checks containment on a miss).
+    dev: u64,
     ino: u64,
     len: u64,
     mtime_ns: i128,
@@ -139,6 +142,7 @@ struct Stamp {
 impl Stamp {
     fn of(meta: &std::fs::Metadata) -> Stamp {
         Stamp {
+            dev: meta.dev(),
             ino: meta.ino(),
             len: meta.len(),
             mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
