@@ -19,6 +19,7 @@ use crate::attributes::Attributes;
 use crate::attributes::dress::DalleDress;
 use crate::metrics::Metrics;
 use crate::openai::OpenAiClient;
+use crate::openai::retry;
 use crate::progress::{Progress, RunKey, Snapshot, StartOutcome};
 use crate::storage::{CachedFile, FileCache};
 pub use coordination::{Leases, LocalLeases, LocalQueue, RunQueue, RunRegistry};
@@ -487,8 +488,9 @@ impl Generator {
             return;
         };
         self.metrics.generations_in_flight.inc();
+        let listener = self.retry_listener(&key, token);
         let result = tracing::Instrument::instrument(
-            pipeline::run(&self, &key, token, &options),
+            retry::reporting_retries(listener, pipeline::run(&self, &key, token, &options)),
             span.clone(),
         )
         .await;
@@ -524,6 +526,22 @@ impl Generator {
         });
         outcome.send_replace(Some(reported));
         self.drop_gate(&key);
+    }
+
+    /// Tells the run's progress of the retry waits of its OpenAI calls (while it owns `key`).
+    fn retry_listener(self: &Arc<Self>, key: &RunKey, token: Token) -> retry::RetryListener {
+        let (this, key) = (Arc::clone(self), key.clone());
+        Arc::new(move |wait: Option<&retry::RetryWait>| {
+            let wait = wait.map(|w| crate::progress::RetryWait {
+                operation: w.operation.label(),
+                attempt: w.next_attempt,
+                attempts: w.attempts,
+                wait: w.wait,
+                reason: w.reason.clone(),
+            });
+            // A run that lost its key stops reporting, like every other progress update.
+            let _ = this.guarded(&key, token, |p| p.set_retrying(&key, wait.as_ref()));
+        })
     }
 
     /// Runs `f` on the progress registry only while `token` still owns `key`.

@@ -9,8 +9,9 @@
 
 use tokio::time::Instant;
 
+use super::estimate::Estimator;
 use super::snapshot::Run;
-use super::{PhaseStats, RunKey, Snapshot};
+use super::{RunKey, Snapshot};
 
 /// The four clock-driven fields with the values [`split`] renders them with.
 const CLOCK_FIELDS: &str =
@@ -40,7 +41,7 @@ pub struct PolledSnapshot {
 pub(super) fn render(
     run: &mut Run,
     key: &RunKey,
-    stats: &PhaseStats,
+    estimator: Estimator<'_>,
     stats_version: u64,
     now: Instant,
 ) -> PolledSnapshot {
@@ -50,12 +51,16 @@ pub(super) fn render(
         .as_ref()
         .is_some_and(|r| r.run_version == run.version && r.stats_version == stats_version);
     if !current {
-        run.rendered = split(&run.snapshot(key, stats, now), run.version, stats_version);
+        run.rendered = split(
+            &run.snapshot(key, estimator, now),
+            run.version,
+            stats_version,
+        );
     }
     let json = match &run.rendered {
         Some(rendered) => {
-            let (phase_percent, phase_eta) = run.phase_progress(stats, now);
-            let (percent, eta) = run.overall_progress(stats, now);
+            let (phase_percent, phase_eta) = run.phase_progress(estimator, now);
+            let (percent, eta) = run.overall_progress(estimator, now);
             let mut json = Vec::with_capacity(rendered.before.len() + rendered.after.len() + 160);
             json.extend_from_slice(rendered.before.as_bytes());
             for (name, value) in [
@@ -75,7 +80,7 @@ pub(super) fn render(
             json
         }
         // Only if the markers were not found (see `split`): serialise it all.
-        None => serde_json::to_vec(&run.snapshot(key, stats, now)).unwrap_or_default(),
+        None => serde_json::to_vec(&run.snapshot(key, estimator, now)).unwrap_or_default(),
     };
     PolledSnapshot { json, done, failed }
 }
@@ -101,7 +106,7 @@ fn split(snapshot: &Snapshot, run_version: u64, stats_version: u64) -> Option<Re
 #[cfg(test)]
 mod tests {
     use super::super::tests::key;
-    use super::super::{Phase, Progress, StartOutcome};
+    use super::super::{Phase, Progress, RetryWait, StartOutcome};
     use crate::attributes::dress::DalleDress;
     use std::time::Duration;
     use tokio::time::advance;
@@ -143,6 +148,17 @@ mod tests {
         }
         p.set_queue_position(&k, Some(3));
         same_bytes(&p, &k).await;
+        let wait = RetryWait {
+            operation: "image",
+            attempt: 2,
+            attempts: 3,
+            wait: Duration::from_secs(4),
+            reason: "a \"quoted\" reason".into(),
+        };
+        p.set_retrying(&k, Some(&wait));
+        same_bytes(&p, &k).await;
+        advance(Duration::from_millis(1500)).await;
+        same_bytes(&p, &k).await;
         p.complete(&k);
         same_bytes(&p, &k).await;
 
@@ -152,6 +168,12 @@ mod tests {
         p.transition(&other, Phase::ImageWait);
         advance(Duration::from_secs(5)).await;
         assert_eq!(p.start(&k, "req-3"), StartOutcome::Started);
+        same_bytes(&p, &k).await;
+        p.set_queue_position(&k, Some(2));
+        same_bytes(&p, &k).await;
+        advance(Duration::from_millis(900)).await;
+        same_bytes(&p, &k).await;
+        p.set_queue_position(&k, None);
         same_bytes(&p, &k).await;
         p.complete(&other);
         same_bytes(&p, &k).await;

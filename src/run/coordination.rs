@@ -18,7 +18,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::locks::{LockTable, Token};
 use crate::attributes::dress::DalleDress;
-use crate::progress::{Phase, PolledSnapshot, Progress, RunKey, Snapshot, StartOutcome};
+use crate::progress::{Phase, PolledSnapshot, Progress, RetryWait, RunKey, Snapshot, StartOutcome};
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -117,6 +117,8 @@ pub trait RunRegistry: Send + Sync + fmt::Debug {
     fn is_in_flight(&self, key: &RunKey) -> bool;
     /// The runs not finished yet (the gallery's live cards).
     fn in_flight(&self) -> Vec<Snapshot>;
+    /// Records that a run waits to retry a provider call (`None`: the next attempt started).
+    fn set_retrying(&self, key: &RunKey, wait: Option<&RetryWait>);
 }
 
 impl RunRegistry for Progress {
@@ -164,6 +166,9 @@ impl RunRegistry for Progress {
     }
     fn in_flight(&self) -> Vec<Snapshot> {
         Progress::in_flight(self)
+    }
+    fn set_retrying(&self, key: &RunKey, wait: Option<&RetryWait>) {
+        Progress::set_retrying(self, key, wait);
     }
 }
 
