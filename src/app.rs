@@ -74,13 +74,14 @@ impl App {
         }
         let metrics = Arc::new(Metrics::new()?);
         let breaker = Breakers::default();
-        // Finished runs stay visible for one lock TTL so slow pollers still see the outcome.
+        // Estimates before any history fit the image source; queue waits count in slots.
         let priors = if config.openai.mock_mode() {
             Priors::mock()
         } else {
             Priors::live(&config.openai.image_model, !config.openai.no_enhance)
         };
         let estimates = Estimates::new(priors, config.max_concurrent);
+        // Finished runs stay visible for one lock TTL so slow pollers still see the outcome.
         let progress =
             Arc::new(Progress::load(data.metrics(), config.lock_ttl).with_estimates(estimates));
         let source = if config.openai.mock_mode() {
