@@ -271,7 +271,10 @@ mod tests {
 
     #[test]
     fn image_refs_are_trimmed_and_never_blank() {
-        assert_eq!(ImageRef::parse(" sha256:ab ").unwrap().as_str(), "sha256:ab");
+        assert_eq!(
+            ImageRef::parse(" sha256:ab ").unwrap().as_str(),
+            "sha256:ab"
+        );
         assert_eq!(ImageRef::parse(" \t"), Err(ImageRefError));
     }
 

@@ -82,12 +82,19 @@ impl GenerateBody {
             ("recipe", self.recipe.as_ref()),
             ("backstyle", self.backstyle.as_ref()),
         ];
-        if let Some((name, _)) = texts.iter().find(|(_, t)| t.is_some_and(|t| t.len() > MAX_TEXT)) {
+        if let Some((name, _)) = texts
+            .iter()
+            .find(|(_, t)| t.is_some_and(|t| t.len() > MAX_TEXT))
+        {
             return Err(invalid(&format!("{name} is longer than {MAX_TEXT} bytes")));
         }
         let seed = Seed::for_request(&self.input, self.seed.as_deref())
             .map_err(|e| invalid(&e.to_string()))?;
-        let series = self.series.as_deref().map(str::trim).filter(|s| !s.is_empty());
+        let series = self
+            .series
+            .as_deref()
+            .map(str::trim)
+            .filter(|s| !s.is_empty());
         Ok(GenerateRequest {
             input: if self.input.trim().is_empty() {
                 seed.as_str().to_string()
@@ -143,7 +150,10 @@ pub async fn list_images(
         .list_images(series.clone(), after, limit)
         .await?;
     let mut response = Envelope::ok(page.records, &rid).into_response();
-    if let Some(link) = page.next.and_then(|next| next_link(series.as_ref(), limit, &next)) {
+    if let Some(link) = page
+        .next
+        .and_then(|next| next_link(series.as_ref(), limit, &next))
+    {
         response.headers_mut().insert(LINK, link);
     }
     Ok(response)

@@ -85,7 +85,10 @@ fn an_indexed_record_is_read_alone() {
         ("output/alpha/metadata/s1.json", false, &a)
     );
     // A seed is not an id: it still takes the scan, and the scan still fails.
-    assert_eq!(records.get(&r("s1")).unwrap_err().code, Code::MetadataInvalid);
+    assert_eq!(
+        records.get(&r("s1")).unwrap_err().code,
+        Code::MetadataInvalid
+    );
 }
 
 #[test]
@@ -127,7 +130,10 @@ fn a_record_rewritten_or_removed_behind_the_index_is_not_answered_from_it() {
     let err = records.get(&r(&a.image_id)).unwrap_err();
     assert_eq!(err.code, Code::ArtifactMissing);
     assert!(!records.is_indexed(&a.image_id));
-    assert_eq!(records.get(&r(&renamed.image_id)).unwrap().metadata, renamed);
+    assert_eq!(
+        records.get(&r(&renamed.image_id)).unwrap().metadata,
+        renamed
+    );
 
     std::fs::remove_file(&path).unwrap();
     let err = records.get(&r(&renamed.image_id)).unwrap_err();
@@ -296,7 +302,10 @@ fn a_page_reads_only_its_own_record_files() {
     }
     let page = records.page(None, None, 2).unwrap();
     assert_eq!(page.records, all[..2]);
-    assert_eq!(page.next.as_deref(), Some(all[1].metadata.image_id.as_str()));
+    assert_eq!(
+        page.next.as_deref(),
+        Some(all[1].metadata.image_id.as_str())
+    );
     assert_eq!(
         list(root, None, false).unwrap_err().code,
         Code::MetadataInvalid,
@@ -389,7 +398,10 @@ fn get_finds_by_image_id_first_then_by_seed() {
         missing.to_string(),
         "artifact_missing: image metadata record was not found"
     );
-    assert!(ImageRef::parse("  ").is_err(), "blank ids are refused at the edge");
+    assert!(
+        ImageRef::parse("  ").is_err(),
+        "blank ids are refused at the edge"
+    );
 }
 
 #[test]
@@ -554,7 +566,12 @@ fn export_dirs_are_relative_to_the_exports_dir() {
     let artifact = "output/alpha/annotated/s1.png";
     let result = export(root, "s1", &with_dir(artifact)).unwrap();
     assert_eq!(result.dir, format!("exports/{artifact}"));
-    assert!(root.join("exports").join(artifact).join("title.txt").exists());
+    assert!(
+        root.join("exports")
+            .join(artifact)
+            .join("title.txt")
+            .exists()
+    );
     assert!(!root.join(artifact).exists());
     assert!(!root.join("output/alpha/annotated").exists());
 }

@@ -140,10 +140,7 @@ fn hiding_sets_the_flag_and_leaves_the_images_in_place() {
     let hidden = set_hidden(&store, &output, &n("MINE"), true).unwrap();
     assert!(hidden.deleted);
     assert_eq!(hidden.last, 3, "the rest of the series is kept");
-    assert!(
-        output.join("mine/annotated/a.png").exists(),
-        "still served"
-    );
+    assert!(output.join("mine/annotated/a.png").exists(), "still served");
     assert!(!output.join("mine.deleted").exists());
     assert!(!suffixes(&list(&store, false, false)).contains(&"mine"));
     assert_eq!(suffixes(&list(&store, false, true)), ["mine"]);
@@ -154,7 +151,11 @@ fn hiding_sets_the_flag_and_leaves_the_images_in_place() {
 
     // No output directory at all is fine.
     save(&store, &n("bare"), body("{}")).unwrap();
-    assert!(set_hidden(&store, &output, &n("bare"), true).unwrap().deleted);
+    assert!(
+        set_hidden(&store, &output, &n("bare"), true)
+            .unwrap()
+            .deleted
+    );
 }
 
 #[test]
@@ -176,7 +177,9 @@ fn hiding_refuses_builtins_and_unknown_series() {
     let err = set_hidden(&store, &output, &n("simple"), true).unwrap_err();
     assert_eq!(err.code, Code::SeriesInvalid);
     assert_eq!(
-        set_hidden(&store, &output, &n("ghost"), true).unwrap_err().code,
+        set_hidden(&store, &output, &n("ghost"), true)
+            .unwrap_err()
+            .code,
         Code::SeriesNotFound
     );
     std::fs::create_dir_all(store.user_dir()).unwrap();
