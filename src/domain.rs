@@ -256,7 +256,16 @@ mod tests {
             Seed::for_request(" Wimp ", Some(" ")).unwrap().as_str(),
             crate::attributes::selection::seed_from_input("Wimp")
         );
+        assert_eq!(
+            Seed::for_request("hello world", None).unwrap().as_str(),
+            "b94d27b9934d3e08a52e52d7da7dabfac484efe37a5380ee9088f7ace2efcde9"
+        );
         assert_eq!(Seed::for_request(" ", None), Err(SeedError::Missing));
+        assert_eq!(
+            SeedError::Missing.to_string(),
+            "input is required",
+            "the message /v1 answers"
+        );
         assert!(matches!(
             Seed::for_request("", Some("short")),
             Err(SeedError::Unusable(_))
