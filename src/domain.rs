@@ -79,6 +79,67 @@ impl Seed {
     }
 }
 
+/// Why a `/v1` request's seed cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SeedError {
+    /// Neither an input nor an explicit seed.
+    #[error("input is required")]
+    Missing,
+    /// It names the run's files (`<seed>.json`, `<seed>.png`), and file systems allow 255
+    /// bytes per name; a longer one would fail at the first write, after the paid image.
+    #[error("seed is longer than {max} bytes", max = Seed::MAX_LEN)]
+    TooLong,
+    /// Too short to select attributes.
+    #[error("{0}")]
+    Unusable(String),
+}
+
+impl Seed {
+    /// The longest seed accepted, in bytes.
+    pub const MAX_LEN: usize = 200;
+
+    /// The seed of a `/v1` request: an explicit non-blank seed trimmed and used as given,
+    /// else the lower-case hex SHA-256 of the trimmed input. Either way it must be long enough
+    /// to select attributes (checked here, so a run never fails on it after work was done).
+    pub fn for_request(input: &str, explicit: Option<&str>) -> Result<Seed, SeedError> {
+        let seed = match explicit.map(str::trim).filter(|s| !s.is_empty()) {
+            Some(seed) if seed.len() > Seed::MAX_LEN => return Err(SeedError::TooLong),
+            Some(seed) => seed.to_string(),
+            None if input.trim().is_empty() => return Err(SeedError::Missing),
+            None => crate::attributes::selection::seed_from_input(input),
+        };
+        crate::attributes::selection::extended_seed(&seed)
+            .map_err(|e| SeedError::Unusable(e.to_string()))?;
+        Ok(Seed(seed.into()))
+    }
+}
+
+/// What `/v1/images/{id}` names: a record's `imageId` (`sha256:…`) or its seed; trimmed and
+/// never blank.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ImageRef(Arc<str>);
+
+/// Why a string is not an [`ImageRef`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("image id is required")]
+pub struct ImageRefError;
+
+impl ImageRef {
+    /// Trims `raw`; a blank id is an error.
+    pub fn parse(raw: &str) -> Result<ImageRef, ImageRefError> {
+        let id = raw.trim();
+        if id.is_empty() {
+            return Err(ImageRefError);
+        }
+        Ok(ImageRef(id.into()))
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
 /// What a run is made for: an address (`/dalle`) or a seed (`/v1`). Both name the run's files,
 /// `<data>/output/<series>/<kind>/<subject>.<ext>`, so two subjects are the same key when their
 /// text is the same: a `/v1` seed that is an address shares the `/dalle` run and its files,
@@ -146,7 +207,7 @@ macro_rules! display_as_str {
         }
     )*};
 }
-display_as_str!(Address, SeriesName, Seed, Subject);
+display_as_str!(Address, SeriesName, Seed, Subject, ImageRef);
 
 #[cfg(test)]
 mod tests {
@@ -180,6 +241,50 @@ mod tests {
         );
         assert_eq!(SeriesName::normalize("...").as_str(), "unknown");
         assert_eq!(SeriesName::normalize("").as_str(), "unknown");
+    }
+
+    #[test]
+    fn request_seeds_are_explicit_or_hashed_and_always_usable() {
+        let long = "a".repeat(33);
+        assert_eq!(
+            Seed::for_request("ignored", Some(&format!(" {long} ")))
+                .unwrap()
+                .as_str(),
+            long
+        );
+        assert_eq!(
+            Seed::for_request(" Wimp ", Some(" ")).unwrap().as_str(),
+            crate::attributes::selection::seed_from_input("Wimp")
+        );
+        assert_eq!(
+            Seed::for_request("hello world", None).unwrap().as_str(),
+            "b94d27b9934d3e08a52e52d7da7dabfac484efe37a5380ee9088f7ace2efcde9"
+        );
+        assert_eq!(Seed::for_request(" ", None), Err(SeedError::Missing));
+        assert_eq!(
+            SeedError::Missing.to_string(),
+            "input is required",
+            "the message /v1 answers"
+        );
+        assert!(matches!(
+            Seed::for_request("", Some("short")),
+            Err(SeedError::Unusable(_))
+        ));
+        let max = "b".repeat(Seed::MAX_LEN);
+        assert!(Seed::for_request("", Some(&max)).is_ok());
+        assert_eq!(
+            Seed::for_request("", Some(&format!("{max}b"))),
+            Err(SeedError::TooLong)
+        );
+    }
+
+    #[test]
+    fn image_refs_are_trimmed_and_never_blank() {
+        assert_eq!(
+            ImageRef::parse(" sha256:ab ").unwrap().as_str(),
+            "sha256:ab"
+        );
+        assert_eq!(ImageRef::parse(" \t"), Err(ImageRefError));
     }
 
     #[test]

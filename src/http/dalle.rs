@@ -34,6 +34,7 @@ pub async fn dalle(
         request.uri().query(),
         |s| generator.attributes.series.contains(s),
     )?;
+    super::series::refuse_new_run_if_hidden(generator, &key, flags)?;
     let headers = request.headers();
     let outcome = Arc::clone(generator).handle(key, flags, rid.as_str()).await;
     Ok(match outcome {

@@ -83,7 +83,8 @@ async fn a_queued_run_reads_zero_percent_and_its_eta_includes_the_wait() {
     assert_eq!(queued.queue_position, Some(3));
     // 3 places ÷ 2 slots × 20 s, then its own 20 s
     assert_eq!((queued.percent, queued.eta_seconds), (0.0, 50.0));
-    let polled: serde_json::Value = serde_json::from_slice(&p.poll(&k).unwrap().json.to_vec()).unwrap();
+    let polled: serde_json::Value =
+        serde_json::from_slice(&p.poll(&k).unwrap().json.to_vec()).unwrap();
     assert_eq!(
         (&polled["percent"], &polled["etaSeconds"]),
         (&0.0.into(), &50.0.into())
@@ -124,7 +125,8 @@ async fn a_failed_run_keeps_the_percent_it_reached() {
     // last phase with an average.
     let failed = p.snapshot(&k).unwrap();
     assert_eq!((failed.percent, failed.eta_seconds), (50.0, 0.0));
-    let polled: serde_json::Value = serde_json::from_slice(&p.poll(&k).unwrap().json.to_vec()).unwrap();
+    let polled: serde_json::Value =
+        serde_json::from_slice(&p.poll(&k).unwrap().json.to_vec()).unwrap();
     assert_eq!(polled["percent"], 50.0);
     // Later history does not move it either.
     generate(&p, &key("simple", 3), [3; 7]).await;
