@@ -5,11 +5,12 @@
 
 use std::path::{Component, Path as FsPath, PathBuf};
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::Response;
 
 use super::ApiError;
+use super::extract::Path;
 use crate::app::AppState;
 use crate::storage::CachedFile;
 

@@ -8,13 +8,13 @@
 
 use std::collections::HashMap;
 
-use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use super::extract::{JsonBody, Path};
 use super::{ApiError, Envelope, RequestId};
 use crate::app::AppState;
 use crate::attributes::series::Series;
@@ -49,13 +49,40 @@ fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     }
 }
 
+/// A client's series name, or `400 invalid_input` saying why it cannot be one.
+fn series_name(raw: &str) -> Result<SeriesName, ApiError> {
+    SeriesName::parse(raw).map_err(|e| invalid(&format!("invalid series name: {e}")))
+}
+
+/// The series a generate or preview body names, checked like a path's (absent or blank is
+/// the default series, which the catalogue picks).
+fn check_body_series(request: &GenerateRequest) -> Result<(), ApiError> {
+    match request.series.as_deref().filter(|s| !s.trim().is_empty()) {
+        Some(raw) => series_name(raw).map(drop),
+        None => Ok(()),
+    }
+}
+
+/// A `1`-or-absent query flag: `1` is true, absence false, and any other value (`true`,
+/// `yes`, empty) a 400 naming the accepted one, rather than a silent false.
+fn query_flag(q: &HashMap<String, String>, name: &str) -> Result<bool, ApiError> {
+    match q.get(name).map(String::as_str) {
+        None => Ok(false),
+        Some("1") => Ok(true),
+        Some(other) => Err(invalid(&format!(
+            "invalid {name} value {other:?}: the accepted value is 1"
+        ))),
+    }
+}
+
 fn ok<T: Serialize>(data: T, rid: &RequestId) -> V1Result {
     Ok(Envelope::ok(data, rid).into_response())
 }
 
 /// `POST /v1/images/generate`.
-pub async fn generate(State(state): State<AppState>, rid: RequestId, body: Bytes) -> V1Result {
+pub async fn generate(State(state): State<AppState>, rid: RequestId, body: JsonBody) -> V1Result {
     let request: GenerateRequest = decode(&body)?;
+    check_body_series(&request)?;
     ok(
         catalogue(&state)?.generate(request, rid.as_str()).await?,
         &rid,
@@ -63,8 +90,9 @@ pub async fn generate(State(state): State<AppState>, rid: RequestId, body: Bytes
 }
 
 /// `POST /v1/images/preview`.
-pub async fn preview(State(state): State<AppState>, rid: RequestId, body: Bytes) -> V1Result {
+pub async fn preview(State(state): State<AppState>, rid: RequestId, body: JsonBody) -> V1Result {
     let request: GenerateRequest = decode(&body)?;
+    check_body_series(&request)?;
     ok(catalogue(&state)?.preview(request).await?, &rid)
 }
 
@@ -74,7 +102,13 @@ pub async fn list_images(
     rid: RequestId,
     Query(q): Query<HashMap<String, String>>,
 ) -> V1Result {
-    let series = q.get("series").filter(|s| !s.is_empty()).cloned();
+    let series = match q.get("series").filter(|s| !s.is_empty()) {
+        Some(raw) => {
+            series_name(raw)?;
+            Some(raw.clone())
+        }
+        None => None,
+    };
     ok(catalogue(&state)?.list_images(series).await?, &rid)
 }
 
@@ -119,7 +153,7 @@ pub async fn export(
     State(state): State<AppState>,
     rid: RequestId,
     Path(id): Path<String>,
-    body: Bytes,
+    body: JsonBody,
 ) -> V1Result {
     let options = if body.is_empty() {
         serde_json::Value::Object(Default::default())
@@ -140,11 +174,11 @@ pub async fn list_series(
     rid: RequestId,
     Query(q): Query<HashMap<String, String>>,
 ) -> V1Result {
-    let flag = |k: &str| q.get(k).is_some_and(|v| v == "1");
-    ok(
-        catalogue(&state)?.list_series(flag("includeHidden"), flag("onlyHidden")),
-        &rid,
-    )
+    let (include, only) = (
+        query_flag(&q, "includeHidden")?,
+        query_flag(&q, "onlyHidden")?,
+    );
+    ok(catalogue(&state)?.list_series(include, only), &rid)
 }
 
 #[derive(Debug, Deserialize)]
@@ -158,7 +192,8 @@ pub async fn get_series(
     rid: RequestId,
     Path(name): Path<String>,
 ) -> V1Result {
-    ok(catalogue(&state)?.get_series(&name)?, &rid)
+    let name = series_name(&name)?;
+    ok(catalogue(&state)?.get_series(name.as_str())?, &rid)
 }
 
 /// `PUT /v1/series/{name}`.
@@ -166,9 +201,14 @@ pub async fn save_series(
     State(state): State<AppState>,
     rid: RequestId,
     Path(name): Path<String>,
-    body: Bytes,
+    body: JsonBody,
 ) -> V1Result {
+    series_name(&name)?;
     let series: Series = decode(&body)?;
+    // The body's suffix, when set, names the file instead of the path's.
+    if !series.suffix.trim().is_empty() {
+        series_name(&series.suffix)?;
+    }
     ok(catalogue(&state)?.save_series(&name, series).await?, &rid)
 }
 
@@ -177,11 +217,14 @@ pub async fn set_series_hidden(
     State(state): State<AppState>,
     rid: RequestId,
     Path(name): Path<String>,
-    body: Bytes,
+    body: JsonBody,
 ) -> V1Result {
+    let name = series_name(&name)?;
     let Hidden { hidden } = decode(&body)?;
     ok(
-        catalogue(&state)?.set_series_hidden(&name, hidden).await?,
+        catalogue(&state)?
+            .set_series_hidden(name.as_str(), hidden)
+            .await?,
         &rid,
     )
 }
@@ -237,7 +280,7 @@ pub async fn progress(
     rid: RequestId,
     Path((series, seed)): Path<(String, String)>,
 ) -> V1Result {
-    let (series, seed) = (SeriesName::normalize(&series), Seed::new(seed.trim()));
+    let (series, seed) = (series_name(&series)?, Seed::new(seed.trim()));
     ok(catalogue(&state)?.progress(series, seed)?, &rid)
 }
 
