@@ -51,10 +51,61 @@ pub fn is_address(s: &str) -> bool {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SeriesName(Arc<str>);
 
+/// The longest series name, in characters. A name is also at most [`MAX_SERIES_NAME_BYTES`]
+/// bytes, so `<name>.deleted` and `<name>.json` stay within the 255-byte file-name limit of
+/// common file systems whatever the script.
+pub const MAX_SERIES_NAME: usize = 100;
+/// The longest series name, in UTF-8 bytes.
+pub const MAX_SERIES_NAME_BYTES: usize = 200;
+/// Suffixes the server gives directories of its own beside the series' ones under
+/// `<data>/output/`: a hidden series' images are parked in `<name>.deleted`.
+pub const RESERVED_SERIES_SUFFIXES: [&str; 1] = [".deleted"];
+
+/// Why a client's series name is refused (a 400 on every route that takes one).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SeriesNameError {
+    #[error(
+        "series name is longer than {MAX_SERIES_NAME} characters ({MAX_SERIES_NAME_BYTES} bytes)"
+    )]
+    TooLong,
+    #[error("series name contains a control character")]
+    ControlCharacter,
+    #[error("series name ends in {0}, which the server reserves")]
+    ReservedSuffix(&'static str),
+    #[error("series name starts with a dot, which names a hidden file")]
+    LeadingDot,
+}
+
 impl SeriesName {
     /// Normalises `raw` (trim, lower-case, separators to `-`; nothing usable is `unknown`).
+    /// For names the server itself holds; a client's name goes through [`SeriesName::parse`].
     pub fn normalize(raw: &str) -> SeriesName {
         SeriesName(crate::attributes::series::normalize_name(raw).into())
+    }
+
+    /// A client's series name, normalised as [`SeriesName::normalize`] does, and refused
+    /// when it could not name a series' files: too long for a file name, with control
+    /// characters, ending in a suffix the server reserves, or starting with a dot.
+    pub fn parse(raw: &str) -> Result<SeriesName, SeriesNameError> {
+        // Before normalising, which turns some control characters (tab, newline) into `-`.
+        if raw.chars().any(char::is_control) {
+            return Err(SeriesNameError::ControlCharacter);
+        }
+        let name = SeriesName::normalize(raw);
+        let text = name.as_str();
+        if text.chars().count() > MAX_SERIES_NAME || text.len() > MAX_SERIES_NAME_BYTES {
+            return Err(SeriesNameError::TooLong);
+        }
+        if let Some(suffix) = RESERVED_SERIES_SUFFIXES
+            .into_iter()
+            .find(|s| text.ends_with(s))
+        {
+            return Err(SeriesNameError::ReservedSuffix(suffix));
+        }
+        if text.starts_with('.') {
+            return Err(SeriesNameError::LeadingDot);
+        }
+        Ok(name)
     }
 
     /// The name as text.
@@ -285,6 +336,34 @@ mod tests {
             "sha256:ab"
         );
         assert_eq!(ImageRef::parse(" \t"), Err(ImageRefError));
+    }
+
+    #[test]
+    fn client_series_names_are_refused_when_they_cannot_name_files() {
+        assert_eq!(SeriesName::parse(" My Cats ").unwrap().as_str(), "my-cats");
+        assert_eq!(SeriesName::parse("simple").unwrap().as_str(), "simple");
+        assert_eq!(SeriesName::parse("v1.2").unwrap().as_str(), "v1.2");
+        let hundred = "a".repeat(MAX_SERIES_NAME);
+        assert_eq!(SeriesName::parse(&hundred).unwrap().as_str(), hundred);
+        let refused = |raw: &str| SeriesName::parse(raw).unwrap_err();
+        assert_eq!(refused(&"a".repeat(101)), SeriesNameError::TooLong);
+        // 100 characters, 300 bytes: too long for `<name>.deleted` as a file name.
+        assert_eq!(refused(&"\u{20ac}".repeat(100)), SeriesNameError::TooLong);
+        for raw in ["a\u{1}b", "cats\n", "\tcats", "a\u{7f}", "a\u{9b}b"] {
+            assert_eq!(refused(raw), SeriesNameError::ControlCharacter, "{raw:?}");
+        }
+        assert_eq!(
+            refused("cats.deleted"),
+            SeriesNameError::ReservedSuffix(".deleted")
+        );
+        assert_eq!(
+            refused("Cats.DELETED"),
+            SeriesNameError::ReservedSuffix(".deleted")
+        );
+        assert_eq!(refused(".hidden"), SeriesNameError::LeadingDot);
+        // What normalising already made safe stays accepted.
+        assert_eq!(SeriesName::parse("...").unwrap().as_str(), "unknown");
+        assert_eq!(SeriesName::parse("a/b").unwrap().as_str(), "a-b");
     }
 
     #[test]

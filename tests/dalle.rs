@@ -288,11 +288,9 @@ async fn decision_table_for_plain_generate_and_remove() {
         !server.data_dir.join("output/simple").exists(),
         "a plain GET must not generate"
     );
-    // `generate` needs exactly 1.
-    assert_eq!(
-        get_json(&dalle("?generate=true")).await["data"],
-        serde_json::json!({})
-    );
+    // `generate` needs exactly 1: anything else is refused, not silently ignored.
+    let typo = c.get(dalle("?generate=true")).send().await.unwrap();
+    assert_eq!(typo.status(), 400);
 
     get_json(&dalle("?generate=1")).await;
     poll_done(&server, "simple", A, Duration::from_secs(60)).await;

@@ -12,14 +12,14 @@
 
 use std::collections::HashMap;
 
-use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::HeaderValue;
 use axum::http::header::{CONTENT_TYPE, LINK};
 use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use super::extract::{JsonBody, Path};
 use super::{ApiError, Envelope, RequestId};
 use crate::app::AppState;
 use crate::attributes::series::Series;
@@ -51,6 +51,23 @@ fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     {
         Some(Ok(value)) => Ok(value),
         _ => Err(invalid("invalid JSON request")),
+    }
+}
+
+/// A client's series name, or `400 invalid_input` saying why it cannot be one.
+fn series_name(raw: &str) -> Result<SeriesName, ApiError> {
+    SeriesName::parse(raw).map_err(|e| invalid(&format!("invalid series name: {e}")))
+}
+
+/// A `1`-or-absent query flag: `1` is true, absence false, and any other value (`true`,
+/// `yes`, empty) a 400 naming the accepted one, rather than a silent false.
+fn query_flag(q: &HashMap<String, String>, name: &str) -> Result<bool, ApiError> {
+    match q.get(name).map(String::as_str) {
+        None => Ok(false),
+        Some("1") => Ok(true),
+        Some(other) => Err(invalid(&format!(
+            "invalid {name} value {other:?}: the accepted value is 1"
+        ))),
     }
 }
 
@@ -102,7 +119,10 @@ impl GenerateBody {
                 self.input
             },
             seed,
-            series: SeriesName::normalize(series.unwrap_or("empty")),
+            series: series
+                .map(series_name)
+                .transpose()?
+                .unwrap_or_else(|| SeriesName::normalize("empty")),
             recipe: self.recipe,
             backstyle: self.backstyle,
             enhance: self.enhance,
@@ -114,7 +134,7 @@ impl GenerateBody {
 }
 
 /// `POST /v1/images/generate`.
-pub async fn generate(State(state): State<AppState>, rid: RequestId, body: Bytes) -> V1Result {
+pub async fn generate(State(state): State<AppState>, rid: RequestId, body: JsonBody) -> V1Result {
     let request = decode::<GenerateBody>(&body)?.parse()?;
     ok(
         catalogue(&state)?.generate(request, rid.as_str()).await?,
@@ -123,7 +143,7 @@ pub async fn generate(State(state): State<AppState>, rid: RequestId, body: Bytes
 }
 
 /// `POST /v1/images/preview`.
-pub async fn preview(State(state): State<AppState>, rid: RequestId, body: Bytes) -> V1Result {
+pub async fn preview(State(state): State<AppState>, rid: RequestId, body: JsonBody) -> V1Result {
     let request = decode::<GenerateBody>(&body)?.parse()?;
     ok(catalogue(&state)?.preview(request).await?, &rid)
 }
@@ -136,7 +156,7 @@ pub async fn list_images(
     Query(q): Query<HashMap<String, String>>,
 ) -> V1Result {
     let given = |k: &str| q.get(k).map(|v| v.trim()).filter(|v| !v.is_empty());
-    let series = given("series").map(SeriesName::normalize);
+    let series = given("series").map(series_name).transpose()?;
     let limit = match given("limit") {
         None => DEFAULT_PAGE,
         Some(v) => v
@@ -218,7 +238,7 @@ pub async fn export(
     State(state): State<AppState>,
     rid: RequestId,
     Path(id): Path<String>,
-    body: Bytes,
+    body: JsonBody,
 ) -> V1Result {
     let options = if body.is_empty() {
         serde_json::Value::Object(Default::default())
@@ -243,11 +263,11 @@ pub async fn list_series(
     rid: RequestId,
     Query(q): Query<HashMap<String, String>>,
 ) -> V1Result {
-    let flag = |k: &str| q.get(k).is_some_and(|v| v == "1");
-    ok(
-        catalogue(&state)?.list_series(flag("includeHidden"), flag("onlyHidden")),
-        &rid,
-    )
+    let (include, only) = (
+        query_flag(&q, "includeHidden")?,
+        query_flag(&q, "onlyHidden")?,
+    );
+    ok(catalogue(&state)?.list_series(include, only), &rid)
 }
 
 #[derive(Debug, Deserialize)]
@@ -261,10 +281,8 @@ pub async fn get_series(
     rid: RequestId,
     Path(name): Path<String>,
 ) -> V1Result {
-    ok(
-        catalogue(&state)?.get_series(&SeriesName::normalize(&name))?,
-        &rid,
-    )
+    let name = series_name(&name)?;
+    ok(catalogue(&state)?.get_series(&name)?, &rid)
 }
 
 /// `PUT /v1/series/{name}`. As upstream, a suffix in the body wins over the name in the path;
@@ -273,14 +291,15 @@ pub async fn save_series(
     State(state): State<AppState>,
     rid: RequestId,
     Path(name): Path<String>,
-    body: Bytes,
+    body: JsonBody,
 ) -> V1Result {
+    series_name(&name)?;
     let series: Series = decode(&body)?;
     let name = [series.suffix.as_str(), name.as_str()]
         .into_iter()
         .find(|s| !s.trim().is_empty())
-        .map(SeriesName::normalize)
-        .ok_or_else(|| invalid("series name is required"))?;
+        .ok_or_else(|| invalid("series name is required"))
+        .and_then(series_name)?;
     ok(catalogue(&state)?.save_series(&name, series).await?, &rid)
 }
 
@@ -289,13 +308,12 @@ pub async fn set_series_hidden(
     State(state): State<AppState>,
     rid: RequestId,
     Path(name): Path<String>,
-    body: Bytes,
+    body: JsonBody,
 ) -> V1Result {
+    let name = series_name(&name)?;
     let Hidden { hidden } = decode(&body)?;
     ok(
-        catalogue(&state)?
-            .set_series_hidden(&SeriesName::normalize(&name), hidden)
-            .await?,
+        catalogue(&state)?.set_series_hidden(&name, hidden).await?,
         &rid,
     )
 }
@@ -351,7 +369,7 @@ pub async fn progress(
     rid: RequestId,
     Path((series, seed)): Path<(String, String)>,
 ) -> V1Result {
-    let (series, seed) = (SeriesName::normalize(&series), Seed::new(seed.trim()));
+    let (series, seed) = (series_name(&series)?, Seed::new(seed.trim()));
     ok(catalogue(&state)?.progress(series, seed)?, &rid)
 }
 
