@@ -8,6 +8,7 @@ use std::time::{Instant, SystemTime};
 
 use crate::attributes::Attributes;
 use crate::attributes::database::{BACKSTYLES, SELECTION_DATABASES, Source};
+use crate::budget::{self, Budget, Caps, LocalBudget, Prices, SystemClock};
 use crate::catalogue::service::Catalogue;
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -60,6 +61,10 @@ pub enum BuildError {
     Metrics(#[from] prometheus::Error),
     #[error("cannot set up the OpenAI client: {0}")]
     OpenAi(#[from] crate::openai::OpenAiError),
+    #[error("cannot read the saved budget: {0}")]
+    Budget(std::io::Error),
+    #[error("{0}")]
+    Prices(#[from] crate::budget::prices::PricesError),
 }
 
 impl App {
@@ -113,14 +118,24 @@ impl App {
             progress.clone(),
         );
         let (store, runs) = (backends.store.clone(), backends.registry.clone());
+        let prices = match &config.budget.prices {
+            Some(path) => Prices::with_file(path)?,
+            None => Prices::built_in(),
+        };
+        let caps = Caps {
+            daily_usd: config.budget.daily_usd.map(budget::micros),
+            monthly_usd: config.budget.monthly_usd.map(budget::micros),
+            daily_images: config.budget.daily_images,
+        };
+        let spending: Arc<dyn Budget> = Arc::new(
+            LocalBudget::open(data.root().join(BUDGET_FILE), caps, Arc::new(SystemClock))
+                .map_err(BuildError::Budget)?,
+        );
         let generator = attributes.clone().map(|attributes| {
-            Arc::new(Generator::new(
-                attributes,
-                backends,
-                source,
-                metrics.clone(),
-                settings,
-            ))
+            Arc::new(
+                Generator::new(attributes, backends, source, metrics.clone(), settings)
+                    .with_budget(spending, prices),
+            )
         });
         let catalogue = match (&attributes, &generator) {
             (Ok(attributes), Ok(generator)) => Ok(Arc::new(Catalogue::new(
@@ -196,6 +211,13 @@ impl App {
                 "attributes loaded"
             );
         }
+        let cap = |c: Option<f64>| c.map_or_else(|| "none".to_string(), |usd| format!("${usd:.2}"));
+        tracing::info!(
+            daily_usd = %cap(self.config.budget.daily_usd),
+            monthly_usd = %cap(self.config.budget.monthly_usd),
+            daily_images = %self.config.budget.daily_images.map_or_else(|| "none".to_string(), |n| n.to_string()),
+            "spending caps"
+        );
         tracing::info!(lock_ttl = ?self.config.lock_ttl, max_concurrent = self.config.max_concurrent, max_queue = self.config.max_queue, "generation limits");
         let host = if local.ip().is_unspecified() {
             "127.0.0.1".to_string()
@@ -205,6 +227,9 @@ impl App {
         tracing::info!("listening on {local}; open http://{host}:{}/", local.port());
     }
 }
+
+/// The spend of the current day and month, under the data directory.
+pub const BUDGET_FILE: &str = "budget.json";
 
 /// Bytes of served files kept in memory (hot images and their ETags).
 const FILE_CACHE_BYTES: u64 = 128 * 1024 * 1024;

@@ -115,6 +115,18 @@ pub struct Flags {
     /// Largest JSON request body, e.g. 64KiB, 1MiB or a byte count [env: TB_DALLE_MAX_BODY] [default: 64KiB]
     #[arg(long)]
     pub max_body: Option<String>,
+    /// Spending cap per UTC day in US dollars, or `none` [env: TB_DALLE_BUDGET_DAILY_USD] [default: 10 in live mode]
+    #[arg(long)]
+    pub budget_daily_usd: Option<String>,
+    /// Spending cap per UTC month in US dollars, or `none` [env: TB_DALLE_BUDGET_MONTHLY_USD] [default: none]
+    #[arg(long)]
+    pub budget_monthly_usd: Option<String>,
+    /// Images allowed per UTC day, or `none` [env: TB_DALLE_BUDGET_DAILY_IMAGES] [default: none]
+    #[arg(long)]
+    pub budget_daily_images: Option<String>,
+    /// JSON file of image prices overriding the built-in table [env: TB_DALLE_PRICES]
+    #[arg(long)]
+    pub prices: Option<PathBuf>,
 }
 
 /// Where the one line per request goes ([`Config::access_log`]). Failures (5xx) and slow
@@ -208,8 +220,46 @@ pub struct Config {
     pub access_log: AccessLog,
     /// Largest JSON request body in bytes; a larger one is answered 413.
     pub max_body: usize,
+    /// Spending caps on paid images.
+    pub budget: BudgetConfig,
     /// Non-fatal problems found while resolving (logged once tracing is up).
     pub warnings: Vec<String>,
+}
+
+/// The spending caps (`None`: no cap) and the price table's override.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BudgetConfig {
+    pub daily_usd: Option<f64>,
+    pub monthly_usd: Option<f64>,
+    pub daily_images: Option<u64>,
+    pub prices: Option<PathBuf>,
+}
+
+/// The daily cap a live-mode server gets unless told otherwise (`none` lifts it).
+pub const DEFAULT_BUDGET_DAILY_USD: f64 = 10.0;
+
+/// A cap: `none` (no cap) or a non-negative number.
+fn cap<T: std::str::FromStr>(
+    name: &'static str,
+    value: Option<String>,
+    default: Option<T>,
+    accept: impl Fn(&T) -> bool,
+    expected: &str,
+) -> Result<Option<T>, ConfigError> {
+    let Some(value) = value else {
+        return Ok(default);
+    };
+    if value.trim().eq_ignore_ascii_case("none") {
+        return Ok(None);
+    }
+    match value.trim().parse::<T>() {
+        Ok(n) if accept(&n) => Ok(Some(n)),
+        _ => Err(ConfigError::Invalid {
+            name,
+            value,
+            reason: format!("expected {expected}, or none for no cap"),
+        }),
+    }
 }
 
 impl Config {
@@ -329,7 +379,42 @@ impl Config {
             retry_base: duration_var(&var, "TB_DALLE_RETRY_BASE", Duration::from_secs(2))?,
         };
 
+        let usd = |n: &f64| n.is_finite() && *n >= 0.0;
+        let budget = BudgetConfig {
+            daily_usd: cap(
+                "--budget-daily-usd / TB_DALLE_BUDGET_DAILY_USD",
+                flags
+                    .budget_daily_usd
+                    .or_else(|| var("TB_DALLE_BUDGET_DAILY_USD")),
+                (!openai.mock_mode()).then_some(DEFAULT_BUDGET_DAILY_USD),
+                usd,
+                "an amount of US dollars such as 10 or 2.50",
+            )?,
+            monthly_usd: cap(
+                "--budget-monthly-usd / TB_DALLE_BUDGET_MONTHLY_USD",
+                flags
+                    .budget_monthly_usd
+                    .or_else(|| var("TB_DALLE_BUDGET_MONTHLY_USD")),
+                None,
+                usd,
+                "an amount of US dollars such as 200",
+            )?,
+            daily_images: cap(
+                "--budget-daily-images / TB_DALLE_BUDGET_DAILY_IMAGES",
+                flags
+                    .budget_daily_images
+                    .or_else(|| var("TB_DALLE_BUDGET_DAILY_IMAGES")),
+                None,
+                |_: &u64| true,
+                "a whole number of images",
+            )?,
+            prices: flags
+                .prices
+                .or_else(|| var("TB_DALLE_PRICES").map(PathBuf::from)),
+        };
+
         Ok(Config {
+            budget,
             bind,
             port,
             lock_ttl,
@@ -529,6 +614,35 @@ mod tests {
         let cfg = Config::from_sources(flags(&["--max-queue", "0"]), &env).unwrap();
         assert_eq!(cfg.max_queue, 0, "the flag wins; 0 queues nothing");
         assert!(Config::from_sources(flags(&["--max-queue", "lots"]), &home).is_err());
+    }
+
+    #[test]
+    fn budget_caps_default_to_ten_dollars_a_day_in_live_mode_only() {
+        let mock = [("HOME", "/h")];
+        assert_eq!(
+            Config::from_sources(flags(&[]), &mock).unwrap().budget,
+            BudgetConfig::default()
+        );
+        let live = [("HOME", "/h"), ("OPENAI_API_KEY", "sk-x")];
+        let cfg = Config::from_sources(flags(&[]), &live).unwrap();
+        assert_eq!(cfg.budget.daily_usd, Some(DEFAULT_BUDGET_DAILY_USD));
+        let args = [
+            "--budget-daily-usd",
+            "none",
+            "--budget-monthly-usd",
+            "2.5",
+            "--budget-daily-images",
+            "7",
+        ];
+        let cfg = Config::from_sources(flags(&args), &live).unwrap();
+        assert_eq!(cfg.budget.daily_usd, None, "none must be said");
+        assert_eq!(cfg.budget.monthly_usd, Some(2.5));
+        assert_eq!(cfg.budget.daily_images, Some(7));
+        for bad in ["-1", "lots", "NaN", ""] {
+            let arg = format!("--budget-daily-usd={bad}");
+            let err = Config::from_sources(flags(&[&arg]), &live);
+            assert!(err.is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -106,6 +106,7 @@ pub fn check(app: &App) -> HealthReport {
         timed("memory", memory),
         timed("openai", || openai(app)),
         timed("databases", || databases(app)),
+        timed("budget", || budget(app)),
     ]
     .into_iter()
     .map(|c| (c.name, c))
@@ -170,6 +171,52 @@ fn filesystem(dir: &Path, store: Result<(), String>) -> Outcome {
             format!("Artifact store not writable: {err}"),
             None,
         ),
+    }
+}
+
+/// The spending caps: `degraded` above 80 % of any cap, never `unhealthy` (a spent budget
+/// refuses new paid runs; everything else still works).
+fn budget(app: &App) -> Outcome {
+    let Ok(generator) = app.generator() else {
+        return (Status::Healthy, "No generator".into(), None);
+    };
+    let usage = generator.budget().usage();
+    let share = usage.highest_share();
+    let left = |period| {
+        usage
+            .remaining_usd(period)
+            .map_or(serde_json::Value::Null, |m| json!(crate::budget::usd(m)))
+    };
+    let details = BTreeMap::from([
+        (
+            "spent_today_usd",
+            json!(crate::budget::usd(usage.total.day.usd_micros)),
+        ),
+        ("images_today", json!(usage.total.day.images)),
+        (
+            "spent_month_usd",
+            json!(crate::budget::usd(usage.total.month.usd_micros)),
+        ),
+        ("remaining_today_usd", left(crate::budget::Period::Day)),
+        ("remaining_month_usd", left(crate::budget::Period::Month)),
+        (
+            "highest_cap_share",
+            json!((share * 1000.0).round() / 1000.0),
+        ),
+    ]);
+    let percent = share * 100.0;
+    if share > crate::budget::DEGRADED_SHARE {
+        (
+            Status::Degraded,
+            format!("Budget nearly spent: {percent:.0}% of a cap used"),
+            Some(details),
+        )
+    } else {
+        (
+            Status::Healthy,
+            format!("Budget healthy: {percent:.0}% of the nearest cap used"),
+            Some(details),
+        )
     }
 }
 

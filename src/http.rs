@@ -63,6 +63,8 @@ pub fn router(state: AppState) -> Router {
 fn v1_routes() -> Router<AppState> {
     let quick = Router::new()
         .route("/images/preview", post(v1::preview))
+        .route("/images/estimate", post(v1::estimate))
+        .route("/usage", get(v1::usage))
         .route("/images", get(v1::list_images))
         .route(
             "/images/",

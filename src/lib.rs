@@ -17,12 +17,14 @@
 //! - [`gallery`], [`health`], [`metrics`]: views over the components.
 //! - [`domain`], [`attributes`], [`prompts`]: identifiers parsed at the edge, and the pure
 //!   domain — databases, series, selection, prompts.
+//! - [`budget`]: spending caps on paid images, behind a narrow trait.
 //! - [`storage`]: the data directory, atomic writes and the file cache.
 //! - [`config`], [`telemetry`]: flags, environment, `.env`; logging.
 
 pub mod annotate;
 pub mod app;
 pub mod attributes;
+pub mod budget;
 pub mod catalogue;
 pub mod config;
 pub mod domain;

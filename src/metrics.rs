@@ -12,8 +12,8 @@ use std::time::{Duration, SystemTime};
 
 use prometheus::core::Collector;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    CounterVec, Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter,
+    IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use serde::Serialize;
 
@@ -52,6 +52,10 @@ pub struct Metrics {
     pub generations: IntCounterVec,
     /// `?generate=1` requests answered from an existing image.
     pub cache_hits: IntCounter,
+    /// Runs refused because their image would exceed a spending cap.
+    pub budget_refusals: IntCounter,
+    spend: CounterVec,
+    budget_remaining: GaugeVec,
     ledger: Mutex<Ledger>,
 }
 
@@ -141,6 +145,22 @@ impl Metrics {
             "Generations currently running",
         ))?;
         r.register(Box::new(generations_in_flight.clone()))?;
+        let spend = CounterVec::new(
+            Opts::new(
+                format!("{PREFIX}_spend_usd_total"),
+                "US dollars spent on image requests (counted when each is sent), by image model",
+            ),
+            &["model"],
+        )?;
+        r.register(Box::new(spend.clone()))?;
+        let budget_remaining = GaugeVec::new(
+            Opts::new(
+                format!("{PREFIX}_budget_remaining_usd"),
+                "US dollars left under the spending cap of the period (day or month, UTC), after spend and reservations; absent without a cap",
+            ),
+            &["period"],
+        )?;
+        r.register(Box::new(budget_remaining.clone()))?;
 
         Ok(Metrics {
             errors: counter(
@@ -214,6 +234,13 @@ impl Metrics {
                 "cache_hits_total",
                 "Generate requests answered from an existing image",
             )?,
+            budget_refusals: counter(
+                &r,
+                "budget_refusals_total",
+                "Runs refused because their image would exceed a spending cap",
+            )?,
+            spend,
+            budget_remaining,
             generations_in_flight,
             breaker_state,
             ledger: Mutex::new(Ledger::new()),
@@ -302,6 +329,31 @@ impl Metrics {
         self.retries.reset();
         labelled(self.retries.clone(), &RETRY_OPERATIONS);
         *l = Ledger::new();
+    }
+
+    /// Counts one image request sent with `model` at `micros` millionths of a dollar.
+    pub fn record_spend(&self, model: &str, micros: u64) {
+        self.spend
+            .with_label_values(&[model])
+            .inc_by(crate::budget::usd(micros));
+    }
+
+    /// Brings the remaining-budget gauges up to date (a period without a cap has none).
+    pub fn set_budget(&self, usage: &crate::budget::Usage) {
+        use crate::budget::Period;
+        for period in [Period::Day, Period::Month] {
+            match usage.remaining_usd(period) {
+                Some(left) => self
+                    .budget_remaining
+                    .with_label_values(&[period.as_str()])
+                    .set(crate::budget::usd(left)),
+                None => {
+                    let _ = self
+                        .budget_remaining
+                        .remove_label_values(&[period.as_str()]);
+                }
+            }
+        }
     }
 
     /// The Prometheus text exposition, with the breaker gauges brought up to date first.

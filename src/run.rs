@@ -17,6 +17,7 @@ use tokio::sync::{Semaphore, watch};
 
 use crate::attributes::Attributes;
 use crate::attributes::dress::DalleDress;
+use crate::budget::{self, Budget, Exhausted, Micros, Prices, Reservation};
 use crate::metrics::Metrics;
 use crate::openai::OpenAiClient;
 use crate::openai::retry;
@@ -223,6 +224,18 @@ pub struct Generator {
     /// one run (a queued run holds no lease), for callers that wait (the `/v1` API) and for
     /// deciding whether a caller can join a run.
     running: Mutex<HashMap<RunKey, InFlight>>,
+    /// The spending caps every new paid run is admitted against, and the image prices.
+    pub(crate) budget: Arc<dyn Budget>,
+    pub(crate) prices: Prices,
+}
+
+/// Why no run was started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refused {
+    /// The queue is full.
+    QueueFull(QueueFull),
+    /// The run's image would exceed a spending cap.
+    Budget(Exhausted),
 }
 
 /// What a `/dalle` request resolved to.
@@ -240,6 +253,8 @@ pub enum Outcome {
     Removed(String),
     /// No run was started: the queue is full.
     QueueFull(QueueFull),
+    /// No run was started: its image would exceed a spending cap.
+    BudgetExhausted(Exhausted),
 }
 
 /// The parsed flags of a `/dalle` request.
@@ -286,6 +301,11 @@ impl Generator {
                 std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
             ),
             running: Mutex::new(HashMap::new()),
+            budget: Arc::new(budget::LocalBudget::in_memory(
+                budget::Caps::default(),
+                Arc::new(budget::SystemClock),
+            )),
+            prices: Prices::built_in(),
         }
     }
 
@@ -342,7 +362,8 @@ impl Generator {
             // Completed but the file is gone (removed behind our back): as if there were no run.
             _ if flags.generate && !flags.remove => match self.start(key, request_id) {
                 Ok(snapshot) => Outcome::Snapshot(Box::new(snapshot)),
-                Err(full) => Outcome::QueueFull(full),
+                Err(Refused::QueueFull(full)) => Outcome::QueueFull(full),
+                Err(Refused::Budget(exhausted)) => Outcome::BudgetExhausted(exhausted),
             },
             _ => {
                 if flags.remove {
@@ -350,6 +371,38 @@ impl Generator {
                 }
                 Outcome::Empty
             }
+        }
+    }
+
+    /// Sets the budget runs are admitted against and the prices their images are counted at
+    /// (by default: no caps, the built-in prices, in memory).
+    pub fn with_budget(mut self, budget: Arc<dyn Budget>, prices: Prices) -> Generator {
+        self.budget = budget;
+        self.prices = prices;
+        self
+    }
+
+    /// The budget runs are admitted against.
+    pub fn budget(&self) -> &Arc<dyn Budget> {
+        &self.budget
+    }
+
+    /// What a new run with `options` is reserved at: `None` when it pays for nothing (mock
+    /// mode, or no image), else the dearest image its model may be asked for.
+    pub fn estimate(&self, options: &JobOptions) -> Option<Micros> {
+        match &self.source {
+            ImageSource::OpenAi(client) if options.artifacts.contains(Artifact::Generated) => {
+                Some(self.prices.estimate(client.image_model()))
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether the budget would admit a new run with `options` now (nothing is reserved).
+    pub fn check_budget(&self, options: &JobOptions) -> Result<(), Exhausted> {
+        match self.estimate(options) {
+            Some(price) => self.budget.check(None, price),
+            None => Ok(()),
         }
     }
 
@@ -415,15 +468,17 @@ impl Generator {
     }
 
     /// Starts a legacy `/dalle` run for `key` unless one is in flight (then its snapshot is
-    /// the answer); refused when the queue is full.
-    pub fn start(self: &Arc<Self>, key: RunKey, request_id: &str) -> Result<Snapshot, QueueFull> {
+    /// the answer); refused when the queue is full or the budget cannot cover its image.
+    pub fn start(self: &Arc<Self>, key: RunKey, request_id: &str) -> Result<Snapshot, Refused> {
         self.start_job(key, JobOptions::dalle(), request_id)
             .map(|(snapshot, _, _)| snapshot)
     }
 
     /// Starts a run (or joins the one in flight for `key`, whatever its options) and returns
     /// its first snapshot and a channel that receives the outcome; `true` when a new run was
-    /// started. A new run is refused when the queue is full.
+    /// started. A new run is refused when the queue is full, or when its image would exceed
+    /// a spending cap: it is admitted against the budget here, before any OpenAI call, and
+    /// reserves its estimated price until its image request settles it.
     ///
     /// A new run takes its place in the queue here but no lease: it takes the lease when its
     /// slot is granted, and holds it for as long as it works ([`Generator::run`]).
@@ -432,23 +487,33 @@ impl Generator {
         key: RunKey,
         options: JobOptions,
         request_id: &str,
-    ) -> Result<(Snapshot, watch::Receiver<Option<RunResult>>, bool), QueueFull> {
+    ) -> Result<(Snapshot, watch::Receiver<Option<RunResult>>, bool), Refused> {
         let (outcome, admission) = {
             let mut running = lock(&self.running);
             match running.get(&key) {
                 Some((rx, _)) => (rx.clone(), None),
                 None => {
-                    let admission = self.queue.admit(&key)?;
+                    let reservation = match self.estimate(&options) {
+                        Some(price) => Some(Reservation::take(&self.budget, None, price).map_err(
+                            |exhausted| {
+                                self.metrics.budget_refusals.inc();
+                                Refused::Budget(exhausted)
+                            },
+                        )?),
+                        None => None,
+                    };
+                    // A refusal here drops the reservation, which gives it back.
+                    let admission = self.queue.admit(&key).map_err(Refused::QueueFull)?;
                     // Under the registry lock, so a joiner sees this run's progress from the
                     // start.
                     self.progress.restart(&key, request_id);
                     let (tx, rx) = watch::channel(None);
                     running.insert(key.clone(), (rx.clone(), options.clone()));
-                    (rx, Some((tx, admission)))
+                    (rx, Some((tx, admission, reservation)))
                 }
             }
         };
-        let Some((tx, admission)) = admission else {
+        let Some((tx, admission, reservation)) = admission else {
             return Ok((self.snapshot_of(&key), outcome, false));
         };
         if let Some(place) = admission.place.clone() {
@@ -458,7 +523,8 @@ impl Generator {
         let this = Arc::clone(self);
         let request_id = request_id.to_string();
         tokio::spawn(async move {
-            this.run(key, admission, tx, options, request_id).await;
+            this.run(key, admission, tx, options, request_id, reservation)
+                .await;
         });
         Ok((snapshot, outcome, true))
     }
@@ -492,7 +558,12 @@ impl Generator {
                         Ok((_, rx, true)) => (rx, true),
                         // Lost a race with another start: decide again on what is running now.
                         Ok((_, _, false)) => continue,
-                        Err(full) => return Err(Arc::new(RunError::QueueFull(full))),
+                        Err(Refused::QueueFull(full)) => {
+                            return Err(Arc::new(RunError::QueueFull(full)));
+                        }
+                        Err(Refused::Budget(exhausted)) => {
+                            return Err(Arc::new(RunError::BudgetExhausted(exhausted)));
+                        }
                     }
                 }
             };
@@ -538,6 +609,7 @@ impl Generator {
         outcome: watch::Sender<Option<RunResult>>,
         options: JobOptions,
         request_id: String,
+        reservation: Option<Reservation>,
     ) {
         let span = tracing::info_span!("generation", request_id = %request_id, series = %key.series, subject = %key.subject);
         // Whatever happens to this task, the key is not left registered as running.
@@ -560,7 +632,10 @@ impl Generator {
         self.metrics.generations_in_flight.inc();
         let listener = self.retry_listener(&key, Arc::clone(&lease));
         let work = tracing::Instrument::instrument(
-            retry::reporting_retries(listener, pipeline::run(&self, &key, &lease, &options)),
+            retry::reporting_retries(
+                listener,
+                pipeline::run(&self, &key, &lease, &options, reservation),
+            ),
             span.clone(),
         );
         let result = coordination::heartbeat(&*self.leases, &key, &lease, work).await;
@@ -813,7 +888,10 @@ mod lease_tests {
         assert!(!again, "a second request joins the queued run");
         let other = key("0x0000000000000000000000000000000000000003");
         let refused = generator.start_job(other, JobOptions::dalle(), "refused");
-        assert_eq!(refused.unwrap_err(), QueueFull { waiting: 1 });
+        assert_eq!(
+            refused.unwrap_err(),
+            Refused::QueueFull(QueueFull { waiting: 1 })
+        );
 
         drop(busy);
         assert!(outcome(rx).await.is_ok());

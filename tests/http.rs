@@ -243,7 +243,14 @@ fn full_health_report_has_four_components_and_real_units() {
     let names: Vec<_> = components.keys().cloned().collect();
     assert_eq!(
         names,
-        ["databases", "disk_space", "filesystem", "memory", "openai"]
+        [
+            "budget",
+            "databases",
+            "disk_space",
+            "filesystem",
+            "memory",
+            "openai"
+        ]
     );
     for (name, c) in components {
         assert_eq!(c["name"], name.as_str());

@@ -32,11 +32,14 @@ pub enum Code {
     Internal,
     /// Ours: the generation queue is full; nothing was started (503 with `Retry-After`).
     QueueFull,
+    /// Ours: the run's image would exceed a spending cap; nothing was started (402 with
+    /// `Retry-After` to the start of the next period).
+    BudgetExhausted,
 }
 
 impl Code {
     /// Every code, for exhaustive tests and documentation.
-    pub const ALL: [Code; 16] = [
+    pub const ALL: [Code; 17] = [
         Code::InvalidInput,
         Code::SeriesNotFound,
         Code::SeriesInvalid,
@@ -53,6 +56,7 @@ impl Code {
         Code::StorageFull,
         Code::Internal,
         Code::QueueFull,
+        Code::BudgetExhausted,
     ];
 
     /// The wire form, e.g. `invalid_input`.
@@ -74,6 +78,7 @@ impl Code {
             Code::StorageFull => "storage_full",
             Code::Internal => "internal",
             Code::QueueFull => "queue_full",
+            Code::BudgetExhausted => "budget_exhausted",
         }
     }
 
@@ -104,6 +109,7 @@ impl Code {
             | Code::DatabaseVersionUnavailable
             | Code::NotFound => 404,
             Code::RegenerationRefused | Code::DatabaseHashMismatch => 409,
+            Code::BudgetExhausted => 402,
             Code::ProviderUnavailable | Code::QueueFull => 503,
             Code::ProviderFailed => 502,
             Code::StorageFull => 507,
@@ -126,6 +132,8 @@ pub struct CatalogueError {
     pub message: String,
     /// The underlying failure, already rendered (an I/O or JSON error, or a wrapped engine error).
     pub cause: Option<String>,
+    /// When the client may try again (sent as `Retry-After`).
+    pub retry_after: Option<std::time::Duration>,
 }
 
 impl CatalogueError {
@@ -135,7 +143,14 @@ impl CatalogueError {
             code,
             message: message.into(),
             cause: None,
+            retry_after: None,
         }
+    }
+
+    /// Says when the client may try again.
+    pub fn with_retry_after(mut self, wait: std::time::Duration) -> CatalogueError {
+        self.retry_after = Some(wait);
+        self
     }
 
     /// Attaches the underlying failure.
@@ -188,6 +203,7 @@ mod tests {
             (Code::StorageFull, "storage_full", 507),
             (Code::Internal, "internal", 500),
             (Code::QueueFull, "queue_full", 503),
+            (Code::BudgetExhausted, "budget_exhausted", 402),
         ];
         assert_eq!(table.len(), Code::ALL.len());
         for ((code, text, status), listed) in table.into_iter().zip(Code::ALL) {

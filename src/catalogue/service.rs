@@ -564,6 +564,7 @@ fn run_failure(err: &RunError) -> CatalogueError {
         "invalid_input" => Code::InvalidInput,
         "storage_full" => Code::StorageFull,
         "queue_full" => Code::QueueFull,
+        "budget_exhausted" => Code::BudgetExhausted,
         _ => Code::Internal,
     };
     let message = match code {
@@ -571,9 +572,14 @@ fn run_failure(err: &RunError) -> CatalogueError {
         Code::InvalidInput => "cannot build the prompts",
         Code::StorageFull => "the server's disk is full; nothing was saved",
         Code::QueueFull => "the generation queue is full; retry later",
+        Code::BudgetExhausted => "the spending cap is reached; nothing was started",
         _ => "the generation failed",
     };
-    CatalogueError::new(code, message).with_cause(err)
+    let failure = CatalogueError::new(code, message).with_cause(err);
+    match err {
+        RunError::BudgetExhausted(exhausted) => failure.with_retry_after(exhausted.retry_after),
+        _ => failure,
+    }
 }
 
 /// Does a stored record already hold what the request asks for (then it is answered as a

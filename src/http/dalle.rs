@@ -53,6 +53,7 @@ pub async fn dalle(
             .into_response(),
         Outcome::Image(file) => super::file::respond(&file, headers, "image/png"),
         Outcome::QueueFull(full) => return Err(ApiError::QueueFull(full)),
+        Outcome::BudgetExhausted(exhausted) => return Err(ApiError::BudgetExhausted(exhausted)),
     })
 }
 

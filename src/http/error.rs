@@ -75,6 +75,8 @@ pub enum ErrorCode {
     InternalServerError,
     /// `/v1` lower-case `invalid_input`.
     V1InvalidInput,
+    /// A spending cap refused the run (402).
+    BudgetExhausted,
 }
 
 impl ErrorCode {
@@ -90,6 +92,7 @@ impl ErrorCode {
             ErrorCode::NotFound => "NOT_FOUND",
             ErrorCode::InternalServerError => "INTERNAL_SERVER_ERROR",
             ErrorCode::V1InvalidInput => "invalid_input",
+            ErrorCode::BudgetExhausted => "BUDGET_EXHAUSTED",
         }
     }
 }
@@ -119,6 +122,10 @@ pub enum ApiError {
     /// No run was started because the generation queue is full (503 with `Retry-After`).
     #[error("Generation queue is full")]
     QueueFull(crate::run::QueueFull),
+    /// No run was started because its image would exceed a spending cap (402 with
+    /// `Retry-After` to the start of the next period).
+    #[error("{0}")]
+    BudgetExhausted(crate::budget::Exhausted),
     /// The HTML template failed to render.
     #[error("Template execution failed")]
     Template(String),
@@ -182,6 +189,7 @@ impl ApiError {
             ApiError::Rejected { status, .. } => *status,
             ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::BudgetExhausted(_) => StatusCode::PAYMENT_REQUIRED,
             ApiError::Unavailable { .. } | ApiError::QueueFull(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -200,6 +208,7 @@ impl ApiError {
             ApiError::Unavailable { .. } | ApiError::QueueFull(_) => {
                 ErrorCode::ServiceUnavailable.as_str()
             }
+            ApiError::BudgetExhausted(_) => ErrorCode::BudgetExhausted.as_str(),
             ApiError::Template(_) => ErrorCode::TemplateError.as_str(),
             ApiError::Internal(_) => ErrorCode::InternalServerError.as_str(),
             ApiError::Catalogue(e) => e.code.as_str(),
@@ -214,6 +223,7 @@ impl ApiError {
             ApiError::NotFound { details } => Some(details.clone()),
             ApiError::QueueFull(full) => Some(full.to_string()),
             ApiError::MethodNotAllowed { .. }
+            | ApiError::BudgetExhausted(_)
             | ApiError::Template(_)
             | ApiError::Internal(_)
             | ApiError::Catalogue(_) => None,
@@ -302,7 +312,17 @@ impl IntoResponse for ApiError {
         };
         let status = self.status();
         let mut response = status.into_response();
-        if self.is_queue_full() {
+        let retry_after = match &self {
+            ApiError::BudgetExhausted(exhausted) => Some(exhausted.retry_after),
+            ApiError::Catalogue(e) => e.retry_after,
+            _ => None,
+        };
+        if let Some(wait) = retry_after {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(wait.as_secs().max(1)),
+            );
+        } else if self.is_queue_full() {
             response.headers_mut().insert(
                 axum::http::header::RETRY_AFTER,
                 axum::http::HeaderValue::from(crate::run::QUEUE_FULL_RETRY_AFTER.as_secs()),

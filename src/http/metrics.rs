@@ -23,6 +23,9 @@ pub async fn metrics(
     if q.format.as_deref() == Some("json") {
         return Ok(Envelope::ok(state.metrics.snapshot(&breaker), &rid).into_response());
     }
+    if let Ok(generator) = state.generator() {
+        state.metrics.set_budget(&generator.budget().usage());
+    }
     let text = state
         .metrics
         .render_text(&breaker)

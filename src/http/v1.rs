@@ -142,6 +142,91 @@ pub async fn generate(State(state): State<AppState>, rid: RequestId, body: JsonB
     )
 }
 
+/// Spend and images of one period, in dollars.
+fn tally(t: crate::budget::Tally) -> serde_json::Value {
+    serde_json::json!({"usd": crate::budget::usd(t.usd_micros), "images": t.images})
+}
+
+/// `GET /v1/usage`: spend and images today and this month (UTC), in total and by key (every
+/// caller is `anonymous` until API keys exist), with the caps and what remains of them.
+pub async fn usage(State(state): State<AppState>, rid: RequestId) -> V1Result {
+    use crate::budget::{Period, usd};
+    let generator = state.generator().map_err(ApiError::databases_unavailable)?;
+    let u = generator.budget().usage();
+    let now = std::time::SystemTime::now();
+    let keys: serde_json::Map<String, serde_json::Value> = u
+        .by_key
+        .iter()
+        .map(|(name, k)| {
+            (
+                name.clone(),
+                serde_json::json!({"today": tally(k.day), "month": tally(k.month)}),
+            )
+        })
+        .collect();
+    let models: serde_json::Map<String, serde_json::Value> = u
+        .models
+        .iter()
+        .map(|(model, m)| (model.clone(), serde_json::json!(usd(*m))))
+        .collect();
+    let data = serde_json::json!({
+        "day": u.day,
+        "month": u.month,
+        "dayResetsAt": crate::telemetry::rfc3339(now + u.day_ends_in),
+        "monthResetsAt": crate::telemetry::rfc3339(now + u.month_ends_in),
+        "mock": state.config.openai.mock_mode(),
+        "caps": {
+            "dailyUsd": u.caps.daily_usd.map(usd),
+            "monthlyUsd": u.caps.monthly_usd.map(usd),
+            "dailyImages": u.caps.daily_images,
+        },
+        "today": tally(u.total.day),
+        "thisMonth": tally(u.total.month),
+        "reserved": tally(u.reserved),
+        "remaining": {
+            "dailyUsd": u.remaining_usd(Period::Day).map(usd),
+            "monthlyUsd": u.remaining_usd(Period::Month).map(usd),
+            "dailyImages": u.remaining_images(),
+        },
+        "monthByModel": models,
+        "keys": keys,
+    });
+    ok(data, &rid)
+}
+
+/// `POST /v1/images/estimate`: the generate body, answered with what a new run for it would
+/// cost and whether a spending cap would refuse it; nothing is run or reserved.
+pub async fn estimate(State(state): State<AppState>, rid: RequestId, body: JsonBody) -> V1Result {
+    let request = decode::<GenerateBody>(&body)?.parse()?;
+    let generator = state.generator().map_err(ApiError::databases_unavailable)?;
+    let options = crate::run::JobOptions {
+        artifacts: if request.image {
+            crate::run::Artifacts::NONE.with(crate::run::Artifact::Generated)
+        } else {
+            crate::run::Artifacts::NONE
+        },
+        ..crate::run::JobOptions::default()
+    };
+    let price = generator.estimate(&options);
+    let refusal = generator.check_budget(&options).err().map(|e| {
+        serde_json::json!({
+            "code": Code::BudgetExhausted.as_str(),
+            "cap": e.cap,
+            "message": e.to_string(),
+            "retryAfterSeconds": e.retry_after.as_secs().max(1),
+        })
+    });
+    let data = serde_json::json!({
+        "usd": price.map_or(0.0, crate::budget::usd),
+        "images": u64::from(price.is_some()),
+        "model": price.map(|_| state.config.openai.image_model.clone()),
+        "mock": state.config.openai.mock_mode(),
+        "allowed": refusal.is_none(),
+        "refusal": refusal,
+    });
+    ok(data, &rid)
+}
+
 /// `POST /v1/images/preview`.
 pub async fn preview(State(state): State<AppState>, rid: RequestId, body: JsonBody) -> V1Result {
     let request = decode::<GenerateBody>(&body)?.parse()?;

@@ -132,6 +132,11 @@ impl OpenAiClient {
         })
     }
 
+    /// The image model every image request names (what its price is looked up by).
+    pub fn image_model(&self) -> &str {
+        &self.image_model
+    }
+
     /// Replaces the retry policy (by default the contract's, starting at `config.retry_base`).
     pub fn with_retry_policy(mut self, policy: RetryPolicy) -> Self {
         self.retry = policy;

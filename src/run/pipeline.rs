@@ -30,6 +30,9 @@ pub enum RunError {
     /// The run was not started: the queue is full.
     #[error("{0}")]
     QueueFull(super::QueueFull),
+    /// The run was not started: its image would exceed a spending cap.
+    #[error("{0}")]
+    BudgetExhausted(crate::budget::Exhausted),
     #[error("{0}")]
     Attributes(#[from] crate::attributes::DressError),
     #[error("{0}")]
@@ -58,6 +61,7 @@ impl RunError {
         match self {
             RunError::Superseded => "superseded",
             RunError::QueueFull(_) => "queue_full",
+            RunError::BudgetExhausted(_) => "budget_exhausted",
             RunError::Attributes(_) => "invalid_input",
             RunError::OpenAi(OpenAiError::BreakerOpen(_)) => "provider_unavailable",
             RunError::OpenAi(_) => "provider_failed",
@@ -115,6 +119,9 @@ struct Run<'a> {
     /// Set just before the image request: from then on the run keeps its work whatever
     /// happens to its lease.
     paid: bool,
+    /// What the run reserved of the budget when it was admitted; settled (spent) just
+    /// before the image request, given back if the run ends before it.
+    reservation: Option<crate::budget::Reservation>,
 }
 
 impl Run<'_> {
@@ -245,8 +252,10 @@ pub async fn run(
     key: &RunKey,
     lease: &HeldLease,
     options: &JobOptions,
+    reservation: Option<crate::budget::Reservation>,
 ) -> Result<RunOutput, RunError> {
     let mut run = Run {
+        reservation,
         generator,
         key,
         lease,
@@ -341,6 +350,7 @@ pub async fn run(
             run.phase(Phase::ImageWait).await?;
             // From here the image may be billed: this run keeps its work to the end.
             run.paid = true;
+            spend(&mut run, client.image_model(), &output.enhanced).await;
             match client
                 .request_image(&output.technical, &output.enhanced)
                 .await?
@@ -398,6 +408,28 @@ pub async fn run(
     .await??;
     output.generated = Some(run.write("generated", "png", generated).await?);
     finish(&mut run, output, annotated).await
+}
+
+/// Counts the image about to be requested against the budget, at its price (size and
+/// quality follow `orientation_text`, as the request's do), settling the run's reservation.
+/// Written to disk before the request leaves, so a crash cannot forget it.
+async fn spend(run: &mut Run<'_>, model: &str, orientation_text: &str) {
+    let generator = run.generator;
+    let price = generator.prices.image(model, orientation_text);
+    generator.metrics.record_spend(model, price);
+    let (budget, reservation, model) = (
+        Arc::clone(&generator.budget),
+        run.reservation.take(),
+        model.to_string(),
+    );
+    let recorded = tokio::task::spawn_blocking(move || match reservation {
+        Some(reservation) => reservation.settle(&model, price),
+        None => budget.spend(None, None, &model, price),
+    })
+    .await;
+    if let Err(err) = recorded {
+        tracing::error!(%err, "recording the image's spend failed");
+    }
 }
 
 /// Records the artifact paths, writes the legacy selector, then the annotated PNG (last: its
