@@ -83,6 +83,8 @@ impl App {
             tracing::error!("attribute databases failed to load: {err}");
         }
         let metrics = Arc::new(Metrics::new()?);
+        // Exported from the start (at 0), so dashboards see the series before the first image.
+        metrics.record_spend(&config.openai.image_model, 0);
         let breaker = Breakers::default();
         // Estimates before any history fit the image source; queue waits count in slots.
         let priors = if config.openai.mock_mode() {

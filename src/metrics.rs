@@ -156,7 +156,7 @@ impl Metrics {
         let budget_remaining = GaugeVec::new(
             Opts::new(
                 format!("{PREFIX}_budget_remaining_usd"),
-                "US dollars left under the spending cap of the period (day or month, UTC), after spend and reservations; absent without a cap",
+                "US dollars left under the spending cap of the period (day or month, UTC), after spend and reservations; +Inf without a cap",
             ),
             &["period"],
         )?;
@@ -338,21 +338,16 @@ impl Metrics {
             .inc_by(crate::budget::usd(micros));
     }
 
-    /// Brings the remaining-budget gauges up to date (a period without a cap has none).
+    /// Brings the remaining-budget gauges up to date; a period without a cap has `+Inf` left.
     pub fn set_budget(&self, usage: &crate::budget::Usage) {
         use crate::budget::Period;
         for period in [Period::Day, Period::Month] {
-            match usage.remaining_usd(period) {
-                Some(left) => self
-                    .budget_remaining
-                    .with_label_values(&[period.as_str()])
-                    .set(crate::budget::usd(left)),
-                None => {
-                    let _ = self
-                        .budget_remaining
-                        .remove_label_values(&[period.as_str()]);
-                }
-            }
+            let left = usage
+                .remaining_usd(period)
+                .map_or(f64::INFINITY, crate::budget::usd);
+            self.budget_remaining
+                .with_label_values(&[period.as_str()])
+                .set(left);
         }
     }
 
