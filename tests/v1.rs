@@ -918,3 +918,82 @@ async fn an_invalid_database_manifest_fails_validation() {
     let (s, e) = api.call("POST", "/v1/validate", "/v1/validate", None).await;
     assert_eq!((s, code(&e)), (500, "database_manifest_invalid"), "{e:#}");
 }
+
+#[tokio::test]
+async fn usage_estimates_and_budget_refusals_match_the_openapi_document() {
+    let mock = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/images/generations"))
+        .respond_with(common::b64_answer(&common::png(32, 32, [40, 90, 200])))
+        .mount(&mock)
+        .await;
+    // dall-e-2 images cost $0.02: the cap is one image.
+    let server = Server::start_with(Options {
+        args: vec!["--budget-daily-usd".into(), "0.02".into()],
+        env: vec![
+            ("OPENAI_API_KEY".into(), "sk-v1-test".into()),
+            ("OPENAI_BASE_URL".into(), mock.uri()),
+            ("TB_DALLE_NO_ENHANCE".into(), "1".into()),
+            ("TB_DALLE_IMAGE_MODEL".into(), "dall-e-2".into()),
+        ],
+        ..Options::default()
+    });
+    let api = Api::new(server).await;
+    let estimate = |input: &str| json!({"input": input, "image": true});
+    let (s, e) = api
+        .call(
+            "POST",
+            "/v1/images/estimate",
+            "/v1/images/estimate",
+            Some(estimate("first")),
+        )
+        .await;
+    assert_eq!((s, &e["data"]["allowed"]), (200, &json!(true)), "{e:#}");
+    let (s, _) = api
+        .call(
+            "POST",
+            "/v1/images/generate",
+            "/v1/images/generate",
+            Some(estimate("first")),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let (s, e) = api
+        .call(
+            "POST",
+            "/v1/images/generate",
+            "/v1/images/generate",
+            Some(estimate("second")),
+        )
+        .await;
+    assert_eq!((s, code(&e)), (402, "budget_exhausted"), "{e:#}");
+    let (s, e) = api
+        .call(
+            "POST",
+            "/v1/images/estimate",
+            "/v1/images/estimate",
+            Some(estimate("second")),
+        )
+        .await;
+    assert_eq!((s, &e["data"]["allowed"]), (200, &json!(false)), "{e:#}");
+    let (s, usage) = api.call("GET", "/v1/usage", "/v1/usage", None).await;
+    assert_eq!(s, 200);
+    assert_eq!(usage["data"]["today"]["images"], 1, "{usage:#}");
+    let refused = api
+        .http
+        .get(api.server.url(&format!(
+            "/dalle/simple/{}?generate=1",
+            "0x054993ab0f2b1acc0fdc65405ee203b4271bebe6"
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 402);
+    let schema = api
+        .spec
+        .response_schema("get", "/dalle/{series}/{address}", 402);
+    let mut errors = Vec::new();
+    api.spec
+        .check(schema, &refused.json().await.unwrap(), "$", &mut errors);
+    assert!(errors.is_empty(), "{errors:?}");
+}

@@ -18,7 +18,7 @@ Endpoints:
   /health[?check=liveness|readiness] | /livez | /readyz - health probes
   /metrics[?format=json] - Prometheus metrics
   /errors[?clear|format=json] - error report
-  /v1/images, /v1/series, /v1/databases, /v1/validate, /v1/progress - management API
+  /v1/images, /v1/series, /v1/databases, /v1/validate, /v1/progress, /v1/usage - management API
   /openapi.json - OpenAPI 3.1 description of every route
 ";
 
