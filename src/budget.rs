@@ -321,6 +321,27 @@ mod tests {
     }
 
     #[test]
+    fn health_degrades_only_above_eighty_percent_of_a_cap() {
+        let mut usage = Usage {
+            caps: Caps {
+                daily_usd: Some(micros(10.0)),
+                daily_images: Some(100),
+                ..Caps::default()
+            },
+            ..Usage::default()
+        };
+        usage.total.day.usd_micros = micros(8.0);
+        assert!(usage.highest_share() <= DEGRADED_SHARE);
+        usage.total.day.images = 81;
+        assert!(
+            usage.highest_share() > DEGRADED_SHARE,
+            "the image cap counts too"
+        );
+        usage.caps = Caps::default();
+        assert_eq!(usage.highest_share(), 0.0, "no caps, nothing to use up");
+    }
+
+    #[test]
     fn refusals_say_which_cap_and_when_it_resets() {
         let e = Exhausted {
             cap: Cap::DailyUsd,

@@ -205,7 +205,10 @@ fn budget(app: &App) -> Outcome {
         ),
     ]);
     let percent = share * 100.0;
-    if share > crate::budget::DEGRADED_SHARE {
+    let capped = usage.caps != crate::budget::Caps::default();
+    if !capped {
+        (Status::Healthy, "No spending caps".into(), Some(details))
+    } else if share > crate::budget::DEGRADED_SHARE {
         (
             Status::Degraded,
             format!("Budget nearly spent: {percent:.0}% of a cap used"),
