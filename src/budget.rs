@@ -273,10 +273,14 @@ impl Drop for Reservation {
 fn calendar(now: SystemTime) -> (Date, Duration, Duration) {
     let now = OffsetDateTime::from(now);
     let today = now.date();
+    // Rounded up: a client that waits `Retry-After` seconds arrives in the new period.
     let until = |date: Date| {
-        let start = date.midnight().assume_utc();
-        let secs = (start - now).whole_seconds().max(1);
-        Duration::from_secs(secs.unsigned_abs())
+        let left = date.midnight().assume_utc() - now;
+        let mut secs = left.whole_seconds();
+        if left.subsec_nanoseconds() > 0 {
+            secs += 1;
+        }
+        Duration::from_secs(secs.max(1).unsigned_abs())
     };
     let tomorrow = today.next_day().unwrap_or(today);
     let (year, month) = match today.month() {
@@ -313,6 +317,12 @@ mod tests {
         assert_eq!(month_key(today), "2026-12");
         assert_eq!(day, Duration::from_secs(30));
         assert_eq!(month, Duration::from_secs(30));
+        let (_, day, _) = calendar(t + Duration::from_millis(500));
+        assert_eq!(
+            day,
+            Duration::from_secs(30),
+            "rounded up to the period's start"
+        );
         let mid_month = t + Duration::from_secs(30 + 14 * 86_400);
         let (today, day, month) = calendar(mid_month);
         assert_eq!(day_key(today), "2027-01-15");

@@ -209,6 +209,10 @@ async fn the_last_image_under_the_daily_cap_is_made_and_the_next_run_is_refused_
     assert_eq!(usage["remaining"]["dailyUsd"], 0.0);
     assert_eq!(usage["reserved"]["images"], 0);
     assert_eq!(usage["monthByModel"]["dall-e-2"], 0.04);
+    for reset in ["dayResetsAt", "monthResetsAt"] {
+        let at = usage[reset].as_str().unwrap();
+        assert!(at.ends_with("T00:00:00Z"), "{reset} {at}");
+    }
 
     let metrics = client()
         .get(server.url("/metrics"))

@@ -153,7 +153,13 @@ pub async fn usage(State(state): State<AppState>, rid: RequestId) -> V1Result {
     use crate::budget::{Period, usd};
     let generator = state.generator().map_err(ApiError::databases_unavailable)?;
     let u = generator.budget().usage();
-    let now = std::time::SystemTime::now();
+    // Whole seconds: the periods start on a second, and `*_ends_in` is rounded up to one.
+    let now = std::time::UNIX_EPOCH
+        + std::time::Duration::from_secs(
+            crate::telemetry::unix_seconds(std::time::SystemTime::now())
+                .max(0)
+                .unsigned_abs(),
+        );
     let keys: serde_json::Map<String, serde_json::Value> = u
         .by_key
         .iter()
