@@ -4,6 +4,7 @@
 //! limit and drives the pipeline on a tokio task.
 
 pub mod coordination;
+pub mod journal;
 mod locks;
 mod pipeline;
 pub mod status;
@@ -17,11 +18,13 @@ use tokio::sync::{Semaphore, watch};
 
 use crate::attributes::Attributes;
 use crate::attributes::dress::DalleDress;
+use crate::domain::SeriesName;
 use crate::metrics::Metrics;
 use crate::openai::OpenAiClient;
 use crate::progress::{Progress, RunKey, Snapshot, StartOutcome};
 use crate::storage::{CachedFile, FileCache};
 pub use coordination::{Leases, LocalLeases, LocalQueue, RunQueue, RunRegistry};
+pub use journal::Journal;
 pub use locks::{LockTable, Token};
 pub use store::{ArtifactStore, DiskStore, Lookup};
 
@@ -144,6 +147,13 @@ impl JobOptions {
             && self.backstyle == wanted.backstyle
             && (wanted.enhanced.is_none() || self.enhanced == wanted.enhanced)
     }
+
+    /// Whether the run is whole without its caller: a `/dalle` run writes every artifact and
+    /// nobody waits for it (a `/v1` caller writes the record). Only these are journaled to be
+    /// resumed after a restart.
+    pub fn is_detached(&self) -> bool {
+        self.artifacts == Artifacts::ALL
+    }
 }
 
 /// What a finished run produced.
@@ -219,6 +229,9 @@ pub struct Generator {
     /// The outcome channel and options of every run in flight, for callers that wait (the
     /// `/v1` API) and for deciding whether a caller can join a run.
     running: Mutex<HashMap<RunKey, InFlight>>,
+    /// Every live run, for a drain that loses no paid work, and the durable queue of
+    /// `/dalle` runs a restart resumes ([`journal`]).
+    pub(crate) journal: Arc<Journal>,
 }
 
 /// What a `/dalle` request resolved to.
@@ -234,6 +247,8 @@ pub enum Outcome {
     Empty,
     /// The image was removed; the text names it relative to the output dir.
     Removed(String),
+    /// A new run was asked for while the server drains for a shutdown.
+    ShuttingDown,
 }
 
 /// The parsed flags of a `/dalle` request.
@@ -278,7 +293,51 @@ impl Generator {
                 std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
             ),
             running: Mutex::new(HashMap::new()),
+            journal: Arc::new(Journal::in_memory()),
         }
+    }
+
+    /// This generator, journaling its runs in `journal` instead of in memory only.
+    pub fn with_journal(mut self, journal: Arc<Journal>) -> Generator {
+        self.journal = journal;
+        self
+    }
+
+    /// The run journal: the drain's view of live runs.
+    pub fn journal(&self) -> &Arc<Journal> {
+        &self.journal
+    }
+
+    /// Starts the runs a previous process left in the journal, in their arrival order; a run
+    /// whose image is already stored (it completed just before a crash) is dropped. Returns
+    /// how many were started.
+    pub fn resume(self: &Arc<Self>, entries: Vec<journal::Entry>) -> usize {
+        let mut started = 0;
+        for entry in entries {
+            let series = SeriesName::normalize(&entry.series);
+            let address = match crate::domain::Address::parse(&entry.subject) {
+                Ok(address) if self.attributes.series.contains(series.as_str()) => address,
+                _ => {
+                    tracing::warn!(series = %entry.series, subject = %entry.subject, "dropping a queued run whose series or address is no longer valid");
+                    self.journal.discard(&entry);
+                    continue;
+                }
+            };
+            let key = RunKey::new(series, address);
+            let (kind, ext) = ANNOTATED;
+            if !matches!(self.store.lookup(&key, kind, ext), Lookup::Absent) {
+                self.journal.discard(&entry);
+                continue;
+            }
+            let options = JobOptions {
+                enhanced: entry.enhanced,
+                ..JobOptions::dalle()
+            };
+            if self.start_job(key, options, &entry.request_id).2 {
+                started += 1;
+            }
+        }
+        started
     }
 
     /// The `/dalle` decision table, the only copy of it: what one request means given the
@@ -329,6 +388,10 @@ impl Generator {
                 } else {
                     Outcome::Progress(polled.json)
                 }
+            }
+            // A drain starts no new run (it would be lost or stopped at once).
+            _ if flags.generate && !flags.remove && self.journal.is_draining() => {
+                Outcome::ShuttingDown
             }
             // Completed but the file is gone (removed behind our back): as if there were no run.
             _ if flags.generate && !flags.remove => {
@@ -425,8 +488,10 @@ impl Generator {
             .snapshot(&key)
             .unwrap_or_else(|| Snapshot::empty(&key));
         let this = Arc::clone(self);
+        // Admitted before the task is spawned, so a drain starting now already waits for it.
+        let ticket = self.journal.admit(&key, options.is_detached(), request_id);
         let request_id = request_id.to_string();
-        tokio::spawn(async move { this.run(key, token, options, request_id).await });
+        tokio::spawn(async move { this.run(key, token, options, request_id, ticket).await });
         (snapshot, outcome, true)
     }
 
@@ -447,6 +512,9 @@ impl Generator {
             let (mut outcome, ours) = match joinable {
                 Some((rx, true)) => (rx, true),
                 Some((rx, false)) => (rx, false),
+                None if self.journal.is_draining() => {
+                    return Err(Arc::new(RunError::ShuttingDown));
+                }
                 None => {
                     let (_, rx, started) = self.start_job(key.clone(), options.clone(), request_id);
                     // Lost a race with another start: decide again on what is running now.
@@ -475,20 +543,37 @@ impl Generator {
         (token, outcome): (Token, watch::Sender<Option<RunResult>>),
         options: JobOptions,
         request_id: String,
+        mut ticket: journal::Ticket,
     ) {
         let span = tracing::info_span!("generation", request_id = %request_id, series = %key.series, subject = %key.subject);
-        let Some(_slot) = self.queue.wait_turn(&key).await else {
-            // The local queue is never shut down; answer waiters anyway.
-            let closed = RunError::Task("generation slots closed".into());
+        ticket.record().await;
+        let slot = self.queue.wait_turn(&key).await;
+        // A drain lets no queued run start: it stays journaled for the next start.
+        let slot = slot.filter(|_| !self.journal.is_draining());
+        let Some(_slot) = slot else {
+            let stopped = self.journal.is_draining();
+            let closed = if stopped {
+                RunError::ShuttingDown
+            } else {
+                // The local queue is never shut down; answer waiters anyway.
+                RunError::Task("generation slots closed".into())
+            };
             self.leases.release(&key, token, &mut || {
                 lock(&self.running).remove(&key);
             });
             outcome.send_replace(Some(Err(Arc::new(closed))));
+            ticket
+                .end(if stopped {
+                    journal::End::Stopped
+                } else {
+                    journal::End::Failed
+                })
+                .await;
             return;
         };
         self.metrics.generations_in_flight.inc();
         let result = tracing::Instrument::instrument(
-            pipeline::run(&self, &key, token, &options),
+            pipeline::run(&self, &key, token, &options, &mut ticket),
             span.clone(),
         )
         .await;
@@ -507,6 +592,12 @@ impl Generator {
                 tracing::warn!("lock taken over after its TTL; this run stopped");
                 Err(Arc::new(RunError::Superseded))
             }
+            Err(RunError::ShuttingDown) => {
+                tracing::info!(
+                    "stopped before its image request for the shutdown; queued for the next start"
+                );
+                Err(Arc::new(RunError::ShuttingDown))
+            }
             Err(err) => {
                 self.metrics
                     .generations
@@ -522,8 +613,14 @@ impl Generator {
         self.leases.release(&key, token, &mut || {
             lock(&self.running).remove(&key);
         });
+        let end = match &reported {
+            Ok(_) => journal::End::Completed,
+            Err(err) if matches!(**err, RunError::ShuttingDown) => journal::End::Stopped,
+            Err(_) => journal::End::Failed,
+        };
         outcome.send_replace(Some(reported));
         self.drop_gate(&key);
+        ticket.end(end).await;
     }
 
     /// Runs `f` on the progress registry only while `token` still owns `key`.

@@ -28,11 +28,14 @@ pub enum Code {
     StorageFull,
     /// Ours: every failure upstream left uncoded (I/O, serialisation, bugs).
     Internal,
+    /// Ours: the server is draining for a shutdown and starts no run; retry after
+    /// `Retry-After`.
+    ShuttingDown,
 }
 
 impl Code {
     /// Every code, for exhaustive tests and documentation.
-    pub const ALL: [Code; 14] = [
+    pub const ALL: [Code; 15] = [
         Code::InvalidInput,
         Code::SeriesNotFound,
         Code::SeriesInvalid,
@@ -47,6 +50,7 @@ impl Code {
         Code::NotFound,
         Code::StorageFull,
         Code::Internal,
+        Code::ShuttingDown,
     ];
 
     /// The wire form, e.g. `invalid_input`.
@@ -66,6 +70,7 @@ impl Code {
             Code::NotFound => "not_found",
             Code::StorageFull => "storage_full",
             Code::Internal => "internal",
+            Code::ShuttingDown => "shutting_down",
         }
     }
 
@@ -76,6 +81,9 @@ impl Code {
             Code::DatabaseManifestInvalid => "the attribute database manifest is invalid",
             Code::MetadataInvalid => "an image metadata record could not be read or written",
             Code::StorageFull => "the server's disk is full; nothing was saved",
+            Code::ShuttingDown => {
+                "the server is shutting down and starts no new run; retry after Retry-After"
+            }
             _ => "internal error; the server log has the details under this request id",
         }
     }
@@ -95,7 +103,7 @@ impl Code {
             | Code::DatabaseVersionUnavailable
             | Code::NotFound => 404,
             Code::RegenerationRefused | Code::DatabaseHashMismatch => 409,
-            Code::ProviderUnavailable => 503,
+            Code::ProviderUnavailable | Code::ShuttingDown => 503,
             Code::ProviderFailed => 502,
             Code::StorageFull => 507,
             Code::DatabaseManifestInvalid | Code::MetadataInvalid | Code::Internal => 500,
@@ -177,6 +185,7 @@ mod tests {
             (Code::NotFound, "not_found", 404),
             (Code::StorageFull, "storage_full", 507),
             (Code::Internal, "internal", 500),
+            (Code::ShuttingDown, "shutting_down", 503),
         ];
         assert_eq!(table.len(), Code::ALL.len());
         for ((code, text, status), listed) in table.into_iter().zip(Code::ALL) {

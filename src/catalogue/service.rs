@@ -532,12 +532,14 @@ fn run_failure(err: &RunError) -> CatalogueError {
         "provider_failed" => Code::ProviderFailed,
         "invalid_input" => Code::InvalidInput,
         "storage_full" => Code::StorageFull,
+        "shutting_down" => Code::ShuttingDown,
         _ => Code::Internal,
     };
     let message = match code {
         Code::ProviderFailed | Code::ProviderUnavailable => "generation failed",
         Code::InvalidInput => "cannot build the prompts",
         Code::StorageFull => "the server's disk is full; nothing was saved",
+        Code::ShuttingDown => "the server is shutting down; retry after Retry-After",
         _ => "the generation failed",
     };
     CatalogueError::new(code, message).with_cause(err)
