@@ -36,12 +36,17 @@ async fn openai(delay: Duration) -> MockServer {
     mock
 }
 
-/// Image requests the mock has received, by request body (the prompt).
-async fn image_requests(mock: &MockServer) -> HashMap<Vec<u8>, usize> {
+/// Image requests the mock has received, by request body (the prompt, shown by its length
+/// and a short hash so a failure message stays readable).
+async fn image_requests(mock: &MockServer) -> HashMap<String, usize> {
+    use std::hash::{Hash, Hasher};
     let mut by_body = HashMap::new();
     for r in mock.received_requests().await.unwrap_or_default() {
         if r.url.path().ends_with("/images/generations") {
-            *by_body.entry(r.body.clone()).or_insert(0) += 1;
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            r.body.hash(&mut h);
+            let name = format!("{} bytes #{:016x}", r.body.len(), h.finish());
+            *by_body.entry(name).or_insert(0) += 1;
         }
     }
     by_body
@@ -125,7 +130,7 @@ fn wait_exit(server: &mut Process, limit: Duration) -> std::process::ExitStatus 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_waits_for_the_image_in_flight_and_writes_its_png() {
-    let mock = openai(Duration::from_millis(1500)).await;
+    let mock = openai(Duration::from_secs(3)).await;
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     let mut server = blocking(|| Process::start_with(options(&mock, &data, &[])));
@@ -269,12 +274,14 @@ async fn after_kill_9_the_queued_runs_resume_and_the_paid_one_is_not_repeated() 
     for a in &keys {
         generate(&c, &server, a).await;
     }
+    // The mark is written just before the request is sent: wait for both.
     until(
-        "one marked, three queued",
+        "one request sent, three queued",
         Duration::from_secs(10),
         async || {
             let entries = queue_entries(&data);
-            entries.len() == 4
+            image_request_count(&mock).await == 1
+                && entries.len() == 4
                 && entries
                     .iter()
                     .filter(|e| e["image_requested"] == true)
@@ -328,7 +335,12 @@ async fn after_kill_9_the_queued_runs_resume_and_the_paid_one_is_not_repeated() 
     )
     .await;
     let requests = image_requests(&mock).await;
-    assert_eq!(requests.values().sum::<usize>(), 5, "{requests:?}");
+    assert_eq!(
+        requests.values().sum::<usize>(),
+        5,
+        "{requests:?}\n{}",
+        server.log_text()
+    );
     assert_eq!(
         requests.values().filter(|&&n| n == 1).count(),
         3,
