@@ -176,10 +176,10 @@ async fn sigterm_waits_for_the_image_in_flight_and_writes_its_png() {
         .await
         .unwrap();
     assert_eq!(poll.status(), 200);
-    assert_eq!(
-        c.get(server.url("/health")).send().await.unwrap().status(),
-        200
-    );
+    let health = c.get(server.url("/health")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    let health: Value = health.json().await.unwrap();
+    assert_eq!(health["data"]["draining"], true, "{health:#}");
 
     let status = wait_exit(&mut server, Duration::from_secs(20));
     assert!(status.success(), "{status:?}\n{}", server.log_text());
