@@ -63,7 +63,14 @@ async fn run(config: Config) -> anyhow::Result<()> {
         let app = app.clone();
         async move {
             server::shutdown_signal().await;
-            app.drain(app.config.drain_timeout).await.log();
+            tokio::select! {
+                report = app.drain(app.config.drain_timeout) => report.log(),
+                // A second signal (Ctrl-C twice) stops at once; the report says what is lost.
+                () = server::shutdown_signal() => {
+                    tracing::warn!("second signal: stopping without waiting for the drain");
+                    app.journal.drained(std::time::Duration::ZERO).await.log();
+                }
+            }
         }
     };
     server::serve(listener, AppState(app), drained).await?;

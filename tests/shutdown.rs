@@ -379,6 +379,32 @@ async fn the_drain_timeout_bounds_the_wait_for_a_stalled_image() {
     assert_eq!(image_request_count(&mock).await, 1);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_stops_without_waiting_for_the_drain() {
+    let mock = openai(Duration::from_secs(60)).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let mut server = blocking(|| Process::start_with(options(&mock, &data, &[])));
+    let a = &addresses(1)[0];
+    generate(&client(), &server, a).await;
+    until("the image request", Duration::from_secs(10), async || {
+        image_request_count(&mock).await == 1
+    })
+    .await;
+    sigterm(&server);
+    assert!(blocking(
+        || server.wait_for_log("draining", Duration::from_secs(5))
+    ));
+    sigterm(&server);
+    let status = wait_exit(&mut server, Duration::from_secs(15));
+    assert!(status.success(), "{status:?}\n{}", server.log_text());
+    let logs = server.log_text();
+    assert!(
+        logs.contains("second signal") && logs.contains("lost=1"),
+        "{logs}"
+    );
+}
+
 /// The deploy files give the process at least the default drain (image timeout 300 s + 30 s)
 /// plus the 10 s for open connections before they kill it.
 #[test]

@@ -329,13 +329,11 @@ impl Journal {
     }
 }
 
+/// Removes an entry. The directory is not synced: an unlink lost to a power cut only brings
+/// back the entry of a run that completed, and the resume skips a run whose image is stored.
 fn remove(path: &Path) {
     match std::fs::remove_file(path) {
-        Ok(()) => {
-            if let Some(dir) = path.parent() {
-                let _ = crate::storage::sync_dir(dir);
-            }
-        }
+        Ok(()) => {}
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
         Err(err) => tracing::warn!(path = %path.display(), %err, "cannot remove a queue entry"),
     }
