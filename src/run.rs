@@ -593,8 +593,11 @@ impl Generator {
                 Err(Arc::new(RunError::Superseded))
             }
             Err(RunError::ShuttingDown) => {
+                // A `/dalle` run stays journaled for the next start; a `/v1` caller retries.
+                let resumes_at_start = options.is_detached();
                 tracing::info!(
-                    "stopped before its image request for the shutdown; queued for the next start"
+                    resumes_at_start,
+                    "stopped before its image request for the shutdown"
                 );
                 Err(Arc::new(RunError::ShuttingDown))
             }
