@@ -15,7 +15,7 @@ use crate::openai::breaker::Breakers;
 use crate::openai::{OpenAiClient, RetryPolicy};
 use crate::progress::Progress;
 use crate::run::journal::{DrainReport, Journal, Recovered};
-use crate::run::{Backends, Generator, ImageSource, Settings};
+use crate::run::{ArtifactStore, Backends, Generator, ImageSource, RunRegistry, Settings};
 use crate::storage::DataDir;
 use crate::storage::FileCache;
 
@@ -37,6 +37,11 @@ pub struct App {
     pub generator: Result<Arc<Generator>, String>,
     /// Served files and their ETags.
     pub file_cache: Arc<FileCache>,
+    /// Where artifacts are stored: what `/files`, the gallery and `/health` read, through
+    /// the same trait (and containment rule) as the run core.
+    pub store: Arc<dyn ArtifactStore>,
+    /// The run registry as the run core sees it (the gallery's live and failed cards).
+    pub runs: Arc<dyn RunRegistry>,
     /// The `/v1` catalogue; unavailable when the attributes are.
     pub catalogue: Result<Arc<Catalogue>, String>,
     /// Every live run and the durable queue under `<data>/queue` (see [`crate::run::journal`]).
@@ -101,16 +106,18 @@ impl App {
         let settings = Settings {
             lock_ttl: config.lock_ttl,
             max_concurrent: config.max_concurrent,
+            max_queue: config.max_queue,
             no_enhance: config.openai.no_enhance,
         };
         let file_cache = Arc::new(FileCache::new(FILE_CACHE_BYTES));
+        let backends = Backends::local(
+            &settings,
+            data.output(),
+            file_cache.clone(),
+            progress.clone(),
+        );
+        let (store, runs) = (backends.store.clone(), backends.registry.clone());
         let generator = attributes.clone().map(|attributes| {
-            let backends = Backends::local(
-                &settings,
-                data.output(),
-                file_cache.clone(),
-                progress.clone(),
-            );
             Arc::new(
                 Generator::new(attributes, backends, source, metrics.clone(), settings)
                     .with_journal(journal.clone()),
@@ -130,6 +137,8 @@ impl App {
             catalogue,
             generator,
             file_cache,
+            store,
+            runs,
             journal,
             recovered: Mutex::new(Some(recovered)),
             data,
@@ -240,7 +249,7 @@ impl App {
                 "attributes loaded"
             );
         }
-        tracing::info!(lock_ttl = ?self.config.lock_ttl, max_concurrent = self.config.max_concurrent, "generation limits");
+        tracing::info!(lock_ttl = ?self.config.lock_ttl, max_concurrent = self.config.max_concurrent, max_queue = self.config.max_queue, "generation limits");
         let host = if local.ip().is_unspecified() {
             "127.0.0.1".to_string()
         } else {

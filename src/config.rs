@@ -14,6 +14,9 @@ use clap::Parser;
 
 /// Default per-key lock TTL (also the fallback for an unparsable `--lock-ttl`).
 pub const DEFAULT_LOCK_TTL: Duration = Duration::from_secs(300);
+
+/// Runs allowed to wait for a slot unless `--max-queue` says otherwise.
+pub const DEFAULT_MAX_QUEUE: usize = 1000;
 /// The default drain timeout is the image timeout plus this.
 pub const DRAIN_MARGIN: Duration = Duration::from_secs(30);
 /// Default OpenAI-compatible endpoint.
@@ -101,6 +104,9 @@ pub struct Flags {
     /// Generations allowed to run at once; more are queued [env: TB_DALLE_MAX_CONCURRENT] [default: 8]
     #[arg(long)]
     pub max_concurrent: Option<String>,
+    /// Generations allowed to wait for a slot; more are refused with 503 [env: TB_DALLE_MAX_QUEUE] [default: 1000]
+    #[arg(long)]
+    pub max_queue: Option<String>,
     /// One log line per request at this level: info, debug or off [env: TB_DALLE_ACCESS_LOG] [default: info]
     #[arg(long)]
     pub access_log: Option<String>,
@@ -191,6 +197,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub databases: Option<PathBuf>,
     pub max_concurrent: usize,
+    /// Generations allowed to wait for a slot beyond `max_concurrent`.
+    pub max_queue: usize,
     pub openai: OpenAiConfig,
     /// Log filter directive (`RUST_LOG`), default `info`.
     pub log_filter: String,
@@ -258,6 +266,17 @@ impl Config {
                 }
             },
         };
+        let max_queue = match flags.max_queue.or_else(|| var("TB_DALLE_MAX_QUEUE")) {
+            None => DEFAULT_MAX_QUEUE,
+            Some(v) => v
+                .trim()
+                .parse::<usize>()
+                .map_err(|_| ConfigError::Invalid {
+                    name: "--max-queue / TB_DALLE_MAX_QUEUE",
+                    value: v,
+                    reason: "expected a whole number (0 queues nothing)".into(),
+                })?,
+        };
         let data_dir = match flags
             .data_dir
             .or_else(|| var("TB_DALLE_DATA_DIR").map(PathBuf::from))
@@ -319,6 +338,7 @@ impl Config {
             data_dir,
             databases,
             max_concurrent,
+            max_queue,
             openai,
             log_filter: var("RUST_LOG").unwrap_or_else(|| "info".into()),
             access_log,
@@ -467,6 +487,18 @@ mod tests {
         let cfg = Config::from_sources(flags(&[]), &env).unwrap();
         assert_eq!(cfg.data_dir, PathBuf::from("/env/dir"));
         assert_eq!(cfg.lock_ttl, Duration::from_secs(90));
+    }
+
+    #[test]
+    fn max_queue_defaults_to_a_thousand_and_refuses_garbage() {
+        let home = [("HOME", "/h")];
+        let cfg = Config::from_sources(flags(&[]), &home).unwrap();
+        assert_eq!(cfg.max_queue, DEFAULT_MAX_QUEUE);
+        let env = [("HOME", "/h"), ("TB_DALLE_MAX_QUEUE", "5")];
+        assert_eq!(Config::from_sources(flags(&[]), &env).unwrap().max_queue, 5);
+        let cfg = Config::from_sources(flags(&["--max-queue", "0"]), &env).unwrap();
+        assert_eq!(cfg.max_queue, 0, "the flag wins; 0 queues nothing");
+        assert!(Config::from_sources(flags(&["--max-queue", "lots"]), &home).is_err());
     }
 
     #[test]

@@ -1,11 +1,13 @@
-//! The image listing behind `/preview`: every `<data>/output/<series>/annotated/*.png`, grouped
-//! by series (ascending) and newest first within a series, paginated on the server so that a
-//! gallery of ten thousand images still renders quickly.
+//! The image listing behind `/preview`: every annotated image in the artifact store
+//! (`<data>/output/<series>/annotated/*.png` on a local disk), grouped by series (ascending)
+//! and newest first within a series, paginated on the server so that a gallery of ten thousand
+//! images still renders quickly.
 
-use std::path::Path;
 use std::time::SystemTime;
 
 use tiny_keccak::{Hasher, Keccak};
+
+use crate::run::ArtifactStore;
 
 /// One annotated image.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,41 +45,20 @@ pub struct Page {
 pub const DEFAULT_PER_PAGE: usize = 120;
 pub const MAX_PER_PAGE: usize = 1000;
 
-/// Lists the annotated images under `output` (blocking I/O: call from `spawn_blocking`).
-/// Unreadable entries are skipped, hidden files (temporary writes) never listed.
-pub fn scan(output: &Path) -> Vec<Entry> {
-    let Ok(series_dirs) = std::fs::read_dir(output) else {
-        return Vec::new();
-    };
-    let mut entries = Vec::new();
-    for dir in series_dirs.flatten() {
-        let series = dir.file_name().to_string_lossy().into_owned();
-        if series.starts_with('.') {
-            continue;
-        }
-        let Ok(files) = std::fs::read_dir(dir.path().join("annotated")) else {
-            continue;
-        };
-        for file in files.flatten() {
-            let name = file.file_name().to_string_lossy().into_owned();
-            let Some(stem) = name.strip_suffix(".png") else {
-                continue;
-            };
-            if stem.is_empty() || name.starts_with('.') {
-                continue;
-            }
-            let Ok(meta) = file.metadata() else { continue };
-            if !meta.is_file() {
-                continue;
-            }
-            entries.push(Entry {
-                rel_path: format!("{series}/annotated/{name}"),
-                stem: stem.to_string(),
-                series: series.clone(),
-                modified: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
-            });
-        }
-    }
+/// Lists the annotated images in `store` (blocking I/O: call from `spawn_blocking`), sorted
+/// for display. Unreadable entries are skipped, hidden files (temporary writes) never listed.
+pub fn scan(store: &dyn ArtifactStore) -> Vec<Entry> {
+    let (kind, ext) = crate::run::ANNOTATED;
+    let mut entries: Vec<Entry> = store
+        .list(kind, ext)
+        .into_iter()
+        .map(|listed| Entry {
+            series: listed.series,
+            stem: listed.stem,
+            rel_path: listed.name,
+            modified: listed.modified,
+        })
+        .collect();
     entries.sort_by(|a, b| {
         a.series
             .cmp(&b.series)
@@ -196,11 +177,24 @@ mod tests {
         write("a/generated/0x4.png");
         write("a/annotated/.tmp-123");
         write("a/annotated/notes.txt");
-        let stems: Vec<String> = scan(dir.path())
+        std::fs::create_dir_all(dir.path().join("a/annotated/0x5.png")).unwrap();
+        // A link leading out of the store is not listed; one inside it is.
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("secret"), b"x").unwrap();
+        let link = |target: &std::path::Path, name: &str| {
+            std::os::unix::fs::symlink(target, dir.path().join(name)).unwrap();
+        };
+        link(&outside.path().join("secret"), "a/annotated/0x6.png");
+        link(&old, "a/annotated/0x7.png");
+        let store = crate::run::DiskStore::new(
+            dir.path().to_path_buf(),
+            std::sync::Arc::new(crate::storage::FileCache::new(1 << 20)),
+        );
+        let stems: Vec<String> = scan(&store)
             .into_iter()
             .map(|e| format!("{}:{}", e.series, e.stem))
             .collect();
-        assert_eq!(stems, ["a:0x3", "b:0x2", "b:0x1"]);
+        assert_eq!(stems, ["a:0x3", "a:0x7", "b:0x2", "b:0x1"]);
     }
 
     #[test]

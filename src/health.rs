@@ -1,4 +1,4 @@
-//! Component health: the data directory is writable, its disk is not full, memory (process RSS)
+//! Component health: the data directory and the artifact store are writable, its disk is not full, memory (process RSS)
 //! is sane, every OpenAI breaker (one per operation) is closed and the attribute databases
 //! loaded.
 //!
@@ -102,7 +102,9 @@ impl HealthReport {
 pub fn check(app: &App) -> HealthReport {
     let data_dir = app.data.root();
     let components: BTreeMap<_, _> = [
-        timed("filesystem", || filesystem(data_dir)),
+        timed("filesystem", || {
+            filesystem(data_dir, app.store.probe().map_err(|e| e.to_string()))
+        }),
         timed("disk_space", || disk_space(data_dir)),
         timed("memory", memory),
         timed("openai", || openai(app)),
@@ -157,12 +159,19 @@ fn timed(name: &'static str, probe: impl FnOnce() -> Outcome) -> Component {
     }
 }
 
-fn filesystem(dir: &Path) -> Outcome {
-    match storage::probe_writable(dir) {
-        Ok(()) => (Status::Healthy, "Data directory writable".into(), None),
-        Err(err) => (
+/// The data dir (statistics, user series) and the artifact store (on a local disk, the data
+/// dir's `output/`), whose probe the caller ran through its trait.
+fn filesystem(dir: &Path, store: Result<(), String>) -> Outcome {
+    match (storage::probe_writable(dir), store) {
+        (Ok(()), Ok(())) => (Status::Healthy, "Data directory writable".into(), None),
+        (Err(err), _) => (
             Status::Unhealthy,
             format!("Data directory not writable: {err}"),
+            None,
+        ),
+        (Ok(()), Err(err)) => (
+            Status::Unhealthy,
+            format!("Artifact store not writable: {err}"),
             None,
         ),
     }
@@ -425,9 +434,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("not-a-dir");
         std::fs::write(&file, b"x").unwrap();
-        let (status, message, _) = filesystem(&file);
+        let (status, message, _) = filesystem(&file, Ok(()));
         assert_eq!(status, Status::Unhealthy);
         assert!(message.contains("not writable"));
-        assert_eq!(filesystem(dir.path()).0, Status::Healthy);
+        assert_eq!(filesystem(dir.path(), Ok(())).0, Status::Healthy);
+        let (status, message, _) = filesystem(dir.path(), Err("read-only".into()));
+        assert_eq!(status, Status::Unhealthy);
+        assert_eq!(message, "Artifact store not writable: read-only");
     }
 }

@@ -6,6 +6,7 @@
 //! 405 (a known path, another method) come from the router, in the error family of the legacy
 //! routes or of `/v1`.
 
+mod chunks;
 pub mod dalle;
 pub mod error;
 mod errors;

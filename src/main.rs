@@ -79,6 +79,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
     if let Ok(Err(err)) = tokio::task::spawn_blocking(move || progress.save_if_dirty()).await {
         tracing::warn!(%err, "could not save the progress statistics");
     }
+    // The access log buffers its lines; write the last ones before saying so.
+    dalleserver::telemetry::access::flush();
     tracing::info!("stopped");
     Ok(())
 }

@@ -38,10 +38,10 @@ mod shared_dress;
 mod snapshot;
 mod stats;
 
-pub use rendered::PolledSnapshot;
+pub use rendered::{PolledSnapshot, SnapshotJson};
 pub use shared_dress::SharedDress;
 use snapshot::Run;
-pub use snapshot::{PhaseTiming, Snapshot};
+pub use snapshot::{PhaseTiming, QueuePlace, Snapshot};
 use stats::{Ledger, Saver};
 pub use stats::{PhaseStat, PhaseStats, StatsError};
 
@@ -276,9 +276,15 @@ impl Progress {
         state.runs.insert(key.clone(), Run::new(request_id, now));
     }
 
-    /// Sets (or, with `None`, clears) the 1-based queue place of a run waiting for a slot.
+    /// Sets (or, with `None`, clears) the place of a run waiting for a slot; its position is
+    /// read from it whenever a snapshot is taken.
+    pub fn set_queue_place(&self, key: &RunKey, place: Option<QueuePlace>) {
+        self.update(key, |run, _, _| run.set_queue_place(place));
+    }
+
+    /// Sets (or, with `None`, clears) a fixed 1-based queue position (tests, tools).
     pub fn set_queue_position(&self, key: &RunKey, position: Option<usize>) {
-        self.update(key, |run, _, _| run.set_queue_position(position));
+        self.set_queue_place(key, position.map(QueuePlace::fixed));
     }
 
     /// Moves an in-flight run to `phase`, ending the current phase (which feeds its average).
@@ -378,6 +384,20 @@ impl Progress {
             .iter()
             .filter(|(_, run)| !run.done)
             .map(|(key, run)| run.snapshot(key, stats, now))
+            .collect()
+    }
+
+    /// The failed runs still within their retention, sorted by series then address: the
+    /// gallery shows them with their error until they are removed or expire.
+    pub fn failed(&self) -> Vec<Snapshot> {
+        let (state, now) = self.state();
+        let stats = state.ledger.stats();
+        state
+            .runs
+            .iter()
+            .filter(|(_, run)| run.done && !run.cache_hit)
+            .map(|(key, run)| run.snapshot(key, stats, now))
+            .filter(|s| s.current_phase == Phase::Failed)
             .collect()
     }
 

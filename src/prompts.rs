@@ -152,6 +152,29 @@ mod tests {
         }
     }
 
+    /// The caption drawn under the image glosses the adverb and the adjective; a separator
+    /// keeps each gloss apart from the next word ("…insatiable appetite academic…" ran on).
+    #[test]
+    fn the_caption_keeps_glossed_words_apart() {
+        let attributes = attributes();
+        let (dress, p) = attributes
+            .dress("0xf503017d7baf7fbc0fff7492b751025c6a78179b", "simple", None)
+            .unwrap();
+        let expected = format!(
+            "{}; {}; {},",
+            dress.adverb(true),
+            dress.adjective(true),
+            dress.noun(false)
+        );
+        assert!(p.terse.starts_with(&expected), "{}", p.terse);
+        assert!(
+            p.terse
+                .starts_with("voraciously, meaning with an insatiable appetite; academic, "),
+            "{}",
+            p.terse
+        );
+    }
+
     #[test]
     fn author_is_empty_without_a_literary_style() {
         let attributes = attributes();

@@ -23,7 +23,10 @@ use crate::metrics::Metrics;
 use crate::openai::OpenAiClient;
 use crate::progress::{Progress, RunKey, Snapshot, StartOutcome};
 use crate::storage::{CachedFile, FileCache};
-pub use coordination::{Leases, LocalLeases, LocalQueue, RunQueue, RunRegistry};
+pub use coordination::{
+    HeldLease, Leases, LocalLeases, LocalQueue, QUEUE_FULL_RETRY_AFTER, QueueFull, RunQueue,
+    RunRegistry,
+};
 pub use journal::Journal;
 pub use locks::{LockTable, Token};
 pub use store::{ArtifactStore, DiskStore, Lookup};
@@ -189,20 +192,18 @@ pub struct Backends {
 
 impl Backends {
     /// Everything in this process and on the local disk: leases and the queue in memory,
-    /// artifacts under `output` read through `cache`, queue positions published to `progress`.
+    /// artifacts under `output` read through `cache`, runs registered with `progress`.
     pub fn local(
         settings: &Settings,
         output: PathBuf,
         cache: Arc<FileCache>,
         progress: Arc<Progress>,
     ) -> Backends {
-        let registry: Arc<dyn RunRegistry> = progress.clone();
-        let on_position: coordination::OnPosition =
-            Arc::new(move |key: &RunKey, position| progress.set_queue_position(key, position));
+        let registry: Arc<dyn RunRegistry> = progress;
         Backends {
             registry,
             leases: Arc::new(LocalLeases::new(settings.lock_ttl)),
-            queue: Arc::new(LocalQueue::new(settings.max_concurrent, on_position)),
+            queue: Arc::new(LocalQueue::new(settings.max_concurrent, settings.max_queue)),
             store: Arc::new(DiskStore::new(output, cache)),
         }
     }
@@ -226,8 +227,10 @@ pub struct Generator {
     /// Decoding, captioning and encoding images: one job per core. More at once is no faster,
     /// and 50 runs whose images arrive together would hold ~17 MB of pixels each.
     pub(crate) image_slots: Semaphore,
-    /// The outcome channel and options of every run in flight, for callers that wait (the
-    /// `/v1` API) and for deciding whether a caller can join a run.
+    /// The outcome channel and options of every run of this process not finished yet,
+    /// queued or working: one per key. This, not the lease, is what coalesces requests onto
+    /// one run (a queued run holds no lease), for callers that wait (the `/v1` API) and for
+    /// deciding whether a caller can join a run.
     running: Mutex<HashMap<RunKey, InFlight>>,
     /// Every live run, for a drain that loses no paid work, and the durable queue of
     /// `/dalle` runs a restart resumes ([`journal`]).
@@ -242,11 +245,13 @@ pub enum Outcome {
     /// Answer with this progress snapshot.
     Snapshot(Box<Snapshot>),
     /// Answer with this progress snapshot, already JSON ([`RunRegistry::poll`]).
-    Progress(Vec<u8>),
+    Progress(crate::progress::SnapshotJson),
     /// `data: {}`.
     Empty,
     /// The image was removed; the text names it relative to the output dir.
     Removed(String),
+    /// No run was started: the queue is full.
+    QueueFull(QueueFull),
     /// A new run was asked for while the server drains for a shutdown.
     ShuttingDown,
 }
@@ -263,6 +268,8 @@ pub struct Flags {
 pub struct Settings {
     pub lock_ttl: std::time::Duration,
     pub max_concurrent: usize,
+    /// Runs allowed to wait for a slot; more are refused ([`QueueFull`]).
+    pub max_queue: usize,
     pub no_enhance: bool,
 }
 
@@ -333,8 +340,13 @@ impl Generator {
                 enhanced: entry.enhanced,
                 ..JobOptions::dalle()
             };
-            if self.start_job(key, options, &entry.request_id).2 {
-                started += 1;
+            match self.start_job(key, options, &entry.request_id) {
+                Ok((_, _, true)) => started += 1,
+                Ok(_) => {}
+                // Kept in the journal: the next start tries again.
+                Err(full) => {
+                    tracing::warn!(%full, "the queue is full; a queued run waits for the next start")
+                }
             }
         }
         started
@@ -348,7 +360,7 @@ impl Generator {
     /// | any | in flight | its snapshot | its snapshot (joins it) | its snapshot |
     /// | present | — | the PNG | a cache-hit snapshot | removes the image |
     /// | absent | failed | its snapshot | its snapshot (no retry) | forgets the run |
-    /// | absent | none or completed | `{}` | starts a run | `{}` |
+    /// | absent | none or completed | `{}` | starts a run (refused when the queue is full) | `{}` |
     pub async fn handle(self: &Arc<Self>, key: RunKey, flags: Flags, request_id: &str) -> Outcome {
         // A run in flight answers its snapshot whatever is stored, so a poll (the most
         // frequent request) needs no store call. Otherwise one lookup, which the local store
@@ -383,6 +395,7 @@ impl Generator {
             // A failed run stays visible until it is removed; polling never retries it.
             Some(polled) if polled.failed => {
                 if flags.remove {
+                    self.clear(&key).await;
                     self.progress.forget(&key);
                     Outcome::Empty
                 } else {
@@ -394,15 +407,37 @@ impl Generator {
                 Outcome::ShuttingDown
             }
             // Completed but the file is gone (removed behind our back): as if there were no run.
-            _ if flags.generate && !flags.remove => {
-                Outcome::Snapshot(Box::new(self.start(key, request_id)))
+            _ if flags.generate && !flags.remove => match self.start(key, request_id) {
+                Ok(snapshot) => Outcome::Snapshot(Box::new(snapshot)),
+                Err(full) => Outcome::QueueFull(full),
+            },
+            _ => {
+                if flags.remove {
+                    self.clear(&key).await;
+                }
+                Outcome::Empty
             }
-            _ => Outcome::Empty,
         }
     }
 
+    /// Removes what would block a run of `key` from writing its files (a folder at a file's
+    /// name, see [`ArtifactStore::check_writable`]); stored files are kept.
+    async fn clear(&self, key: &RunKey) {
+        let files: Vec<_> = Artifacts::ALL
+            .iter()
+            .flat_map(|a| a.files())
+            .copied()
+            .collect();
+        let (store, owned) = (self.store.clone(), key.clone());
+        let cleared = tokio::task::spawn_blocking(move || store.clear(&owned, &files)).await;
+        if let Ok(Ok(true)) | Ok(Err(_)) = &cleared {
+            self.metrics.record_file_op(matches!(cleared, Ok(Ok(_))));
+        }
+    }
+
+    /// Whether a run of this process for `key` has not finished yet (queued or working).
     fn is_in_flight(&self, key: &RunKey) -> bool {
-        self.progress.is_in_flight(key) && self.leases.is_held(key)
+        lock(&self.running).contains_key(key)
     }
 
     /// Reads one stored file on the blocking pool.
@@ -441,58 +476,67 @@ impl Generator {
         let removed = tokio::task::spawn_blocking(move || store.remove(&owned, kind, ext)).await;
         let ok = matches!(removed, Ok(Ok(_)));
         self.metrics.record_file_op(ok);
+        self.clear(key).await;
         self.progress.forget(key);
         Outcome::Removed(self.store.name(key, kind, ext))
     }
 
     /// Starts a legacy `/dalle` run for `key` unless one is in flight (then its snapshot is
-    /// the answer).
-    pub fn start(self: &Arc<Self>, key: RunKey, request_id: &str) -> Snapshot {
-        self.start_job(key, JobOptions::dalle(), request_id).0
+    /// the answer); refused when the queue is full.
+    pub fn start(self: &Arc<Self>, key: RunKey, request_id: &str) -> Result<Snapshot, QueueFull> {
+        self.start_job(key, JobOptions::dalle(), request_id)
+            .map(|(snapshot, _, _)| snapshot)
     }
 
-    /// Starts a run (or joins the one in flight for `key`) and returns its first snapshot and
-    /// a channel that receives the outcome; `true` when a new run was started.
+    /// Starts a run (or joins the one in flight for `key`, whatever its options) and returns
+    /// its first snapshot and a channel that receives the outcome; `true` when a new run was
+    /// started. A new run is refused when the queue is full.
+    ///
+    /// A new run takes its place in the queue here but no lease: it takes the lease when its
+    /// slot is granted, and holds it for as long as it works ([`Generator::run`]).
     pub fn start_job(
         self: &Arc<Self>,
         key: RunKey,
         options: JobOptions,
         request_id: &str,
-    ) -> (Snapshot, watch::Receiver<Option<RunResult>>, bool) {
-        let mut acquired = None;
-        let token = self.leases.try_acquire(&key, &mut |_| {
-            // Before anyone else can take the lease, so a stale run cannot update progress in
-            // between.
-            self.progress.restart(&key, request_id);
-            let (tx, rx) = watch::channel(None);
-            lock(&self.running).insert(key.clone(), (rx.clone(), options.clone()));
-            acquired = Some((tx, rx));
-        });
-        let (token, (tx, outcome)) = match (token, acquired) {
-            (Some(token), Some(channel)) => (token, channel),
-            _ => {
-                let snapshot = self
-                    .progress
-                    .snapshot(&key)
-                    .unwrap_or_else(|| Snapshot::empty(&key));
-                let outcome = lock(&self.running)
-                    .get(&key)
-                    .map(|(rx, _)| rx.clone())
-                    .unwrap_or_else(|| watch::channel(None).1);
-                return (snapshot, outcome, false);
+    ) -> Result<(Snapshot, watch::Receiver<Option<RunResult>>, bool), QueueFull> {
+        let (outcome, admission) = {
+            let mut running = lock(&self.running);
+            match running.get(&key) {
+                Some((rx, _)) => (rx.clone(), None),
+                None => {
+                    let admission = self.queue.admit(&key)?;
+                    // Under the registry lock, so a joiner sees this run's progress from the
+                    // start.
+                    self.progress.restart(&key, request_id);
+                    let (tx, rx) = watch::channel(None);
+                    running.insert(key.clone(), (rx.clone(), options.clone()));
+                    (rx, Some((tx, admission)))
+                }
             }
         };
-        let token = (token, tx);
-        let snapshot = self
-            .progress
-            .snapshot(&key)
-            .unwrap_or_else(|| Snapshot::empty(&key));
+        let Some((tx, admission)) = admission else {
+            return Ok((self.snapshot_of(&key), outcome, false));
+        };
+        if let Some(place) = admission.place.clone() {
+            self.progress.set_queue_place(&key, Some(place));
+        }
+        let snapshot = self.snapshot_of(&key);
         let this = Arc::clone(self);
         // Admitted before the task is spawned, so a drain starting now already waits for it.
         let ticket = self.journal.admit(&key, options.is_detached(), request_id);
         let request_id = request_id.to_string();
-        tokio::spawn(async move { this.run(key, token, options, request_id, ticket).await });
-        (snapshot, outcome, true)
+        tokio::spawn(async move {
+            this.run(key, admission, tx, options, request_id, ticket)
+                .await;
+        });
+        Ok((snapshot, outcome, true))
+    }
+
+    fn snapshot_of(&self, key: &RunKey) -> Snapshot {
+        self.progress
+            .snapshot(key)
+            .unwrap_or_else(|| Snapshot::empty(key))
     }
 
     /// Runs a job for `key` to its end and returns how it ended, for callers that answer only
@@ -516,12 +560,13 @@ impl Generator {
                     return Err(Arc::new(RunError::ShuttingDown));
                 }
                 None => {
-                    let (_, rx, started) = self.start_job(key.clone(), options.clone(), request_id);
-                    // Lost a race with another start: decide again on what is running now.
-                    if !started {
-                        continue;
+                    let started = self.start_job(key.clone(), options.clone(), request_id);
+                    match started {
+                        Ok((_, rx, true)) => (rx, true),
+                        // Lost a race with another start: decide again on what is running now.
+                        Ok((_, _, false)) => continue,
+                        Err(full) => return Err(Arc::new(RunError::QueueFull(full))),
                     }
-                    (rx, true)
                 }
             };
             let ended = outcome
@@ -530,6 +575,10 @@ impl Generator {
                 .ok()
                 .and_then(|r| r.clone());
             match ended {
+                // A run that lost its key to another owner made nothing for us: try again.
+                Some(Err(err)) if matches!(*err, RunError::Superseded) => {
+                    tokio::task::yield_now().await;
+                }
                 Some(result) if ours => return result,
                 // Another job's end (or a dropped channel): try again for ours.
                 _ => tokio::task::yield_now().await,
@@ -537,46 +586,66 @@ impl Generator {
         }
     }
 
+    /// Joins the run in flight for `key`, if any, without starting one: its outcome when its
+    /// options cover `wanted`; `None` when there is none, or (after waiting for its end, so
+    /// the caller never works alongside it) when it was made with other options.
+    pub async fn join_live(&self, key: &RunKey, wanted: &JobOptions) -> Option<RunResult> {
+        let (mut outcome, covers) = lock(&self.running)
+            .get(key)
+            .map(|(rx, running)| (rx.clone(), running.satisfies(wanted)))?;
+        let ended = outcome
+            .wait_for(Option::is_some)
+            .await
+            .ok()
+            .and_then(|r| r.clone());
+        ended.filter(|_| covers)
+    }
+
+    /// One run, from its place in the queue to its end: wait for the slot, take the key's
+    /// lease, run the pipeline while renewing the lease, then give both up and answer the
+    /// waiters.
     async fn run(
         self: Arc<Self>,
         key: RunKey,
-        (token, outcome): (Token, watch::Sender<Option<RunResult>>),
+        admission: coordination::Admission,
+        outcome: watch::Sender<Option<RunResult>>,
         options: JobOptions,
         request_id: String,
         mut ticket: journal::Ticket,
     ) {
         let span = tracing::info_span!("generation", request_id = %request_id, series = %key.series, subject = %key.subject);
+        // Whatever happens to this task, the key is not left registered as running.
+        let _registered = Registered {
+            generator: &self,
+            key: &key,
+            outcome: outcome.subscribe(),
+        };
         ticket.record().await;
-        let slot = self.queue.wait_turn(&key).await;
-        // A drain lets no queued run start: it stays journaled for the next start.
-        let slot = slot.filter(|_| !self.journal.is_draining());
-        let Some(_slot) = slot else {
-            let stopped = self.journal.is_draining();
-            let closed = if stopped {
-                RunError::ShuttingDown
-            } else {
-                // The local queue is never shut down; answer waiters anyway.
-                RunError::Task("generation slots closed".into())
-            };
-            self.leases.release(&key, token, &mut || {
-                lock(&self.running).remove(&key);
-            });
-            outcome.send_replace(Some(Err(Arc::new(closed))));
-            ticket
-                .end(if stopped {
-                    journal::End::Stopped
-                } else {
-                    journal::End::Failed
-                })
-                .await;
+        let slot = admission.turn.await;
+        // A drain lets no queued run start: it stays journaled for the next start, and its
+        // snapshot stays as it was (the run is not over).
+        let draining = self.journal.is_draining();
+        let Some(_slot) = slot.filter(|_| !draining) else {
+            if draining {
+                self.finish(&key, &outcome, Err(Arc::new(RunError::ShuttingDown)));
+                ticket.end(journal::End::Stopped).await;
+                return;
+            }
+            // The local queue is never shut down; answer waiters anyway.
+            let closed = RunError::Task("generation slots closed".into());
+            self.progress.fail(&key, closed.to_string(), closed.code());
+            self.finish(&key, &outcome, Err(Arc::new(closed)));
+            ticket.end(journal::End::Failed).await;
             return;
         };
+        self.progress.set_queue_place(&key, None);
+        let lease = HeldLease::new(coordination::acquire(&*self.leases, &key).await);
         self.metrics.generations_in_flight.inc();
-        let result = tracing::Instrument::instrument(
-            pipeline::run(&self, &key, token, &options, &mut ticket),
+        let work = tracing::Instrument::instrument(
+            pipeline::run(&self, &key, &lease, &options, &mut ticket),
             span.clone(),
-        )
-        .await;
+        );
+        let result = coordination::heartbeat(&*self.leases, &key, &lease, work).await;
         self.metrics.generations_in_flight.dec();
         let _enter = span.enter();
         let reported = match result {
@@ -589,7 +658,10 @@ impl Generator {
                 Ok(Arc::new(output))
             }
             Err(RunError::Superseded) => {
-                tracing::warn!("lock taken over after its TTL; this run stopped");
+                // Only before the image was requested (see `pipeline`): nothing was paid for.
+                tracing::warn!(
+                    "another owner took the key's lease; this run stopped before its image request"
+                );
                 Err(Arc::new(RunError::Superseded))
             }
             Err(RunError::ShuttingDown) => {
@@ -609,21 +681,44 @@ impl Generator {
                 self.metrics.record_error("GENERATION_ERROR", "dalle");
                 let code = err.code();
                 tracing::error!(error = %err, code, "generation failed");
-                let _ = self.guarded(&key, token, |p| p.fail(&key, err.to_string(), code));
+                let _ = self.guarded(&key, lease.token(), |p| {
+                    p.fail(&key, err.to_string(), code);
+                });
                 Err(Arc::new(err))
             }
         };
-        self.leases.release(&key, token, &mut || {
-            lock(&self.running).remove(&key);
-        });
+        self.leases.release(&key, lease.token());
         let end = match &reported {
             Ok(_) => journal::End::Completed,
             Err(err) if matches!(**err, RunError::ShuttingDown) => journal::End::Stopped,
             Err(_) => journal::End::Failed,
         };
-        outcome.send_replace(Some(reported));
+        self.finish(&key, &outcome, reported);
         self.drop_gate(&key);
         ticket.end(end).await;
+    }
+
+    /// Ends a run for its waiters: it leaves the registry of running keys first, so a waiter
+    /// that wakes and tries again finds the key free.
+    fn finish(&self, key: &RunKey, outcome: &watch::Sender<Option<RunResult>>, result: RunResult) {
+        lock(&self.running).remove(key);
+        outcome.send_replace(Some(result));
+    }
+
+    /// Takes `key`'s lease again for a run that lost it after its image was requested: it
+    /// waits for the other owner rather than drop an image that was paid for.
+    pub(crate) async fn reclaim(&self, key: &RunKey, lease: &HeldLease) {
+        loop {
+            if self.leases.while_owned(key, lease.token(), &mut || {}) {
+                return;
+            }
+            if let Some(token) = self.leases.try_acquire(key) {
+                tracing::warn!(%key, "took the key's lease again to keep an image already requested");
+                lease.set(token);
+                return;
+            }
+            tokio::time::sleep(coordination::renew_interval(self.leases.ttl())).await;
+        }
     }
 
     /// Runs `f` on the progress registry only while `token` still owns `key`.
@@ -664,6 +759,34 @@ impl Generator {
     }
 }
 
+/// Removes a run's key from the registry of running keys when the run's task ends in any way
+/// (a panic included), so the key never stays "in flight" with nobody working on it; the
+/// waiters then see the outcome channel close and decide again.
+struct Registered<'a> {
+    generator: &'a Generator,
+    key: &'a RunKey,
+    /// The run's own channel: after `finish`, the key may belong to a newer run.
+    outcome: watch::Receiver<Option<RunResult>>,
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        let mut running = lock(&self.generator.running);
+        if running
+            .get(self.key)
+            .is_some_and(|(rx, _)| rx.same_channel(&self.outcome))
+        {
+            running.remove(self.key);
+            // Not finished through `finish` (a panic): no poll may keep reading it as live.
+            self.generator.progress.fail(
+                self.key,
+                "the run stopped unexpectedly".into(),
+                "internal",
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -695,5 +818,206 @@ mod tests {
             ..wanted.clone()
         };
         assert!(!wanted.satisfies(&styled) && !styled.satisfies(&wanted));
+    }
+}
+
+#[cfg(test)]
+mod lease_tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use super::*;
+    use crate::domain::{Address, SeriesName};
+
+    const A: &str = "0xf503017d7baf7fbc0fff7492b751025c6a78179b";
+    const B: &str = "0x054993ab0f2b1acc0fdc65405ee203b4271bebe6";
+
+    fn key(address: &str) -> RunKey {
+        RunKey::new(
+            SeriesName::normalize("simple"),
+            Address::parse(address).unwrap(),
+        )
+    }
+
+    /// A mock-mode generator over `leases` and a one-slot queue with room for one waiting run;
+    /// artifacts under `dir`.
+    fn generator(dir: &std::path::Path, leases: Arc<dyn Leases>) -> (Arc<Generator>, Backends) {
+        let settings = Settings {
+            lock_ttl: Duration::from_secs(3),
+            max_concurrent: 1,
+            max_queue: 1,
+            no_enhance: true,
+        };
+        let progress = Arc::new(Progress::in_memory(Duration::from_secs(60)));
+        let cache = Arc::new(FileCache::new(1 << 20));
+        let mut backends = Backends::local(&settings, dir.join("output"), cache, progress);
+        backends.leases = leases;
+        let attributes = Arc::new(Attributes::load(None, PathBuf::from("/nonexistent")).unwrap());
+        let metrics = Arc::new(Metrics::new().unwrap());
+        let generator = Generator::new(
+            attributes,
+            backends.clone(),
+            ImageSource::Mock,
+            metrics,
+            settings,
+        );
+        (Arc::new(generator), backends)
+    }
+
+    async fn outcome(mut rx: watch::Receiver<Option<RunResult>>) -> RunResult {
+        rx.wait_for(Option::is_some).await.unwrap().clone().unwrap()
+    }
+
+    /// A run waiting for a slot holds no lease (so no TTL can run out on it) and is counted in
+    /// the queue; the queue bound refuses a run for another key but not one that joins.
+    #[tokio::test]
+    async fn a_queued_run_holds_no_lease_until_its_slot_is_granted() {
+        let dir = tempfile::tempdir().unwrap();
+        let leases = Arc::new(LocalLeases::new(Duration::from_secs(3)));
+        let (generator, backends) = generator(dir.path(), leases.clone());
+        let busy = backends.queue.admit(&key(B)).unwrap().turn.await.unwrap();
+
+        let (snapshot, rx, started) = generator
+            .start_job(key(A), JobOptions::dalle(), "queued")
+            .unwrap();
+        assert!(started);
+        assert_eq!(snapshot.queue_position, Some(1));
+        assert_eq!(backends.queue.waiting(), 1);
+        assert!(!leases.is_held(&key(A)), "a queued run holds no lease");
+        let (_, _, again) = generator
+            .start_job(key(A), JobOptions::dalle(), "joins")
+            .unwrap();
+        assert!(!again, "a second request joins the queued run");
+        let other = key("0x0000000000000000000000000000000000000003");
+        let refused = generator.start_job(other, JobOptions::dalle(), "refused");
+        assert_eq!(refused.unwrap_err(), QueueFull { waiting: 1 });
+
+        drop(busy);
+        assert!(outcome(rx).await.is_ok());
+        assert!(!leases.is_held(&key(A)), "given up at the end");
+        assert!(!generator.is_in_flight(&key(A)));
+    }
+
+    /// Leases shared with another owner that can take a key away, as another process sharing
+    /// them could once a renewal failed.
+    #[derive(Debug)]
+    struct Takeover {
+        inner: LocalLeases,
+        /// The other owner's token while it holds the key.
+        thief: Mutex<Option<Token>>,
+        /// How often the run asked for the key while the other owner held it.
+        refused: AtomicUsize,
+        /// The last token handed to the run.
+        issued: Mutex<Option<Token>>,
+    }
+
+    impl Takeover {
+        fn steal(&self, key: &RunKey, from: Token) {
+            self.inner.release(key, from);
+            *lock(&self.thief) = self.inner.try_acquire(key);
+        }
+
+        fn give_back(&self, key: &RunKey) {
+            if let Some(token) = lock(&self.thief).take() {
+                self.inner.release(key, token);
+            }
+        }
+
+        fn stolen(&self) -> bool {
+            lock(&self.thief).is_some()
+        }
+    }
+
+    impl Leases for Takeover {
+        fn try_acquire(&self, key: &RunKey) -> Option<Token> {
+            if self.stolen() {
+                self.refused.fetch_add(1, Ordering::SeqCst);
+                return None;
+            }
+            let token = self.inner.try_acquire(key);
+            *lock(&self.issued) = token;
+            token
+        }
+        fn renew(&self, key: &RunKey, token: Token) -> bool {
+            self.inner.renew(key, token)
+        }
+        fn ttl(&self) -> Duration {
+            self.inner.ttl()
+        }
+        fn is_held(&self, key: &RunKey) -> bool {
+            self.inner.is_held(key)
+        }
+        fn while_owned(&self, key: &RunKey, token: Token, f: &mut dyn FnMut()) -> bool {
+            self.inner.while_owned(key, token, f)
+        }
+        fn release(&self, key: &RunKey, token: Token) {
+            self.inner.release(key, token);
+        }
+    }
+
+    /// A run that loses its lease after its image was requested keeps the image: it waits
+    /// for the other owner to give the key up, then writes every file and succeeds, and it
+    /// writes nothing while the other owner holds the key.
+    #[tokio::test]
+    async fn a_run_that_loses_its_lease_after_the_image_request_keeps_the_image() {
+        let dir = tempfile::tempdir().unwrap();
+        let leases = Arc::new(Takeover {
+            inner: LocalLeases::new(Duration::from_millis(30)),
+            thief: Mutex::new(None),
+            refused: AtomicUsize::new(0),
+            issued: Mutex::new(None),
+        });
+        let (generator, _) = generator(dir.path(), leases.clone());
+        // Hold every image slot, so the run stops inside its (mock) image request.
+        let slots = generator.image_slots.available_permits();
+        let held = generator
+            .image_slots
+            .acquire_many(slots as u32)
+            .await
+            .unwrap();
+        let (_, rx, _) = generator
+            .start_job(key(A), JobOptions::dalle(), "paid")
+            .unwrap();
+        let in_image = async {
+            let phase = || {
+                generator
+                    .progress
+                    .snapshot(&key(A))
+                    .map(|s| s.current_phase)
+            };
+            while phase() != Some(crate::progress::Phase::ImageWait) {
+                tokio::task::yield_now().await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(20), in_image)
+            .await
+            .unwrap();
+        // Another owner takes the key away while the image is being made.
+        let token = lock(&leases.issued).unwrap();
+        leases.steal(&key(A), token);
+        drop(held);
+        let reclaiming = async {
+            while leases.refused.load(Ordering::SeqCst) < 2 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(20), reclaiming)
+            .await
+            .unwrap();
+        let annotated = dir
+            .path()
+            .join("output/simple/annotated")
+            .join(format!("{A}.png"));
+        let generated = dir
+            .path()
+            .join("output/simple/generated")
+            .join(format!("{A}.png"));
+        assert!(
+            !annotated.exists() && !generated.exists(),
+            "nothing written while another owner holds the key"
+        );
+        leases.give_back(&key(A));
+        let output = outcome(rx).await.expect("the paid image is kept");
+        assert!(output.annotated.is_some() && annotated.is_file() && generated.is_file());
     }
 }

@@ -9,7 +9,8 @@
 //! Time spent inside a handler is bounded separately by the per-route timeout layers.
 //!
 //! Transport policy (congestion control, socket buffers) is the operator's: the server sets
-//! only `TCP_NODELAY`, which every HTTP server sets so small responses are not held back.
+//! only `TCP_NODELAY`, which every HTTP server sets so small responses are not held back, and
+//! corks a socket while it sends a file body with `sendfile` (see `zero_copy`).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -31,6 +32,9 @@ use tokio::time::Instant;
 use tower::{Service, ServiceExt};
 
 use crate::app::AppState;
+use crate::storage::ZeroCopy;
+
+mod zero_copy;
 
 /// Connection-level limits of the server.
 #[derive(Debug, Clone, Copy)]
@@ -113,7 +117,11 @@ where
             let activity = on_request.clone();
             let response = service.clone().oneshot(req);
             async move {
-                let response = response.await?;
+                let mut response = response.await?;
+                // A cached file's body: this connection may send it from the open file.
+                if let Some(body) = response.extensions_mut().remove::<ZeroCopy>() {
+                    activity.zero_copy.attach(body);
+                }
                 Ok::<_, Infallible>(response.map(|inner| TrackedBody { inner, activity }))
             }
         });
@@ -189,6 +197,8 @@ struct Activity {
     origin: Instant,
     phase: AtomicU8,
     since_ms: AtomicU64,
+    /// The response body this connection may send with `sendfile`.
+    zero_copy: zero_copy::Slot,
 }
 
 impl Activity {
@@ -198,6 +208,7 @@ impl Activity {
             origin: Instant::now(),
             phase: AtomicU8::new(READING_HEAD),
             since_ms: AtomicU64::new(0),
+            zero_copy: zero_copy::Slot::default(),
         }
     }
 
@@ -276,7 +287,18 @@ impl AsyncWrite for WatchedIo {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        let this = self.get_mut();
+        if this.activity.zero_copy.is_armed()
+            && let Some(sent) = zero_copy::poll_write_vectored(
+                &this.inner,
+                cx,
+                &[std::io::IoSlice::new(buf)],
+                &this.activity.zero_copy,
+            )
+        {
+            return sent;
+        }
+        Pin::new(&mut this.inner).poll_write(cx, buf)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -292,7 +314,14 @@ impl AsyncWrite for WatchedIo {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        if this.activity.zero_copy.is_armed()
+            && let Some(sent) =
+                zero_copy::poll_write_vectored(&this.inner, cx, bufs, &this.activity.zero_copy)
+        {
+            return sent;
+        }
+        Pin::new(&mut this.inner).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -7,7 +7,7 @@
 
 mod file_cache;
 
-pub use file_cache::{CachedFile, FileCache};
+pub use file_cache::{CachedFile, FileCache, FileSource, ZeroCopy};
 
 use std::fs::File;
 use std::io::{self, Write};

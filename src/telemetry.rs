@@ -2,6 +2,8 @@
 
 use std::time::SystemTime;
 
+pub mod access;
+
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 

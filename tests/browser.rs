@@ -277,6 +277,11 @@ mod needs_chromium_chromedriver {
                 .await,
             json!("6")
         );
+        // Even in narrow columns an address stays on one line (never broken mid-string).
+        assert_eq!(
+            driver.js("return Array.from(document.querySelectorAll('.addr')).filter(e => e.getBoundingClientRect().height > 1.5 * parseFloat(getComputedStyle(e).lineHeight)).length;").await,
+            json!(0)
+        );
         driver.goto(&server.url("/preview")).await;
         driver
             .wait_for(

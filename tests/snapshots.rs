@@ -172,3 +172,37 @@ fn gallery_with_one_mock_image() {
     }
     insta::assert_snapshot!("preview_one_image", preview(&server));
 }
+
+/// A failed run, still retained, shows on the page with its error and how to retry. The run
+/// fails the same way every time: a folder stands where its captioned image must go.
+#[test]
+fn gallery_with_a_failed_run() {
+    let server = Server::start();
+    let c = client();
+    std::fs::create_dir_all(
+        server
+            .data_dir
+            .join(format!("output/simple/annotated/{A}.png")),
+    )
+    .unwrap();
+    c.get(server.url(&format!("/dalle/simple/{A}?generate=1")))
+        .send()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let body: Value = c
+            .get(server.url(&format!("/dalle/simple/{A}")))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        if body["data"]["done"] == true {
+            assert_eq!(body["data"]["errorCode"], "storage_blocked", "{body:#}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the run did not fail: {body:#}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let page = preview(&server);
+    insta::assert_snapshot!("preview_failed_run", page);
+}

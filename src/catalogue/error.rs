@@ -28,6 +28,8 @@ pub enum Code {
     StorageFull,
     /// Ours: every failure upstream left uncoded (I/O, serialisation, bugs).
     Internal,
+    /// Ours: the generation queue is full; nothing was started (503 with `Retry-After`).
+    QueueFull,
     /// Ours: the server is draining for a shutdown and starts no run; retry after
     /// `Retry-After`.
     ShuttingDown,
@@ -35,7 +37,7 @@ pub enum Code {
 
 impl Code {
     /// Every code, for exhaustive tests and documentation.
-    pub const ALL: [Code; 15] = [
+    pub const ALL: [Code; 16] = [
         Code::InvalidInput,
         Code::SeriesNotFound,
         Code::SeriesInvalid,
@@ -50,6 +52,7 @@ impl Code {
         Code::NotFound,
         Code::StorageFull,
         Code::Internal,
+        Code::QueueFull,
         Code::ShuttingDown,
     ];
 
@@ -70,6 +73,7 @@ impl Code {
             Code::NotFound => "not_found",
             Code::StorageFull => "storage_full",
             Code::Internal => "internal",
+            Code::QueueFull => "queue_full",
             Code::ShuttingDown => "shutting_down",
         }
     }
@@ -81,6 +85,7 @@ impl Code {
             Code::DatabaseManifestInvalid => "the attribute database manifest is invalid",
             Code::MetadataInvalid => "an image metadata record could not be read or written",
             Code::StorageFull => "the server's disk is full; nothing was saved",
+            Code::QueueFull => "the generation queue is full; nothing was started, retry later",
             Code::ShuttingDown => {
                 "the server is shutting down and starts no new run; retry after Retry-After"
             }
@@ -103,7 +108,7 @@ impl Code {
             | Code::DatabaseVersionUnavailable
             | Code::NotFound => 404,
             Code::RegenerationRefused | Code::DatabaseHashMismatch => 409,
-            Code::ProviderUnavailable | Code::ShuttingDown => 503,
+            Code::ProviderUnavailable | Code::QueueFull | Code::ShuttingDown => 503,
             Code::ProviderFailed => 502,
             Code::StorageFull => 507,
             Code::DatabaseManifestInvalid | Code::MetadataInvalid | Code::Internal => 500,
@@ -185,6 +190,7 @@ mod tests {
             (Code::NotFound, "not_found", 404),
             (Code::StorageFull, "storage_full", 507),
             (Code::Internal, "internal", 500),
+            (Code::QueueFull, "queue_full", 503),
             (Code::ShuttingDown, "shutting_down", 503),
         ];
         assert_eq!(table.len(), Code::ALL.len());

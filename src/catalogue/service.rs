@@ -327,6 +327,20 @@ impl Catalogue {
         let series = self.series(req.series.as_deref())?;
         let path = metadata_path(&self.root, &series.suffix, &seed);
         let attributes = Arc::clone(&self.attributes);
+        let backstyle = req.backstyle.clone().filter(|b| !b.trim().is_empty());
+        // A run in flight for the seed is joined, as `/dalle` and generate do: the preview is
+        // answered from it (its prompts are the preview's) and never written alongside it.
+        let key = RunKey::new(
+            SeriesName::normalize(&series.suffix),
+            Seed::new(seed.as_str()),
+        );
+        let wanted = JobOptions {
+            backstyle: backstyle.clone(),
+            ..JobOptions::default()
+        };
+        if let Some(Ok(output)) = self.generator.join_live(&key, &wanted).await {
+            return self.save_record(&req, &seed, &series, &output, path).await;
+        }
         let existing = blocking({
             let path = path.clone();
             move || metadata::read(&path)
@@ -340,7 +354,6 @@ impl Catalogue {
                 return Ok(self.result(hit, &path));
             }
         }
-        let backstyle = req.backstyle.clone().filter(|b| !b.trim().is_empty());
         let (dress, prompts) = attributes
             .dress_in(&seed, &series, backstyle.as_deref())
             .map_err(|e| {
@@ -532,6 +545,7 @@ fn run_failure(err: &RunError) -> CatalogueError {
         "provider_failed" => Code::ProviderFailed,
         "invalid_input" => Code::InvalidInput,
         "storage_full" => Code::StorageFull,
+        "queue_full" => Code::QueueFull,
         "shutting_down" => Code::ShuttingDown,
         _ => Code::Internal,
     };
@@ -539,6 +553,7 @@ fn run_failure(err: &RunError) -> CatalogueError {
         Code::ProviderFailed | Code::ProviderUnavailable => "generation failed",
         Code::InvalidInput => "cannot build the prompts",
         Code::StorageFull => "the server's disk is full; nothing was saved",
+        Code::QueueFull => "the generation queue is full; retry later",
         Code::ShuttingDown => "the server is shutting down; retry after Retry-After",
         _ => "the generation failed",
     };

@@ -38,7 +38,7 @@ pub async fn dalle(
     let outcome = Arc::clone(generator).handle(key, flags, rid.as_str()).await;
     Ok(match outcome {
         Outcome::Snapshot(snapshot) => Envelope::ok(snapshot, &rid).into_response(),
-        Outcome::Progress(json) => Envelope::ok_json(&json, &rid),
+        Outcome::Progress(json) => Envelope::ok_json(json, &rid),
         Outcome::Empty => Envelope::ok(Nothing {}, &rid).into_response(),
         Outcome::Removed(name) => (
             [(CONTENT_TYPE, "text/plain; charset=utf-8")],
@@ -46,6 +46,7 @@ pub async fn dalle(
         )
             .into_response(),
         Outcome::Image(file) => super::file::respond(&file, headers, "image/png"),
+        Outcome::QueueFull(full) => return Err(ApiError::QueueFull(full)),
         Outcome::ShuttingDown => {
             let mut response = ApiError::Unavailable {
                 message: "Server is shutting down".into(),

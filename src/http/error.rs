@@ -34,22 +34,28 @@ impl<T: Serialize> Envelope<T> {
 impl Envelope<()> {
     /// The success envelope around `data`, which is already JSON (a progress snapshot from
     /// [`crate::progress::Progress::poll`]): the same bytes as [`Envelope::ok`] would write
-    /// for the value, without serialising it again.
-    pub fn ok_json(data: &[u8], request_id: &super::RequestId) -> Response {
-        let mut body = Vec::with_capacity(data.len() + 96);
-        body.extend_from_slice(br#"{"success":true,"data":"#);
-        body.extend_from_slice(data);
-        body.extend_from_slice(br#","request_id":"#);
-        if serde_json::to_writer(&mut body, request_id.as_str()).is_err() {
-            body.extend_from_slice(b"\"\"");
+    /// for the value, without serialising it again, and without copying the snapshot's
+    /// shared parts (see [`super::chunks`]).
+    pub fn ok_json(data: crate::progress::SnapshotJson, request_id: &super::RequestId) -> Response {
+        let mut tail = Vec::with_capacity(48);
+        tail.extend_from_slice(br#","request_id":"#);
+        if serde_json::to_writer(&mut tail, request_id.as_str()).is_err() {
+            tail.extend_from_slice(b"\"\"");
         }
-        body.push(b'}');
+        tail.push(b'}');
+        let body = super::chunks::Chunks::new([
+            bytes::Bytes::from_static(br#"{"success":true,"data":"#),
+            data.before,
+            data.clock,
+            data.after,
+            bytes::Bytes::from(tail),
+        ]);
         (
             [(
                 axum::http::header::CONTENT_TYPE,
                 axum::http::HeaderValue::from_static("application/json"),
             )],
-            body,
+            axum::body::Body::new(body),
         )
             .into_response()
     }
@@ -110,6 +116,9 @@ pub enum ApiError {
         message: String,
         details: Option<String>,
     },
+    /// No run was started because the generation queue is full (503 with `Retry-After`).
+    #[error("Generation queue is full")]
+    QueueFull(crate::run::QueueFull),
     /// The HTML template failed to render.
     #[error("Template execution failed")]
     Template(String),
@@ -144,6 +153,15 @@ impl ApiError {
         }
     }
 
+    /// A refusal because the generation queue is full, on a legacy route or on `/v1`.
+    fn is_queue_full(&self) -> bool {
+        match self {
+            ApiError::QueueFull(_) => true,
+            ApiError::Catalogue(e) => e.code == crate::catalogue::error::Code::QueueFull,
+            _ => false,
+        }
+    }
+
     fn status(&self) -> StatusCode {
         match self {
             ApiError::Catalogue(e) => StatusCode::from_u16(e.code.http_status())
@@ -151,7 +169,9 @@ impl ApiError {
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable { .. } | ApiError::QueueFull(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::Template(_) | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -162,7 +182,9 @@ impl ApiError {
             ApiError::NotFound { .. } => ErrorCode::NotFound.as_str(),
             ApiError::MethodNotAllowed { v1: true } => ErrorCode::V1InvalidInput.as_str(),
             ApiError::MethodNotAllowed { v1: false } => ErrorCode::InvalidRequest.as_str(),
-            ApiError::Unavailable { .. } => ErrorCode::ServiceUnavailable.as_str(),
+            ApiError::Unavailable { .. } | ApiError::QueueFull(_) => {
+                ErrorCode::ServiceUnavailable.as_str()
+            }
             ApiError::Template(_) => ErrorCode::TemplateError.as_str(),
             ApiError::Internal(_) => ErrorCode::InternalServerError.as_str(),
             ApiError::Catalogue(e) => e.code.as_str(),
@@ -175,6 +197,7 @@ impl ApiError {
                 details.clone()
             }
             ApiError::NotFound { details } => Some(details.clone()),
+            ApiError::QueueFull(full) => Some(full.to_string()),
             ApiError::MethodNotAllowed { .. }
             | ApiError::Template(_)
             | ApiError::Internal(_)
@@ -271,6 +294,12 @@ impl IntoResponse for ApiError {
             cause,
         };
         let mut response = self.status().into_response();
+        if self.is_queue_full() {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(crate::run::QUEUE_FULL_RETRY_AFTER.as_secs()),
+            );
+        }
         response.extensions_mut().insert(pending);
         if matches!(&self, ApiError::Catalogue(e) if e.code == crate::catalogue::error::Code::ShuttingDown)
         {
@@ -296,7 +325,15 @@ mod tests {
         };
         let expected = body(Envelope::ok(&value, &rid).into_response()).await;
         let json = serde_json::to_vec(&value).unwrap();
-        assert_eq!(body(Envelope::ok_json(&json, &rid)).await, expected);
+        // Cut anywhere, the parts make the same bytes.
+        let (a, rest) = json.split_at(7);
+        let (b, c) = rest.split_at(9);
+        let parts = crate::progress::SnapshotJson {
+            before: bytes::Bytes::copy_from_slice(a),
+            clock: bytes::Bytes::copy_from_slice(b),
+            after: bytes::Bytes::copy_from_slice(c),
+        };
+        assert_eq!(body(Envelope::ok_json(parts, &rid)).await, expected);
     }
 
     #[test]

@@ -48,7 +48,11 @@ pub fn respond(file: &CachedFile, request: &HeaderMap, content_type: &'static st
                 digits_value(format!("bytes {start}-{end}/{len}")),
             );
             headers.insert(CONTENT_LENGTH, HeaderValue::from(end - start + 1));
-            *response.body_mut() = Body::from(file.bytes.slice(start as usize..=end as usize));
+            let (start, end) = (start as usize, end as usize + 1);
+            *response.body_mut() = Body::from(file.bytes.slice(start..end));
+            if let Some(zero_copy) = file.zero_copy(start, end) {
+                response.extensions_mut().insert(zero_copy);
+            }
         }
         Some(RangeOutcome::Unsatisfiable) => {
             *response.status_mut() = StatusCode::RANGE_NOT_SATISFIABLE;
@@ -59,6 +63,10 @@ pub fn respond(file: &CachedFile, request: &HeaderMap, content_type: &'static st
             let headers = response.headers_mut();
             headers.insert(CONTENT_LENGTH, values.content_length.clone());
             *response.body_mut() = Body::from(file.bytes.clone());
+            // The connection may send these bytes from the open file instead (`sendfile`).
+            if let Some(zero_copy) = file.zero_copy(0, file.bytes.len()) {
+                response.extensions_mut().insert(zero_copy);
+            }
         }
     }
     response

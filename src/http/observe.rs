@@ -14,6 +14,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -32,6 +33,7 @@ use super::RequestId;
 use super::error::{ApiError, ErrorCode, PendingError};
 use crate::app::AppState;
 use crate::config::AccessLog;
+use crate::telemetry::access;
 
 /// Requests slower than this are logged as slow.
 const SLOW_REQUEST: Duration = Duration::from_secs(5);
@@ -225,9 +227,29 @@ fn record(
         .metrics
         .observe_request(method_label(&facts.method), endpoint, status, elapsed);
     let (method, path) = (&facts.method, facts.uri.path());
+    let level = log_level(status, elapsed, state.config.access_log);
+    // The access lines go to the buffered writer only when the log filter would also have
+    // let a `tracing` event of their level through (`RUST_LOG=warn` silences them).
+    let access = match level {
+        Some(Level::INFO) if tracing::enabled!(Level::INFO) => Some(access::Level::Info),
+        Some(Level::DEBUG) if tracing::enabled!(Level::DEBUG) => Some(access::Level::Debug),
+        _ => None,
+    };
+    if let Some(access_level) = access {
+        access::line(access_level, "request", |line| {
+            let _ = write!(
+                line,
+                " request_id={} method={method} path={path} status={status} elapsed={elapsed:?} \
+                 endpoint=\"{endpoint}\" peer={}",
+                id.as_str(),
+                Peer(facts.peer)
+            );
+        });
+        return;
+    }
     let request_id = tracing::field::display(id.as_str());
     let peer = tracing::field::display(Peer(facts.peer));
-    match log_level(status, elapsed, state.config.access_log) {
+    match level {
         Some(Level::ERROR) => {
             let cause = cause.unwrap_or_default();
             tracing::error!(request_id, %method, path = %path, status, ?elapsed, endpoint, peer, cause, "request failed");
@@ -235,13 +257,7 @@ fn record(
         Some(Level::WARN) => {
             tracing::warn!(request_id, %method, path = %path, status, ?elapsed, endpoint, peer, "slow request");
         }
-        Some(Level::INFO) => {
-            tracing::info!(request_id, %method, path = %path, status, ?elapsed, endpoint, peer, "request");
-        }
-        Some(_) => {
-            tracing::debug!(request_id, %method, path = %path, status, ?elapsed, endpoint, peer, "request")
-        }
-        None => {}
+        _ => {}
     }
 }
 

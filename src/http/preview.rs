@@ -1,7 +1,9 @@
 //! `GET /preview`: the HTML gallery — series groups newest first, a client-side
 //! filter, a column slider kept in `localStorage`, lazy images from `/files/`, live progress
-//! bars for runs in flight, and server-side `?series=`, `?page=`, `?per_page=` so that large
-//! galleries stay fast. The page is rendered to a string first, so a template failure is a
+//! bars for runs in flight (running first, then the queue in its order), the failed runs still
+//! retained with their error and how to retry, and server-side `?series=`, `?page=`,
+//! `?per_page=` so that large galleries stay fast. Images come from the artifact store and runs
+//! from the run registry, through their traits. The page is rendered to a string first, so a template failure is a
 //! clean 500 `TEMPLATE_ERROR` instead of half a page.
 
 use std::collections::HashMap;
@@ -22,6 +24,7 @@ struct PreviewPage {
     groups: Vec<Group>,
     series: Vec<SeriesLink>,
     running: Vec<Running>,
+    failed: Vec<Failed>,
     selected: Option<String>,
     total: usize,
     total_all: usize,
@@ -56,7 +59,20 @@ struct Running {
     address: String,
     poll_url: String,
     percent: u32,
-    phase: String,
+    /// What the card says until the first poll: the phase and percent, or the queue place.
+    meta: String,
+}
+
+/// A failed run still retained: its error, and how to try again.
+struct Failed {
+    series: String,
+    address: String,
+    error: String,
+    code: String,
+    /// The `/dalle` URL of the key: `?remove` forgets the failure, then `?generate=1` retries
+    /// (a failed run is never retried by `?generate=1` alone). `None` for a `/v1` seed, which
+    /// is retried through `/v1`.
+    dalle_url: Option<String>,
 }
 
 /// `GET /preview`.
@@ -74,8 +90,8 @@ pub async fn preview(
             .unwrap_or(default)
     };
     let (page_no, per_page) = (number("page", 1), number("per_page", DEFAULT_PER_PAGE));
-    let output = state.data.output();
-    let entries = tokio::task::spawn_blocking(move || gallery::scan(&output))
+    let store = state.store.clone();
+    let entries = tokio::task::spawn_blocking(move || gallery::scan(&*store))
         .await
         .map_err(|e| ApiError::Internal(format!("gallery scan failed: {e}")))?;
     let page = gallery::paginate(entries, selected.as_deref(), page_no, per_page);
@@ -126,19 +142,38 @@ fn render(
             }),
         }
     }
-    let running = state
-        .progress
-        .in_flight()
+    let mut in_flight = state.runs.in_flight();
+    // Running cards first (in the registry's order: series, then address), then the queue in
+    // its order, so the card at the top is the next to run.
+    in_flight.sort_by_key(|s| s.queue_position.map_or((0, 0), |p| (1, p)));
+    let running = in_flight
         .into_iter()
         .map(|s| Running {
-            poll_url: format!(
-                "/dalle/{}/{}",
-                encode_path(&s.series),
-                encode_path(&s.address)
-            ),
+            poll_url: dalle_url(&s.series, &s.address),
             address: checksum_address(&s.address),
             percent: s.percent.clamp(0.0, 100.0) as u32,
-            phase: s.current_phase.as_str().to_string(),
+            meta: match s.queue_position {
+                Some(position) => format!("queued · #{position}"),
+                None => format!(
+                    "{} · {}%",
+                    s.current_phase.as_str(),
+                    s.percent.clamp(0.0, 100.0) as u32
+                ),
+            },
+            series: s.series,
+        })
+        .collect();
+    let failed = state
+        .runs
+        .failed()
+        .into_iter()
+        .map(|s| Failed {
+            dalle_url: crate::domain::Address::parse(&s.address)
+                .is_ok()
+                .then(|| dalle_url(&s.series, &s.address)),
+            address: checksum_address(&s.address),
+            error: s.error,
+            code: s.error_code.to_string(),
             series: s.series,
         })
         .collect();
@@ -158,6 +193,7 @@ fn render(
         next_href: (page.page < page.pages).then(|| href(selected.as_deref(), page.page + 1)),
         groups,
         running,
+        failed,
         selected,
         total: page.total,
         page: page.page,
@@ -165,6 +201,11 @@ fn render(
         generated_at: format!("{} UTC", clock(SystemTime::now())),
     };
     view.render()
+}
+
+/// `/dalle/<series>/<address>`, each segment encoded.
+fn dalle_url(series: &str, address: &str) -> String {
+    format!("/dalle/{}/{}", encode_path(series), encode_path(address))
 }
 
 /// `YYYY-MM-DD HH:MM:SS` in UTC.

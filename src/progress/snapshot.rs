@@ -6,6 +6,8 @@
 //! never go backwards within a run even if the wall clock is adjusted.
 
 use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
@@ -54,6 +56,35 @@ pub struct Snapshot {
     /// 1-based place in the queue while the run waits for a concurrency slot.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub queue_position: Option<usize>,
+}
+
+/// Where a queued run stands, asked of the queue whenever a snapshot is taken. The queue
+/// answers it cheaply (an order-statistics lookup), so it never has to push every position
+/// to every queued run when one run leaves the queue. `None` once the run has left the queue.
+#[derive(Clone)]
+pub struct QueuePlace(Arc<dyn Fn() -> Option<usize> + Send + Sync>);
+
+impl QueuePlace {
+    /// A place answered by `position`.
+    pub fn new(position: impl Fn() -> Option<usize> + Send + Sync + 'static) -> QueuePlace {
+        QueuePlace(Arc::new(position))
+    }
+
+    /// A place that does not move (tests, tools).
+    pub fn fixed(position: usize) -> QueuePlace {
+        QueuePlace::new(move || Some(position))
+    }
+
+    /// The 1-based position now.
+    pub fn position(&self) -> Option<usize> {
+        (self.0)()
+    }
+}
+
+impl fmt::Debug for QueuePlace {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("QueuePlace").field(&self.position()).finish()
+    }
 }
 
 /// One phase of a snapshot; times are Unix nanoseconds, 0 when unset.
@@ -112,7 +143,8 @@ pub(super) struct Run {
     error_code: &'static str,
     pub(super) cache_hit: bool,
     pub(super) dress: Option<SharedDress>,
-    queue_position: Option<usize>,
+    /// Read at snapshot time, never stored as a number (see [`QueuePlace`]).
+    queue_place: Option<QueuePlace>,
     /// Counts changes (every [`super::Progress`] update), so a rendering knows it is current.
     pub(super) version: u64,
     /// The last JSON rendering of this run's snapshot (see [`super::rendered`]).
@@ -136,7 +168,7 @@ impl Run {
             error_code: "",
             cache_hit: false,
             dress: None,
-            queue_position: None,
+            queue_place: None,
             version: 0,
             rendered: None,
         }
@@ -159,10 +191,15 @@ impl Run {
     }
 
     /// Records the queue place; a queued run is still in `setup`, so leaving setup clears it.
-    pub(super) fn set_queue_position(&mut self, position: Option<usize>) {
+    pub(super) fn set_queue_place(&mut self, place: Option<QueuePlace>) {
         if !self.done && self.current == Phase::Setup {
-            self.queue_position = position;
+            self.queue_place = place;
         }
+    }
+
+    /// The run's 1-based queue position now, while it waits for a slot.
+    pub(super) fn queue_position(&self) -> Option<usize> {
+        self.queue_place.as_ref().and_then(QueuePlace::position)
     }
 
     /// Ends the running current phase; returns its duration as a sample when `feed` and the
@@ -191,7 +228,7 @@ impl Run {
         next.started.get_or_insert(now);
         self.current = phase;
         if phase != Phase::Setup {
-            self.queue_position = None;
+            self.queue_place = None;
         }
         sample
     }
@@ -238,7 +275,7 @@ impl Run {
         self.current = terminal;
         self.done = true;
         self.finished_at = Some(now);
-        self.queue_position = None;
+        self.queue_place = None;
     }
 
     fn unix_ns_at(&self, at: Option<Instant>) -> i64 {
@@ -284,7 +321,7 @@ impl Run {
             dalle_dress: self.dress.clone(),
             phase_averages: stats.averages().map(|(p, s)| (p, s.avg_ns)).collect(),
             request_id: self.request_id.clone(),
-            queue_position: self.queue_position,
+            queue_position: self.queue_position(),
         }
     }
 

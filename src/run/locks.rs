@@ -2,8 +2,12 @@
 //!
 //! The Go library released a lock unconditionally, so once a TTL expired a slow first run
 //! could delete the lock of the second and both could write the same files. Here every lock
-//! carries a token: only its owner may write artifacts or release it, and a run that finds
-//! its lock taken over stops without touching anything.
+//! carries a token: only its owner may write artifacts, renew or release it.
+//!
+//! A live owner renews its lock well within the TTL (see
+//! [`super::coordination::heartbeat`]), so the TTL only ever runs out for an owner that
+//! stopped renewing — one that crashed, in a shared implementation — and only then can
+//! [`LockTable::try_acquire`] hand the key to someone else.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -57,6 +61,24 @@ impl LockTable {
             },
         );
         Some(token)
+    }
+
+    /// The lock's time to live.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// Extends `token`'s lock on `key` by a full TTL from now; `false` when `token` no longer
+    /// owns it (taken over after it expired).
+    pub fn renew(&mut self, key: &RunKey, token: Token) -> bool {
+        let expires = Instant::now() + self.ttl;
+        match self.held.get_mut(key) {
+            Some(held) if held.token == token => {
+                held.expires = expires;
+                true
+            }
+            _ => false,
+        }
     }
 
     /// True while `token` still holds `key` (an expired lock that nobody took over still
@@ -119,6 +141,26 @@ mod tests {
         assert!(
             table.owns(&key(), second),
             "the stale owner must not release the new lock"
+        );
+        assert!(!table.renew(&key(), first), "nor renew it");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_renewed_lock_outlives_its_ttl() {
+        let mut table = LockTable::new(Duration::from_secs(60));
+        let first = table.try_acquire(&key()).unwrap();
+        for _ in 0..5 {
+            tokio::time::advance(Duration::from_secs(40)).await;
+            assert!(table.renew(&key(), first));
+            assert!(
+                table.try_acquire(&key()).is_none(),
+                "held past its first TTL"
+            );
+        }
+        tokio::time::advance(Duration::from_secs(61)).await;
+        assert!(
+            table.try_acquire(&key()).is_some(),
+            "not renewed: free again"
         );
     }
 }

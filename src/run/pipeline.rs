@@ -3,11 +3,16 @@
 //!
 //! CPU work (image encode/decode, annotation) and file writes run on the blocking pool. Every
 //! artifact is written atomically, and only while this run still owns its key's lock.
+//!
+//! A run that finds its lock taken over stops if it has not requested its image yet (nothing
+//! was paid for). From the image request on, it never gives up its work: it waits to take
+//! the lock again ([`Generator::reclaim`]) and then reports and writes as usual, so an image
+//! that may have been billed is always kept.
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::{Artifact, Artifacts, Generator, ImageSource, JobOptions, RunOutput, Token};
+use super::{Artifact, Artifacts, Generator, HeldLease, ImageSource, JobOptions, RunOutput};
 use crate::annotate;
 use crate::attributes::dress::DalleDress;
 use crate::openai::{ImageAnswer, OpenAiError, enhancement_system_prompt};
@@ -18,9 +23,13 @@ use crate::progress::{Phase, RunKey};
 /// by its kind; the path is in the run's log line).
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    /// Another run took the key over after this run's lock expired.
+    /// Another run took the key over after this run's lock expired, before this run requested
+    /// its image.
     #[error("superseded by a newer run")]
     Superseded,
+    /// The run was not started: the queue is full.
+    #[error("{0}")]
+    QueueFull(super::QueueFull),
     #[error("{0}")]
     Attributes(#[from] crate::attributes::DressError),
     #[error("{0}")]
@@ -34,6 +43,9 @@ pub enum RunError {
         #[source]
         source: std::io::Error,
     },
+    /// Something other than a file is where the run must write one (found before it spends).
+    #[error("{0}")]
+    Blocked(#[from] super::store::Blocked),
     #[error("decoding the image: {0}")]
     Image(String),
     #[error("background task failed: {0}")]
@@ -49,12 +61,14 @@ impl RunError {
     pub fn code(&self) -> &'static str {
         match self {
             RunError::Superseded => "superseded",
+            RunError::QueueFull(_) => "queue_full",
             RunError::Attributes(_) => "invalid_input",
             RunError::OpenAi(OpenAiError::BreakerOpen(_)) => "provider_unavailable",
             RunError::OpenAi(_) => "provider_failed",
             RunError::Annotate(_) => "annotate_failed",
             RunError::Storage { source, .. } if is_disk_full(source) => "storage_full",
             RunError::Storage { .. } => "storage_failed",
+            RunError::Blocked(_) => "storage_blocked",
             RunError::Image(_) => "image_invalid",
             RunError::Task(_) => "internal",
             RunError::ShuttingDown => "shutting_down",
@@ -100,56 +114,88 @@ impl PhaseClock {
 struct Run<'a> {
     generator: &'a Arc<Generator>,
     key: &'a RunKey,
-    token: Token,
+    lease: &'a HeldLease,
     clock: PhaseClock,
     artifacts: Artifacts,
+    /// Set just before the image request: from then on the run keeps its work whatever
+    /// happens to its lease.
+    paid: bool,
 }
 
 impl Run<'_> {
-    fn phase(&mut self, phase: Phase) -> Result<(), RunError> {
+    /// Runs `f` on the progress registry while this run owns its key. Without the lease it
+    /// fails with [`RunError::Superseded`] before the image request, and waits to take the
+    /// lease again after it.
+    async fn report(&self, f: impl FnOnce(&dyn super::RunRegistry) + Send) -> Result<(), RunError> {
+        let mut f = Some(f);
+        loop {
+            let reported = self.generator.guarded(self.key, self.lease.token(), |p| {
+                if let Some(f) = f.take() {
+                    f(p);
+                }
+            });
+            match reported {
+                Err(RunError::Superseded) if self.paid => {
+                    self.generator.reclaim(self.key, self.lease).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn phase(&mut self, phase: Phase) -> Result<(), RunError> {
         self.clock.enter(self.generator, phase);
-        self.generator
-            .guarded(self.key, self.token, |p| p.transition(self.key, phase))
+        let key = self.key;
+        self.report(move |p| p.transition(key, phase)).await
     }
 
-    fn skip(&self, phase: Phase) -> Result<(), RunError> {
-        self.generator
-            .guarded(self.key, self.token, |p| p.skip(self.key, phase))
+    async fn skip(&self, phase: Phase) -> Result<(), RunError> {
+        let key = self.key;
+        self.report(move |p| p.skip(key, phase)).await
     }
 
-    fn dress(&self, f: impl FnOnce(&mut DalleDress)) -> Result<(), RunError> {
-        self.generator.guarded(self.key, self.token, |p| {
+    async fn dress(&self, f: impl FnOnce(&mut DalleDress) + Send) -> Result<(), RunError> {
+        let key = self.key;
+        self.report(move |p| {
             let mut f = Some(f);
-            p.update_dress(self.key, &mut |d| {
+            p.update_dress(key, &mut |d| {
                 if let Some(f) = f.take() {
                     f(d);
                 }
             });
         })
+        .await
     }
 
     /// Atomically writes one artifact. The ownership check and the write happen together
     /// under the key's write gate, so a run that lost its lock never writes after the new
-    /// owner has started writing.
+    /// owner has started writing; after the image request it takes the lock again and writes.
     async fn write(
         &self,
         kind: &'static str,
         ext: &'static str,
         bytes: Vec<u8>,
     ) -> Result<String, RunError> {
-        let generator = Arc::clone(self.generator);
-        let (key, token) = (self.key.clone(), self.token);
-        let name = generator.store.name(&key, kind, ext);
-        let written = tokio::task::spawn_blocking(move || {
-            let gate = generator.gate(&key);
-            let _held = gate.lock().unwrap_or_else(|e| e.into_inner());
-            if !generator.owns(&key, token) {
-                return Ok(false);
+        let name = self.generator.store.name(self.key, kind, ext);
+        let bytes = Arc::new(bytes);
+        let written = loop {
+            let generator = Arc::clone(self.generator);
+            let (key, token, bytes) = (self.key.clone(), self.lease.token(), bytes.clone());
+            let written = tokio::task::spawn_blocking(move || {
+                let gate = generator.gate(&key);
+                let _held = gate.lock().unwrap_or_else(|e| e.into_inner());
+                if !generator.owns(&key, token) {
+                    return Ok(false);
+                }
+                generator.store.put(&key, kind, ext, &bytes).map(|()| true)
+            })
+            .await
+            .map_err(|e| RunError::Task(e.to_string()))?;
+            match written {
+                Ok(false) if self.paid => self.generator.reclaim(self.key, self.lease).await,
+                other => break other,
             }
-            generator.store.put(&key, kind, ext, &bytes).map(|()| true)
-        })
-        .await
-        .map_err(|e| RunError::Task(e.to_string()))?;
+        };
         match written {
             Ok(true) => {
                 self.generator.metrics.record_file_op(true);
@@ -202,26 +248,40 @@ async fn image_work<T: Send + 'static>(
 pub async fn run(
     generator: &Arc<Generator>,
     key: &RunKey,
-    token: Token,
+    lease: &HeldLease,
     options: &JobOptions,
     ticket: &mut super::journal::Ticket,
 ) -> Result<RunOutput, RunError> {
     let mut run = Run {
         generator,
         key,
-        token,
+        lease,
         clock: PhaseClock { current: None },
         artifacts: options.artifacts,
+        paid: false,
     };
     run.clock.enter(generator, Phase::Setup);
+    // Before anything is spent: a folder where a file must go would fail the run only after
+    // the paid image.
+    let (store, owned) = (generator.store.clone(), key.clone());
+    let files: Vec<_> = options
+        .artifacts
+        .iter()
+        .flat_map(|a| a.files())
+        .copied()
+        .collect();
+    tokio::task::spawn_blocking(move || store.check_writable(&owned, &files))
+        .await
+        .map_err(|e| RunError::Task(e.to_string()))??;
 
-    run.phase(Phase::BasePrompts)?;
+    run.phase(Phase::BasePrompts).await?;
     let (dress, prompts) = generator.attributes.dress(
         key.subject.as_str(),
         key.series.as_str(),
         options.backstyle.as_deref(),
     )?;
-    generator.guarded(key, token, |p| p.set_dress(key, dress.clone()))?;
+    let shown = dress.clone();
+    run.report(move |p| p.set_dress(key, shown)).await?;
     if options.artifacts.contains(Artifact::PromptTexts) {
         let texts = [&prompts.data, &prompts.title, &prompts.terse, &prompts.base];
         for ((kind, ext), text) in Artifact::PromptTexts.files().iter().zip(texts) {
@@ -235,18 +295,18 @@ pub async fn run(
     };
     let (enhanced, enhanced_ran) = match (&options.enhanced, &client) {
         (Some(previous), _) => {
-            run.skip(Phase::EnhancePrompt)?;
+            run.skip(Phase::EnhancePrompt).await?;
             (previous.clone(), true)
         }
         (None, Some(client))
             if options.enhance && !generator.no_enhance && !prompts.author.is_empty() =>
         {
-            run.phase(Phase::EnhancePrompt)?;
+            run.phase(Phase::EnhancePrompt).await?;
             let system = enhancement_system_prompt(&prompts.author);
             (client.enhance(&system, &prompts.base).await?, true)
         }
         _ => {
-            run.skip(Phase::EnhancePrompt)?;
+            run.skip(Phase::EnhancePrompt).await?;
             (prompts.base.clone(), false)
         }
     };
@@ -257,7 +317,8 @@ pub async fn run(
             run.write(kind, ext, text.clone().into_bytes()).await?;
         }
     }
-    run.dress(|d| d.enhanced_prompt = enhanced.clone())?;
+    let shown = enhanced.clone();
+    run.dress(move |d| d.enhanced_prompt = shown).await?;
 
     let mut output = RunOutput {
         dress,
@@ -275,12 +336,12 @@ pub async fn run(
             Phase::ImageDownload,
             Phase::Annotate,
         ] {
-            run.skip(phase)?;
+            run.skip(phase).await?;
         }
         return finish(&mut run, output, None).await;
     }
 
-    run.phase(Phase::ImagePrep)?;
+    run.phase(Phase::ImagePrep).await?;
     // The last point where a drain can stop the run for free: from here on it pays. What
     // the chat model wrote is kept for the resumed run. Only a real request is marked (a
     // mock image costs nothing, so a crash may repeat it).
@@ -292,35 +353,44 @@ pub async fn run(
     }
     let raw = match &client {
         Some(client) => {
-            run.phase(Phase::ImageWait)?;
+            run.phase(Phase::ImageWait).await?;
+            // From here the image may be billed: this run keeps its work to the end.
+            run.paid = true;
             match client
                 .request_image(&output.technical, &output.enhanced)
                 .await?
             {
                 ImageAnswer::Url(url) => {
-                    run.dress(|d| {
-                        d.image_url = url.clone();
+                    output.dress.image_url.clone_from(&url);
+                    output.dress.download_mode = "url".into();
+                    let shown = url.clone();
+                    run.dress(move |d| {
+                        d.image_url = shown;
                         d.download_mode = "url".into();
-                    })?;
-                    run.phase(Phase::ImageDownload)?;
+                    })
+                    .await?;
+                    run.phase(Phase::ImageDownload).await?;
                     client.download(&url).await?
                 }
                 ImageAnswer::Bytes(bytes) => {
-                    run.dress(|d| d.download_mode = "b64".into())?;
-                    run.phase(Phase::ImageDownload)?;
+                    output.dress.download_mode = "b64".into();
+                    run.dress(|d| d.download_mode = "b64".into()).await?;
+                    run.phase(Phase::ImageDownload).await?;
                     bytes
                 }
             }
         }
         None => {
-            run.phase(Phase::ImageWait)?;
+            run.phase(Phase::ImageWait).await?;
+            // Free, but treated as the paid image it stands in for.
+            run.paid = true;
             let palette = [1, 2, 3].map(|n| {
                 annotate::parse_hex_color(&output.dress.color(false, n)).unwrap_or([128, 128, 128])
             });
             let address = key.subject.to_string();
             let png =
                 image_work(generator, move || annotate::mock_png(&address, palette)).await??;
-            run.skip(Phase::ImageDownload)?;
+            run.skip(Phase::ImageDownload).await?;
             png
         }
     };
@@ -330,9 +400,9 @@ pub async fn run(
         .contains(Artifact::Annotated)
         .then(|| output.prompts.terse.clone());
     if caption.is_some() {
-        run.phase(Phase::Annotate)?;
+        run.phase(Phase::Annotate).await?;
     } else {
-        run.skip(Phase::Annotate)?;
+        run.skip(Phase::Annotate).await?;
     }
     let (generated, annotated) = image_work(generator, move || -> Result<_, RunError> {
         let annotated = caption
@@ -361,17 +431,8 @@ async fn finish(
     output.dress.generated_path = output.generated.clone().unwrap_or_default();
     output.dress.annotated_path = annotated_name.unwrap_or_default();
     output.dress.completed = true;
-    if let Some(snapshot) = generator
-        .progress
-        .snapshot(run.key)
-        .and_then(|s| s.dalle_dress)
-    {
-        let snapshot = snapshot.into_inner();
-        output.dress.image_url = snapshot.image_url;
-        output.dress.download_mode = snapshot.download_mode;
-    }
     let final_dress = output.dress.clone();
-    run.dress(move |d| *d = final_dress)?;
+    run.dress(move |d| *d = final_dress).await?;
     if run.artifacts.contains(Artifact::Selector) {
         let selector =
             serde_json::to_vec_pretty(&output.dress).map_err(|e| RunError::Task(e.to_string()))?;
@@ -381,7 +442,8 @@ async fn finish(
         output.annotated = Some(run.write("annotated", "png", bytes).await?);
     }
     run.clock.enter(generator, Phase::Completed);
-    generator.guarded(run.key, run.token, |p| p.complete(run.key))?;
+    let key = run.key;
+    run.report(move |p| p.complete(key)).await?;
     Ok(output)
 }
 
@@ -418,5 +480,11 @@ mod tests {
             "{refused}"
         );
         assert_eq!(RunError::Superseded.code(), "superseded");
+        let blocked = RunError::from(super::super::store::Blocked {
+            kind: "annotated",
+            what: "a directory",
+        });
+        assert_eq!(blocked.code(), "storage_blocked");
+        assert!(!blocked.to_string().contains('/'), "{blocked}");
     }
 }

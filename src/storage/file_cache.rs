@@ -12,12 +12,20 @@
 //!
 //! Responses are written from these bytes, the very bytes the ETag was computed from: a file
 //! replaced on disk gets a new stamp, so it is read (and hashed) again before it is served.
+//!
+//! A file of at least [`ZERO_COPY_MIN_BYTES`] also keeps the open file its bytes were read
+//! from ([`FileSource`], at most [`MAX_OPEN_SOURCES`] at a time), so the connection can send
+//! the body with `sendfile(2)` instead of copying it (see [`ZeroCopy`]). The open file is the
+//! same inode the bytes and ETag came from, and it is only handed out with an entry whose
+//! stamp (inode, length, modification time) the request's `stat` just matched: the bytes
+//! `sendfile` sends are the bytes the ETag names.
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -27,6 +35,12 @@ use sha2::{Digest, Sha256};
 
 /// Files larger than this are read per request and not kept.
 const MAX_ENTRY_BYTES: u64 = 16 * 1024 * 1024;
+/// Files at least this large keep their open file for `sendfile`; below it the copy costs
+/// less than the extra system call.
+pub const ZERO_COPY_MIN_BYTES: u64 = 16 * 1024;
+/// At most this many cached files are kept open, so the cache never competes with
+/// connections for file descriptors; later ones are served by copying.
+pub const MAX_OPEN_SOURCES: usize = 256;
 
 /// A file ready to serve.
 #[derive(Debug, Clone)]
@@ -37,6 +51,33 @@ pub struct CachedFile {
     /// file is read: every hit clones them (a reference count each) instead of formatting
     /// and allocating three header values.
     pub header_values: Arc<HeaderValues>,
+    /// The open file the bytes were read from, for `sendfile` (large cached files only).
+    pub source: Option<Arc<FileSource>>,
+}
+
+/// An open file whose content is a [`CachedFile`]'s bytes.
+#[derive(Debug)]
+pub struct FileSource {
+    pub file: File,
+    /// Counts this file against [`MAX_OPEN_SOURCES`] until it is closed.
+    open: Arc<AtomicUsize>,
+}
+
+impl Drop for FileSource {
+    fn drop(&mut self) {
+        self.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A response body that is `bytes`, which are the bytes of `source` from `offset` on: the
+/// file handler attaches it to a response (as an extension) and the connection may then send
+/// those bytes with `sendfile` from the file (see `crate::server`). Holding `bytes` keeps
+/// their memory allocated, so no other buffer can share their address while it is attached.
+#[derive(Debug, Clone)]
+pub struct ZeroCopy {
+    pub bytes: Bytes,
+    pub source: Arc<FileSource>,
+    pub offset: u64,
 }
 
 /// Response header values that only depend on the file.
@@ -63,7 +104,23 @@ impl CachedFile {
             bytes,
             modified,
             header_values: Arc::new(header_values),
+            source: None,
         }
+    }
+
+    /// What lets the connection send `self.bytes[start..end]` with `sendfile`, if the file
+    /// kept its open file.
+    pub fn zero_copy(&self, start: usize, end: usize) -> Option<ZeroCopy> {
+        let source = self.source.clone()?;
+        let bytes = self
+            .bytes
+            .get(start..end)
+            .map(|_| self.bytes.slice(start..end))?;
+        Some(ZeroCopy {
+            bytes,
+            source,
+            offset: start as u64,
+        })
     }
 
     /// The strong ETag, quotes included.
@@ -74,6 +131,9 @@ impl CachedFile {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Stamp {
+    /// With the inode, which file this is: a link put in place of a cached file resolves to
+    /// another file, never to the cached one (the store checks containment on a miss).
+    dev: u64,
     ino: u64,
     len: u64,
     mtime_ns: i128,
@@ -82,6 +142,7 @@ struct Stamp {
 impl Stamp {
     fn of(meta: &std::fs::Metadata) -> Stamp {
         Stamp {
+            dev: meta.dev(),
             ino: meta.ino(),
             len: meta.len(),
             mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
@@ -117,6 +178,8 @@ impl Inner {
 pub struct FileCache {
     budget: u64,
     inner: Mutex<Inner>,
+    /// How many [`FileSource`]s are open.
+    open_sources: Arc<AtomicUsize>,
 }
 
 impl FileCache {
@@ -125,6 +188,7 @@ impl FileCache {
         FileCache {
             budget,
             inner: Mutex::new(Inner::default()),
+            open_sources: Arc::new(AtomicUsize::new(0)),
         }
     }
 
@@ -159,14 +223,37 @@ impl FileCache {
         let stamp = Stamp::of(&meta);
         let mut buffer = Vec::new();
         handle.read_to_end(&mut buffer)?;
-        let file = CachedFile::new(Bytes::from(buffer), meta.modified()?);
+        let mut file = CachedFile::new(Bytes::from(buffer), meta.modified()?);
         // Written in place while we read (this server only ever renames new files in): serve
         // what was read, keep nothing, and the next request reads again.
         let unchanged = Stamp::of(&handle.metadata()?) == stamp;
         if unchanged && stamp.len == file.bytes.len() as u64 && stamp.len <= MAX_ENTRY_BYTES {
+            if stamp.len >= ZERO_COPY_MIN_BYTES {
+                file.source = self.keep_open(handle);
+            }
             self.insert(path, stamp, file.clone());
         }
         Ok(file)
+    }
+
+    /// `file` as a [`FileSource`], unless [`MAX_OPEN_SOURCES`] are open already.
+    fn keep_open(&self, file: File) -> Option<Arc<FileSource>> {
+        let taken = self
+            .open_sources
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < MAX_OPEN_SOURCES).then_some(n + 1)
+            });
+        taken.is_ok().then(|| {
+            Arc::new(FileSource {
+                file,
+                open: self.open_sources.clone(),
+            })
+        })
+    }
+
+    /// How many cached files are open for `sendfile`.
+    pub fn open_sources(&self) -> usize {
+        self.open_sources.load(Ordering::Acquire)
     }
 
     fn insert(&self, path: &Path, stamp: Stamp, file: CachedFile) {
@@ -243,6 +330,45 @@ mod tests {
             cache.read(&path).unwrap_err().kind(),
             io::ErrorKind::NotFound
         );
+    }
+
+    #[test]
+    fn large_files_keep_their_open_file_up_to_a_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = FileCache::new(1 << 30);
+        let small = dir.path().join("small");
+        std::fs::write(&small, vec![1u8; ZERO_COPY_MIN_BYTES as usize - 1]).unwrap();
+        assert!(
+            cache.read(&small).unwrap().source.is_none(),
+            "small: copied"
+        );
+        let mut kept = Vec::new();
+        for i in 0..MAX_OPEN_SOURCES + 3 {
+            let path = dir.path().join(format!("big-{i}"));
+            std::fs::write(&path, vec![i as u8; ZERO_COPY_MIN_BYTES as usize]).unwrap();
+            kept.push(cache.read(&path).unwrap());
+        }
+        assert_eq!(cache.open_sources(), MAX_OPEN_SOURCES);
+        assert!(kept[0].zero_copy(0, kept[0].bytes.len()).is_some());
+        assert!(
+            kept[MAX_OPEN_SOURCES].source.is_none(),
+            "over the bound: copied"
+        );
+        // The open file is the one the bytes came from, even after the path is replaced.
+        let first = dir.path().join("big-0");
+        crate::storage::write_atomic(&first, b"replaced").unwrap();
+        let source = &kept[0].source.as_ref().unwrap().file;
+        let mut old = vec![9u8; kept[0].bytes.len()];
+        std::os::unix::fs::FileExt::read_exact_at(source, &mut old, 0).unwrap();
+        assert!(
+            old == kept[0].bytes,
+            "the open file still has the old bytes"
+        );
+        assert_eq!(&cache.read(&first).unwrap().bytes[..], b"replaced");
+        // Closing them gives the descriptors back.
+        cache.forget(&first);
+        drop(kept);
+        assert!(cache.open_sources() < MAX_OPEN_SOURCES);
     }
 
     #[test]
