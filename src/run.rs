@@ -366,7 +366,8 @@ impl Generator {
         // frequent request) needs no store call. Otherwise one lookup, which the local store
         // answers without blocking (one stat, from the kernel's inode cache: a trip to the
         // blocking pool costs more than the call); an unchanged image comes from memory.
-        if !self.is_in_flight(&key) {
+        let in_flight = self.is_in_flight(&key);
+        if !in_flight {
             let (kind, ext) = ANNOTATED;
             let found = match self.store.lookup(&key, kind, ext) {
                 Lookup::Cached(file) => Some(Some(file)),
@@ -402,6 +403,9 @@ impl Generator {
                     Outcome::Progress(polled.json)
                 }
             }
+            // The run completed between the check above and this poll (the store was not
+            // asked): its final snapshot is the answer, not `{}` and never a second run.
+            Some(polled) if in_flight && !flags.remove => Outcome::Progress(polled.json),
             // A drain starts no new run (it would be lost or stopped at once).
             _ if flags.generate && !flags.remove && self.journal.is_draining() => {
                 Outcome::ShuttingDown
