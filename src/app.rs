@@ -13,7 +13,7 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::openai::breaker::Breakers;
 use crate::openai::{OpenAiClient, RetryPolicy};
-use crate::progress::Progress;
+use crate::progress::{Estimates, Priors, Progress};
 use crate::run::journal::{DrainReport, Journal, Recovered};
 use crate::run::{ArtifactStore, Backends, Generator, ImageSource, RunRegistry, Settings};
 use crate::storage::DataDir;
@@ -91,8 +91,16 @@ impl App {
         }
         let metrics = Arc::new(Metrics::new()?);
         let breaker = Breakers::default();
+        // Estimates before any history fit the image source; queue waits count in slots.
+        let priors = if config.openai.mock_mode() {
+            Priors::mock()
+        } else {
+            Priors::live(&config.openai.image_model, !config.openai.no_enhance)
+        };
+        let estimates = Estimates::new(priors, config.max_concurrent);
         // Finished runs stay visible for one lock TTL so slow pollers still see the outcome.
-        let progress = Arc::new(Progress::load(data.metrics(), config.lock_ttl));
+        let progress =
+            Arc::new(Progress::load(data.metrics(), config.lock_ttl).with_estimates(estimates));
         let source = if config.openai.mock_mode() {
             ImageSource::Mock
         } else {

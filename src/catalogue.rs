@@ -3,6 +3,7 @@
 //! Everything here is blocking file I/O; async callers run it on `spawn_blocking`.
 
 pub mod error;
+pub mod export;
 pub mod manifest;
 pub mod metadata;
 pub mod records;

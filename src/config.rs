@@ -19,6 +19,10 @@ pub const DEFAULT_LOCK_TTL: Duration = Duration::from_secs(300);
 pub const DEFAULT_MAX_QUEUE: usize = 1000;
 /// The default drain timeout is the image timeout plus this.
 pub const DRAIN_MARGIN: Duration = Duration::from_secs(30);
+
+/// Default limit of a JSON request body (`--max-body`): the largest body any route takes, a
+/// saved series, is a few KiB.
+pub const DEFAULT_MAX_BODY: usize = 64 * 1024;
 /// Default OpenAI-compatible endpoint.
 pub const DEFAULT_OPENAI_BASE_URL: &str = "https://api.openai.com/v1";
 
@@ -89,7 +93,7 @@ pub struct Flags {
     /// Listen port (TB_DALLE_PORT overrides it) [default: 8080]
     #[arg(long)]
     pub port: Option<String>,
-    /// Listen address [env: TB_DALLE_BIND] [default: 0.0.0.0]
+    /// Listen address, an IP or `localhost` [env: TB_DALLE_BIND] [default: 0.0.0.0]
     #[arg(long)]
     pub bind: Option<String>,
     /// Per-key generation lock TTL, e.g. 90s, 5m, 1h [env: TB_DALLE_LOCK_TTL] [default: 5m]
@@ -113,6 +117,9 @@ pub struct Flags {
     /// On SIGINT/SIGTERM, how long runs that sent their image request may take to finish, e.g. 90s, 5m [env: TB_DALLE_DRAIN_TIMEOUT] [default: image timeout + 30s]
     #[arg(long)]
     pub drain_timeout: Option<String>,
+    /// Largest JSON request body, e.g. 64KiB, 1MiB or a byte count [env: TB_DALLE_MAX_BODY] [default: 64KiB]
+    #[arg(long)]
+    pub max_body: Option<String>,
 }
 
 /// Where the one line per request goes ([`Config::access_log`]). Failures (5xx) and slow
@@ -206,6 +213,8 @@ pub struct Config {
     pub access_log: AccessLog,
     /// On SIGINT/SIGTERM, how long the server waits for runs that sent their image request.
     pub drain_timeout: Duration,
+    /// Largest JSON request body in bytes; a larger one is answered 413.
+    pub max_body: usize,
     /// Non-fatal problems found while resolving (logged once tracing is up).
     pub warnings: Vec<String>,
 }
@@ -229,17 +238,14 @@ impl Config {
             (None, Some(v)) => parse_port("--port", &v)?,
             (None, None) => 8080,
         };
-        let bind =
-            match flags.bind.or_else(|| var("TB_DALLE_BIND")) {
-                Some(v) => v.trim().parse().map_err(|e: std::net::AddrParseError| {
-                    ConfigError::Invalid {
-                        name: "--bind / TB_DALLE_BIND",
-                        value: v.clone(),
-                        reason: e.to_string(),
-                    }
-                })?,
-                None => IpAddr::from([0, 0, 0, 0]),
-            };
+        let bind = match flags.bind.or_else(|| var("TB_DALLE_BIND")) {
+            Some(v) => parse_bind(&v).ok_or_else(|| ConfigError::Invalid {
+                name: "--bind / TB_DALLE_BIND",
+                value: v.clone(),
+                reason: "expected an IP address (such as 127.0.0.1 or ::1) or localhost".into(),
+            })?,
+            None => IpAddr::from([0, 0, 0, 0]),
+        };
         let lock_ttl = match flags.lock_ttl.or_else(|| var("TB_DALLE_LOCK_TTL")) {
             None => DEFAULT_LOCK_TTL,
             Some(v) => match parse_duration(&v) {
@@ -294,6 +300,20 @@ impl Config {
                 reason: "expected info, debug or off".into(),
             })?,
         };
+        let max_body = match flags.max_body.or_else(|| var("TB_DALLE_MAX_BODY")) {
+            None => DEFAULT_MAX_BODY,
+            Some(v) => match parse_size(&v) {
+                Some(n) if n > 0 => n,
+                _ => {
+                    return Err(ConfigError::Invalid {
+                        name: "--max-body / TB_DALLE_MAX_BODY",
+                        value: v,
+                        reason: "expected a size of at least 1 byte, such as 65536, 64KiB or 1MiB"
+                            .into(),
+                    });
+                }
+            },
+        };
         let databases = flags
             .databases
             .or_else(|| var("TB_DALLE_DATABASES").map(PathBuf::from));
@@ -342,6 +362,7 @@ impl Config {
             openai,
             log_filter: var("RUST_LOG").unwrap_or_else(|| "info".into()),
             access_log,
+            max_body,
             warnings,
         })
     }
@@ -382,6 +403,37 @@ fn duration_var(
             reason,
         }),
     }
+}
+
+/// An IP address, or `localhost` for the loopback address (resolved here, not by the system
+/// resolver, so it cannot quietly bind a public address; `[::1]` is accepted with brackets).
+fn parse_bind(value: &str) -> Option<IpAddr> {
+    let value = value.trim();
+    if value.eq_ignore_ascii_case("localhost") {
+        return Some(IpAddr::from([127, 0, 0, 1]));
+    }
+    let bare = value
+        .strip_prefix('[')
+        .and_then(|v| v.strip_suffix(']'))
+        .unwrap_or(value);
+    bare.parse().ok()
+}
+
+/// A byte count: a bare number, or one with `B`, `KiB`/`KB`/`K` or `MiB`/`MB`/`M` (all
+/// powers of 1024, as a body limit is about memory).
+pub fn parse_size(text: &str) -> Option<usize> {
+    let text = text.trim();
+    let digits = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let amount: usize = text[..digits].parse().ok()?;
+    let unit = match text[digits..].trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1024,
+        "m" | "mb" | "mib" => 1024 * 1024,
+        _ => return None,
+    };
+    amount.checked_mul(unit)
 }
 
 fn parse_port(name: &'static str, value: &str) -> Result<u16, ConfigError> {
@@ -582,6 +634,40 @@ mod tests {
         assert_eq!(cfg.drain_timeout, Duration::from_secs(120));
         let err = Config::from_sources(flags(&["--drain-timeout", "soon"]), &env).unwrap_err();
         assert!(err.to_string().contains("--drain-timeout"), "{err}");
+    }
+
+    #[test]
+    fn bind_takes_localhost_and_ip_addresses() {
+        let env = [("HOME", "/h")];
+        let bind = |v: &str| Config::from_sources(flags(&["--bind", v]), &env).map(|c| c.bind);
+        assert_eq!(bind("localhost").unwrap(), IpAddr::from([127, 0, 0, 1]));
+        assert_eq!(bind("LocalHost").unwrap(), IpAddr::from([127, 0, 0, 1]));
+        assert_eq!(bind("127.0.0.1").unwrap(), IpAddr::from([127, 0, 0, 1]));
+        assert_eq!(bind("::1").unwrap().to_string(), "::1");
+        assert_eq!(bind("[::1]").unwrap().to_string(), "::1");
+        let err = bind("example.com").unwrap_err();
+        assert!(err.to_string().contains("TB_DALLE_BIND"), "{err}");
+        assert_eq!(err.exit_code(), 2);
+        let env = [("HOME", "/h"), ("TB_DALLE_BIND", "localhost")];
+        let cfg = Config::from_sources(flags(&[]), &env).unwrap();
+        assert_eq!(cfg.bind, IpAddr::from([127, 0, 0, 1]));
+    }
+
+    #[test]
+    fn max_body_defaults_to_64_kib_and_takes_units() {
+        let env = [("HOME", "/h")];
+        let max_body = |args: &[&str]| Config::from_sources(flags(args), &env).map(|c| c.max_body);
+        assert_eq!(max_body(&[]).unwrap(), 65536);
+        assert_eq!(max_body(&["--max-body", "1MiB"]).unwrap(), 1 << 20);
+        assert_eq!(max_body(&["--max-body", "100"]).unwrap(), 100);
+        assert_eq!(max_body(&["--max-body=16KiB"]).unwrap(), 16384);
+        for bad in ["0", "lots", "1GiB", "1.5k"] {
+            let err = max_body(&["--max-body", bad]).unwrap_err();
+            assert!(err.to_string().contains("TB_DALLE_MAX_BODY"), "{err}");
+        }
+        let env = [("HOME", "/h"), ("TB_DALLE_MAX_BODY", "2k")];
+        let cfg = Config::from_sources(flags(&[]), &env).unwrap();
+        assert_eq!(cfg.max_body, 2048);
     }
 
     #[test]

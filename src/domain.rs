@@ -51,10 +51,61 @@ pub fn is_address(s: &str) -> bool {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SeriesName(Arc<str>);
 
+/// The longest series name, in characters. A name is also at most [`MAX_SERIES_NAME_BYTES`]
+/// bytes, so `<name>.deleted` and `<name>.json` stay within the 255-byte file-name limit of
+/// common file systems whatever the script.
+pub const MAX_SERIES_NAME: usize = 100;
+/// The longest series name, in UTF-8 bytes.
+pub const MAX_SERIES_NAME_BYTES: usize = 200;
+/// Suffixes the server gives directories of its own beside the series' ones under
+/// `<data>/output/`: a hidden series' images are parked in `<name>.deleted`.
+pub const RESERVED_SERIES_SUFFIXES: [&str; 1] = [".deleted"];
+
+/// Why a client's series name is refused (a 400 on every route that takes one).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SeriesNameError {
+    #[error(
+        "series name is longer than {MAX_SERIES_NAME} characters ({MAX_SERIES_NAME_BYTES} bytes)"
+    )]
+    TooLong,
+    #[error("series name contains a control character")]
+    ControlCharacter,
+    #[error("series name ends in {0}, which the server reserves")]
+    ReservedSuffix(&'static str),
+    #[error("series name starts with a dot, which names a hidden file")]
+    LeadingDot,
+}
+
 impl SeriesName {
     /// Normalises `raw` (trim, lower-case, separators to `-`; nothing usable is `unknown`).
+    /// For names the server itself holds; a client's name goes through [`SeriesName::parse`].
     pub fn normalize(raw: &str) -> SeriesName {
         SeriesName(crate::attributes::series::normalize_name(raw).into())
+    }
+
+    /// A client's series name, normalised as [`SeriesName::normalize`] does, and refused
+    /// when it could not name a series' files: too long for a file name, with control
+    /// characters, ending in a suffix the server reserves, or starting with a dot.
+    pub fn parse(raw: &str) -> Result<SeriesName, SeriesNameError> {
+        // Before normalising, which turns some control characters (tab, newline) into `-`.
+        if raw.chars().any(char::is_control) {
+            return Err(SeriesNameError::ControlCharacter);
+        }
+        let name = SeriesName::normalize(raw);
+        let text = name.as_str();
+        if text.chars().count() > MAX_SERIES_NAME || text.len() > MAX_SERIES_NAME_BYTES {
+            return Err(SeriesNameError::TooLong);
+        }
+        if let Some(suffix) = RESERVED_SERIES_SUFFIXES
+            .into_iter()
+            .find(|s| text.ends_with(s))
+        {
+            return Err(SeriesNameError::ReservedSuffix(suffix));
+        }
+        if text.starts_with('.') {
+            return Err(SeriesNameError::LeadingDot);
+        }
+        Ok(name)
     }
 
     /// The name as text.
@@ -74,6 +125,67 @@ impl Seed {
     }
 
     /// The seed as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Why a `/v1` request's seed cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SeedError {
+    /// Neither an input nor an explicit seed.
+    #[error("input is required")]
+    Missing,
+    /// It names the run's files (`<seed>.json`, `<seed>.png`), and file systems allow 255
+    /// bytes per name; a longer one would fail at the first write, after the paid image.
+    #[error("seed is longer than {max} bytes", max = Seed::MAX_LEN)]
+    TooLong,
+    /// Too short to select attributes.
+    #[error("{0}")]
+    Unusable(String),
+}
+
+impl Seed {
+    /// The longest seed accepted, in bytes.
+    pub const MAX_LEN: usize = 200;
+
+    /// The seed of a `/v1` request: an explicit non-blank seed trimmed and used as given,
+    /// else the lower-case hex SHA-256 of the trimmed input. Either way it must be long enough
+    /// to select attributes (checked here, so a run never fails on it after work was done).
+    pub fn for_request(input: &str, explicit: Option<&str>) -> Result<Seed, SeedError> {
+        let seed = match explicit.map(str::trim).filter(|s| !s.is_empty()) {
+            Some(seed) if seed.len() > Seed::MAX_LEN => return Err(SeedError::TooLong),
+            Some(seed) => seed.to_string(),
+            None if input.trim().is_empty() => return Err(SeedError::Missing),
+            None => crate::attributes::selection::seed_from_input(input),
+        };
+        crate::attributes::selection::extended_seed(&seed)
+            .map_err(|e| SeedError::Unusable(e.to_string()))?;
+        Ok(Seed(seed.into()))
+    }
+}
+
+/// What `/v1/images/{id}` names: a record's `imageId` (`sha256:…`) or its seed; trimmed and
+/// never blank.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ImageRef(Arc<str>);
+
+/// Why a string is not an [`ImageRef`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("image id is required")]
+pub struct ImageRefError;
+
+impl ImageRef {
+    /// Trims `raw`; a blank id is an error.
+    pub fn parse(raw: &str) -> Result<ImageRef, ImageRefError> {
+        let id = raw.trim();
+        if id.is_empty() {
+            return Err(ImageRefError);
+        }
+        Ok(ImageRef(id.into()))
+    }
+
+    /// The id as text.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -146,7 +258,7 @@ macro_rules! display_as_str {
         }
     )*};
 }
-display_as_str!(Address, SeriesName, Seed, Subject);
+display_as_str!(Address, SeriesName, Seed, Subject, ImageRef);
 
 #[cfg(test)]
 mod tests {
@@ -180,6 +292,78 @@ mod tests {
         );
         assert_eq!(SeriesName::normalize("...").as_str(), "unknown");
         assert_eq!(SeriesName::normalize("").as_str(), "unknown");
+    }
+
+    #[test]
+    fn request_seeds_are_explicit_or_hashed_and_always_usable() {
+        let long = "a".repeat(33);
+        assert_eq!(
+            Seed::for_request("ignored", Some(&format!(" {long} ")))
+                .unwrap()
+                .as_str(),
+            long
+        );
+        assert_eq!(
+            Seed::for_request(" Wimp ", Some(" ")).unwrap().as_str(),
+            crate::attributes::selection::seed_from_input("Wimp")
+        );
+        assert_eq!(
+            Seed::for_request("hello world", None).unwrap().as_str(),
+            "b94d27b9934d3e08a52e52d7da7dabfac484efe37a5380ee9088f7ace2efcde9"
+        );
+        assert_eq!(Seed::for_request(" ", None), Err(SeedError::Missing));
+        assert_eq!(
+            SeedError::Missing.to_string(),
+            "input is required",
+            "the message /v1 answers"
+        );
+        assert!(matches!(
+            Seed::for_request("", Some("short")),
+            Err(SeedError::Unusable(_))
+        ));
+        let max = "b".repeat(Seed::MAX_LEN);
+        assert!(Seed::for_request("", Some(&max)).is_ok());
+        assert_eq!(
+            Seed::for_request("", Some(&format!("{max}b"))),
+            Err(SeedError::TooLong)
+        );
+    }
+
+    #[test]
+    fn image_refs_are_trimmed_and_never_blank() {
+        assert_eq!(
+            ImageRef::parse(" sha256:ab ").unwrap().as_str(),
+            "sha256:ab"
+        );
+        assert_eq!(ImageRef::parse(" \t"), Err(ImageRefError));
+    }
+
+    #[test]
+    fn client_series_names_are_refused_when_they_cannot_name_files() {
+        assert_eq!(SeriesName::parse(" My Cats ").unwrap().as_str(), "my-cats");
+        assert_eq!(SeriesName::parse("simple").unwrap().as_str(), "simple");
+        assert_eq!(SeriesName::parse("v1.2").unwrap().as_str(), "v1.2");
+        let hundred = "a".repeat(MAX_SERIES_NAME);
+        assert_eq!(SeriesName::parse(&hundred).unwrap().as_str(), hundred);
+        let refused = |raw: &str| SeriesName::parse(raw).unwrap_err();
+        assert_eq!(refused(&"a".repeat(101)), SeriesNameError::TooLong);
+        // 100 characters, 300 bytes: too long for `<name>.deleted` as a file name.
+        assert_eq!(refused(&"\u{20ac}".repeat(100)), SeriesNameError::TooLong);
+        for raw in ["a\u{1}b", "cats\n", "\tcats", "a\u{7f}", "a\u{9b}b"] {
+            assert_eq!(refused(raw), SeriesNameError::ControlCharacter, "{raw:?}");
+        }
+        assert_eq!(
+            refused("cats.deleted"),
+            SeriesNameError::ReservedSuffix(".deleted")
+        );
+        assert_eq!(
+            refused("Cats.DELETED"),
+            SeriesNameError::ReservedSuffix(".deleted")
+        );
+        assert_eq!(refused(".hidden"), SeriesNameError::LeadingDot);
+        // What normalising already made safe stays accepted.
+        assert_eq!(SeriesName::parse("...").unwrap().as_str(), "unknown");
+        assert_eq!(SeriesName::parse("a/b").unwrap().as_str(), "a-b");
     }
 
     #[test]

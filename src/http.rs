@@ -4,12 +4,15 @@
 //! [`observe::ObserveLayer`]: request id, tracing span, path guard, error rendering, metrics and
 //! the access log. Each route states its method and its timeout here; 404 (the fallbacks) and
 //! 405 (a known path, another method) come from the router, in the error family of the legacy
-//! routes or of `/v1`.
+//! routes or of `/v1`. Handlers read path parameters and bodies through `extract`, so a
+//! request that cannot be read gets an envelope too, and a body is bounded by `--max-body`
+//! and a 10 s read timeout whatever the route's handler timeout.
 
 mod chunks;
 pub mod dalle;
 pub mod error;
 mod errors;
+mod extract;
 mod file;
 mod files;
 mod health;
@@ -33,6 +36,7 @@ pub use request_id::RequestId;
 pub fn router(state: AppState) -> Router {
     let legacy = Router::new()
         .route("/", get(root::endpoints))
+        .route("/favicon.ico", get(root::favicon))
         .route("/series", get(series::list))
         .route("/dalle", get(dalle::dalle))
         .route("/dalle/", get(dalle::dalle))

@@ -33,15 +33,17 @@ use tokio::time::Instant;
 use crate::attributes::dress::DalleDress;
 use crate::domain::{SeriesName, Subject};
 
+mod estimate;
 mod rendered;
 mod shared_dress;
 mod snapshot;
 mod stats;
 
+pub use estimate::{Estimates, Priors};
 pub use rendered::{PolledSnapshot, SnapshotJson};
 pub use shared_dress::SharedDress;
 use snapshot::Run;
-pub use snapshot::{PhaseTiming, QueuePlace, Snapshot};
+pub use snapshot::{PhaseTiming, QueuePlace, RetryWait, Retrying, Snapshot};
 use stats::{Ledger, Saver};
 pub use stats::{PhaseStat, PhaseStats, StatsError};
 
@@ -216,6 +218,14 @@ impl Progress {
         }
     }
 
+    /// Sets what percent and ETA are estimated from before a phase has history, and how many
+    /// runs work at once (see [`Estimates`]); the default assumes OpenAI's default image model
+    /// and one slot.
+    pub fn with_estimates(self, estimates: Estimates) -> Progress {
+        lock(&self.inner.state).ledger.estimates = estimates;
+        self
+    }
+
     /// Locks the state after pruning runs whose retention has passed.
     fn state(&self) -> (MutexGuard<'_, State>, Instant) {
         let mut state = lock(&self.inner.state);
@@ -279,12 +289,18 @@ impl Progress {
     /// Sets (or, with `None`, clears) the place of a run waiting for a slot; its position is
     /// read from it whenever a snapshot is taken.
     pub fn set_queue_place(&self, key: &RunKey, place: Option<QueuePlace>) {
-        self.update(key, |run, _, _| run.set_queue_place(place));
+        self.update(key, |run, _, now| run.set_queue_place(place, now));
     }
 
     /// Sets (or, with `None`, clears) a fixed 1-based queue position (tests, tools).
     pub fn set_queue_position(&self, key: &RunKey, position: Option<usize>) {
         self.set_queue_place(key, position.map(QueuePlace::fixed));
+    }
+
+    /// Records that the run waits to retry a provider call (`None`: the next attempt started).
+    /// Cleared by the run's next phase and by its end.
+    pub fn set_retrying(&self, key: &RunKey, wait: Option<&RetryWait>) {
+        self.update(key, |run, _, now| run.set_retrying(wait, now));
     }
 
     /// Moves an in-flight run to `phase`, ending the current phase (which feeds its average).
@@ -341,10 +357,12 @@ impl Progress {
         });
     }
 
-    /// Fails an in-flight run with `error` (`currentPhase:"failed"`, `done:true`); the failed
-    /// phase never feeds its average.
+    /// Fails an in-flight run with `error` (`currentPhase:"failed"`, `done:true`), keeping the
+    /// percent it had reached; the failed phase never feeds its average.
     pub fn fail(&self, key: &RunKey, error: String, code: &'static str) {
-        self.update(key, |run, _, now| run.fail(error, code, now));
+        self.update(key, |run, ledger, now| {
+            run.fail(error, code, ledger.estimator(), now);
+        });
     }
 
     /// The run's snapshot, in flight or finished within the retention window. Reading never
@@ -354,7 +372,7 @@ impl Progress {
         state
             .runs
             .get(key)
-            .map(|run| run.snapshot(key, state.ledger.stats(), now))
+            .map(|run| run.snapshot(key, state.ledger.estimator(), now))
     }
 
     /// The run's snapshot as JSON, the same bytes as serialising [`Progress::snapshot`] but
@@ -366,7 +384,7 @@ impl Progress {
         Some(rendered::render(
             run,
             key,
-            ledger.stats(),
+            ledger.estimator(),
             ledger.version(),
             now,
         ))
@@ -378,12 +396,12 @@ impl Progress {
     /// poller's `done:true` (it could upstream).
     pub fn in_flight(&self) -> Vec<Snapshot> {
         let (state, now) = self.state();
-        let stats = state.ledger.stats();
+        let estimator = state.ledger.estimator();
         state
             .runs
             .iter()
             .filter(|(_, run)| !run.done)
-            .map(|(key, run)| run.snapshot(key, stats, now))
+            .map(|(key, run)| run.snapshot(key, estimator, now))
             .collect()
     }
 
@@ -391,12 +409,12 @@ impl Progress {
     /// gallery shows them with their error until they are removed or expire.
     pub fn failed(&self) -> Vec<Snapshot> {
         let (state, now) = self.state();
-        let stats = state.ledger.stats();
+        let estimator = state.ledger.estimator();
         state
             .runs
             .iter()
             .filter(|(_, run)| run.done && !run.cache_hit)
-            .map(|(key, run)| run.snapshot(key, stats, now))
+            .map(|(key, run)| run.snapshot(key, estimator, now))
             .filter(|s| s.current_phase == Phase::Failed)
             .collect()
     }

@@ -21,6 +21,7 @@ use crate::attributes::dress::DalleDress;
 use crate::domain::SeriesName;
 use crate::metrics::Metrics;
 use crate::openai::OpenAiClient;
+use crate::openai::retry;
 use crate::progress::{Progress, RunKey, Snapshot, StartOutcome};
 use crate::storage::{CachedFile, FileCache};
 pub use coordination::{
@@ -643,10 +644,16 @@ impl Generator {
             return;
         };
         self.progress.set_queue_place(&key, None);
-        let lease = HeldLease::new(coordination::acquire(&*self.leases, &key).await);
+        let lease = Arc::new(HeldLease::new(
+            coordination::acquire(&*self.leases, &key).await,
+        ));
         self.metrics.generations_in_flight.inc();
+        let listener = self.retry_listener(&key, Arc::clone(&lease));
         let work = tracing::Instrument::instrument(
-            pipeline::run(&self, &key, &lease, &options, &mut ticket),
+            retry::reporting_retries(
+                listener,
+                pipeline::run(&self, &key, &lease, &options, &mut ticket),
+            ),
             span.clone(),
         );
         let result = coordination::heartbeat(&*self.leases, &key, &lease, work).await;
@@ -723,6 +730,26 @@ impl Generator {
             }
             tokio::time::sleep(coordination::renew_interval(self.leases.ttl())).await;
         }
+    }
+
+    /// Tells the run's progress of the retry waits of its OpenAI calls (while it owns `key`).
+    fn retry_listener(
+        self: &Arc<Self>,
+        key: &RunKey,
+        lease: Arc<HeldLease>,
+    ) -> retry::RetryListener {
+        let (this, key) = (Arc::clone(self), key.clone());
+        Arc::new(move |wait: Option<&retry::RetryWait>| {
+            let wait = wait.map(|w| crate::progress::RetryWait {
+                operation: w.operation.label(),
+                attempt: w.next_attempt,
+                attempts: w.attempts,
+                wait: w.wait,
+                reason: w.reason.clone(),
+            });
+            // A run that lost its key stops reporting, like every other progress update.
+            let _ = this.guarded(&key, lease.token(), |p| p.set_retrying(&key, wait.as_ref()));
+        })
     }
 
     /// Runs `f` on the progress registry only while `token` still owns `key`.

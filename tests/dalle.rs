@@ -288,11 +288,9 @@ async fn decision_table_for_plain_generate_and_remove() {
         !server.data_dir.join("output/simple").exists(),
         "a plain GET must not generate"
     );
-    // `generate` needs exactly 1.
-    assert_eq!(
-        get_json(&dalle("?generate=true")).await["data"],
-        serde_json::json!({})
-    );
+    // `generate` needs exactly 1: anything else is refused, not silently ignored.
+    let typo = c.get(dalle("?generate=true")).send().await.unwrap();
+    assert_eq!(typo.status(), 400);
 
     get_json(&dalle("?generate=1")).await;
     poll_done(&server, "simple", A, Duration::from_secs(60)).await;
@@ -637,6 +635,87 @@ async fn runs_beyond_the_concurrency_limit_wait_in_a_queue() {
     for a in addresses {
         poll_done(&server, "simple", a, Duration::from_secs(60)).await;
     }
+}
+
+/// Polls `address` until `ready` holds for its snapshot's `data`, for at most 10 s.
+async fn snapshot_until(server: &Server, address: &str, ready: impl Fn(&Value) -> bool) -> Value {
+    let url = server.url(&format!("/dalle/simple/{address}"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let snap = get_json(&url).await;
+        if ready(&snap["data"]) {
+            return snap["data"].clone();
+        }
+        assert!(Instant::now() < deadline, "never ready: {snap:#}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_queued_run_reads_0_percent_and_its_eta_includes_the_wait() {
+    let mock = MockServer::start().await;
+    // The image request stalls: the first run holds the only slot for the whole test.
+    answer_images(
+        &mock,
+        b64_answer(&tiny_png([9, 9, 9])).set_delay(Duration::from_secs(20)),
+    )
+    .await;
+    let mut opts = live(&mock, &[("TB_DALLE_NO_ENHANCE", "1")]);
+    opts.args = vec!["--max-concurrent".into(), "1".into()];
+    let server = Server::start_with(opts);
+    get_json(&server.url(&format!("/dalle/simple/{A}?generate=1"))).await;
+    snapshot_until(&server, A, |d| d["currentPhase"] == "image_wait").await;
+    get_json(&server.url(&format!("/dalle/simple/{B}?generate=1"))).await;
+    let queued = snapshot_until(&server, B, |d| d["queuePosition"] == 1).await;
+    let running = get_json(&server.url(&format!("/dalle/simple/{A}"))).await["data"].clone();
+    assert_eq!(queued["currentPhase"], "setup", "{queued:#}");
+    assert_eq!(queued["percent"], 0.0, "{queued:#}");
+    // No history yet: both estimates come from the priors. The queued run waits for the
+    // running one (at most one whole run, with one slot), then takes a whole run itself.
+    let (eta, ahead) = (&queued["etaSeconds"], &running["etaSeconds"]);
+    let (eta, ahead) = (eta.as_f64().unwrap(), ahead.as_f64().unwrap());
+    assert!(ahead > 1.0 && eta >= 2.0 * ahead, "{queued:#}\n{running:#}");
+    let percent = running["percent"].as_f64().unwrap();
+    assert!(
+        percent < 50.0,
+        "one image into a run of one image: {running:#}"
+    );
+    assert_eq!(
+        image_requests(&mock).await,
+        1,
+        "the queued run has not asked yet"
+    );
+}
+
+#[tokio::test]
+async fn a_run_waiting_to_retry_its_image_request_says_so() {
+    let mock = MockServer::start().await;
+    let busy = ResponseTemplate::new(503)
+        .insert_header("retry-after", "30")
+        .set_body_json(serde_json::json!({"error": {"message": "busy", "type": "server_error"}}));
+    answer_images(&mock, busy).await;
+    let server = Server::start_with(live(&mock, &[("TB_DALLE_NO_ENHANCE", "1")]));
+    get_json(&server.url(&format!("/dalle/simple/{A}?generate=1"))).await;
+    let waiting = snapshot_until(&server, A, |d| d.get("retrying").is_some()).await;
+    let retrying = &waiting["retrying"];
+    assert_eq!(waiting["currentPhase"], "image_wait", "{waiting:#}");
+    assert_eq!(
+        (&retrying["operation"], &retrying["attempt"]),
+        (&"image".into(), &2.into())
+    );
+    assert_eq!(
+        (&retrying["attempts"], &retrying["waitSeconds"]),
+        (&3.into(), &30.0.into())
+    );
+    assert!(
+        retrying["reason"].as_str().unwrap().contains("503"),
+        "{waiting:#}"
+    );
+    assert!(
+        waiting["etaSeconds"].as_f64().unwrap() > 29.0,
+        "{waiting:#}"
+    );
+    assert_eq!(image_requests(&mock).await, 1);
 }
 
 #[tokio::test]

@@ -56,6 +56,11 @@ fn check_request(rest: &str, query: Option<&str>) {
         "not deterministic"
     );
 
+    let pairs: Vec<(String, String)> = form_urlencoded::parse(query.unwrap_or("").as_bytes())
+        .into_owned()
+        .collect();
+    // Any `generate` that is not exactly `1` is a typo, refused once the path is valid.
+    let bad_generate = pairs.iter().any(|(k, v)| k == "generate" && v != "1");
     match &result {
         Ok((key, _)) => {
             assert!(
@@ -80,11 +85,15 @@ fn check_request(rest: &str, query: Option<&str>) {
             match rest.split_once('/') {
                 None => assert_eq!(c, ErrorCode::InvalidRequest),
                 Some((series, address)) => {
-                    assert_ne!(c, ErrorCode::InvalidRequest, "{rest:?} has a slash");
-                    // Completeness: a known series and a well-formed address (any case) pass.
+                    // Completeness: a known series and a well-formed address (any case) pass,
+                    // unless the query has a `generate` typo.
                     let (s, a) = (series.to_lowercase(), address.to_lowercase());
+                    let valid_path = exists(&s) && is_lower_hex_address(&a);
+                    if c == ErrorCode::InvalidRequest {
+                        assert!(valid_path && bad_generate, "{rest:?} has a slash: {e:?}");
+                    }
                     assert!(
-                        !(exists(&s) && is_lower_hex_address(&a)),
+                        !valid_path || bad_generate,
                         "rejected a valid request {rest:?}: {e:?}"
                     );
                     if c == ErrorCode::InvalidAddress {
@@ -98,17 +107,11 @@ fn check_request(rest: &str, query: Option<&str>) {
         }
     }
 
-    // Flags: `generate` only for a first `generate` value of exactly `1`, `remove` on presence.
+    // Flags: `generate` when every `generate` value is exactly `1`, `remove` on presence.
     let flags = result.map(|(_, f)| f).ok();
     if let Some(flags) = flags {
-        let pairs: Vec<(String, String)> = form_urlencoded::parse(query.unwrap_or("").as_bytes())
-            .into_owned()
-            .collect();
-        let first_generate = pairs.iter().find(|(k, _)| k == "generate");
-        assert_eq!(
-            flags.generate,
-            first_generate.is_some_and(|(_, v)| v == "1")
-        );
+        assert!(!bad_generate, "accepted a generate typo in {query:?}");
+        assert_eq!(flags.generate, pairs.iter().any(|(k, _)| k == "generate"));
         assert_eq!(flags.remove, pairs.iter().any(|(k, _)| k == "remove"));
         if query.is_none_or(str::is_empty) {
             assert!(!flags.generate && !flags.remove);

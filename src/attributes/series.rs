@@ -193,7 +193,33 @@ impl SeriesStore {
     /// Every usable series name (built-in and user, hidden ones included), sorted. A listing,
     /// as fresh as [`SeriesStore::user_series`].
     pub fn names(&self) -> Vec<String> {
+        self.names_in(&self.user.snapshot(Check::Listing))
+    }
+
+    /// [`SeriesStore::names`] without the hidden series (`deleted` set), from one look at the
+    /// user directory: what `/series` lists.
+    pub fn visible_names(&self) -> Vec<String> {
         let user = self.user.snapshot(Check::Listing);
+        let mut names = self.names_in(&user);
+        names.retain(|name| !self.hidden_in(&user, name));
+        names
+    }
+
+    /// Whether `name` is a hidden series. A hidden series is still found by
+    /// [`SeriesStore::get`] and [`SeriesStore::contains`], so its images are still served; it
+    /// is only left out of listings and refused for new runs. Answered from memory, as
+    /// fresh as [`SeriesStore::contains`].
+    pub fn is_hidden(&self, name: &str) -> bool {
+        self.hidden_in(&self.user.snapshot(Check::Lookup), name)
+    }
+
+    fn hidden_in(&self, user: &Listing, name: &str) -> bool {
+        user.series(name)
+            .or_else(|| self.builtins.get(name))
+            .is_some_and(|s| s.deleted)
+    }
+
+    fn names_in(&self, user: &Listing) -> Vec<String> {
         let mut names: Vec<String> = self.builtins.keys().cloned().collect();
         names.extend(
             user.files
@@ -688,6 +714,24 @@ mod tests {
         std::fs::write(dir.path().join("made.json"), "{}").unwrap();
         admin.refresh();
         assert!(store.contains("made"), "without waiting for the check");
+    }
+
+    #[test]
+    fn hidden_series_are_found_but_not_listed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SeriesStore::new(dir.path().to_path_buf()).unwrap();
+        std::fs::write(dir.path().join("shy.json"), r#"{"deleted":true}"#).unwrap();
+        std::fs::write(dir.path().join("open.json"), r#"{"deleted":false}"#).unwrap();
+        store.refresh();
+        assert!(store.is_hidden("shy") && store.contains("shy"));
+        assert!(store.get("shy").is_some_and(|s| s.deleted));
+        assert!(!store.is_hidden("open") && !store.is_hidden("simple"));
+        assert!(!store.is_hidden("absent"));
+        assert!(store.names().contains(&"shy".to_string()));
+        let visible = store.visible_names();
+        assert!(!visible.contains(&"shy".to_string()));
+        assert!(visible.contains(&"open".to_string()) && visible.contains(&"simple".to_string()));
+        assert_eq!(visible.len() + 1, store.names().len());
     }
 
     #[test]

@@ -14,6 +14,8 @@ pub enum Code {
     InvalidInput,
     SeriesNotFound,
     SeriesInvalid,
+    /// Ours: the series is hidden, so it starts no new work (its records are still served).
+    SeriesHidden,
     DatabaseManifestInvalid,
     DatabaseVersionUnavailable,
     DatabaseHashMismatch,
@@ -37,10 +39,11 @@ pub enum Code {
 
 impl Code {
     /// Every code, for exhaustive tests and documentation.
-    pub const ALL: [Code; 16] = [
+    pub const ALL: [Code; 17] = [
         Code::InvalidInput,
         Code::SeriesNotFound,
         Code::SeriesInvalid,
+        Code::SeriesHidden,
         Code::DatabaseManifestInvalid,
         Code::DatabaseVersionUnavailable,
         Code::DatabaseHashMismatch,
@@ -62,6 +65,7 @@ impl Code {
             Code::InvalidInput => "invalid_input",
             Code::SeriesNotFound => "series_not_found",
             Code::SeriesInvalid => "series_invalid",
+            Code::SeriesHidden => "series_hidden",
             Code::DatabaseManifestInvalid => "database_manifest_invalid",
             Code::DatabaseVersionUnavailable => "database_version_unavailable",
             Code::DatabaseHashMismatch => "database_hash_mismatch",
@@ -102,7 +106,7 @@ impl Code {
     /// faults.
     pub fn http_status(self) -> u16 {
         match self {
-            Code::InvalidInput | Code::SeriesInvalid => 400,
+            Code::InvalidInput | Code::SeriesInvalid | Code::SeriesHidden => 400,
             Code::SeriesNotFound
             | Code::ArtifactMissing
             | Code::DatabaseVersionUnavailable
@@ -171,6 +175,7 @@ mod tests {
             (Code::InvalidInput, "invalid_input", 400),
             (Code::SeriesNotFound, "series_not_found", 404),
             (Code::SeriesInvalid, "series_invalid", 400),
+            (Code::SeriesHidden, "series_hidden", 400),
             (
                 Code::DatabaseManifestInvalid,
                 "database_manifest_invalid",

@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 
 use super::error::{CatalogueError, Code};
 use crate::attributes::dress::DalleDress;
-use crate::attributes::selection::{seed_from_input, valid_filename};
+use crate::attributes::selection::valid_filename;
 use crate::attributes::series::{Series, normalize_name};
 
 /// The document format version.
@@ -166,18 +166,6 @@ pub enum StageStatus {
 pub struct Status {
     pub completed: bool,
     pub cache_hit: bool,
-}
-
-/// The engine seed: an explicit non-blank seed is used trimmed and not hashed;
-/// otherwise the lower-case hex SHA-256 of the trimmed input, which must not be blank.
-pub fn normalize_seed(input: &str, seed: Option<&str>) -> Result<String, CatalogueError> {
-    if let Some(seed) = seed.map(str::trim).filter(|s| !s.is_empty()) {
-        return Ok(seed.to_string());
-    }
-    if input.trim().is_empty() {
-        return Err(CatalogueError::new(Code::InvalidInput, "input is required"));
-    }
-    Ok(seed_from_input(input))
 }
 
 /// `sha256:` + hex of the series' compact JSON, `source` included. `modifiedAt` is left out:

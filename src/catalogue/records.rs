@@ -1,24 +1,26 @@
-//! Image-record operations over the data directory: list, get (through an index of record
-//! ids, see [`Records`]), soft delete into `<data>/archives`, and export of the prompt texts.
-//! All blocking file I/O.
+//! Image-record operations over the data directory: a paged listing and lookups through an
+//! index of the record files (see [`Records`]), soft delete into `<data>/archives`, and export
+//! of the prompt texts ([`super::export`]). All blocking file I/O.
 //!
-//! Differences from upstream, on purpose: an export directory must stay inside the data
-//! directory, symlinks included (upstream wrote wherever a client asked); the exported
-//! "technical" text is the technical prompt (upstream wrote title + terse); delete moves the
-//! metadata file last and fsyncs, so a crash leaves a visible record rather than an orphan;
-//! and a delete skips artifacts whose file is already gone instead of failing.
+//! Differences from upstream, on purpose: the listing is paged and ordered by `imageId` (so a
+//! page is found without reading every record, and `after=<imageId>` stays a valid cursor when
+//! records are deleted in between; upstream answered every record at once, sorted by input);
+//! delete moves the metadata file last and fsyncs, so a crash leaves a visible record rather
+//! than an orphan; and a delete skips artifacts whose file is already gone instead of failing.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::fs::FileType;
 use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use super::error::{CatalogueError, Code};
+use super::export::export_record;
+pub use super::export::{EXPORTS, ExportOptions, ExportResult};
 use super::metadata::{self, ImageMetadata};
-use crate::attributes::selection::valid_filename;
-use crate::attributes::series::normalize_name;
+use crate::domain::{ImageRef, SeriesName};
 
 /// One metadata record found on disk.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -30,9 +32,18 @@ pub struct Record {
     pub archived: bool,
 }
 
+/// One page of the listing ([`Records::page`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page {
+    pub records: Vec<Record>,
+    /// The `imageId` to continue after, when there are more records.
+    pub next: Option<String>,
+}
+
 /// Every record in `<data>/output/*/metadata/*.json` (and `<data>/archives/…` when asked),
-/// optionally only those of one series, sorted by input, series name and path. One unreadable
-/// or invalid record fails the whole listing with `metadata_invalid`, as upstream.
+/// optionally only those of one series, each read in full, in list order (`imageId`, then
+/// path). One unreadable or invalid record fails the whole listing with `metadata_invalid`, as
+/// upstream. For tools and tests: the HTTP listing pages through [`Records::page`].
 pub fn list(
     data_root: &Path,
     series: Option<&str>,
@@ -56,28 +67,37 @@ fn collect(
     archived: bool,
     out: &mut Vec<Record>,
 ) -> Result<(), CatalogueError> {
+    for (path, full) in record_files(data_root, area)? {
+        // A record deleted between listing and reading is simply gone.
+        if let Some(metadata) = metadata::read(&full)? {
+            out.push(Record {
+                path,
+                metadata,
+                archived,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The record files of `<data>/<area>/*/metadata/`: each one's path relative to the data
+/// directory, and in full. Dot files are editor, AppleDouble or temporary files, never records.
+fn record_files(data_root: &Path, area: &str) -> Result<Vec<(String, PathBuf)>, CatalogueError> {
     let base = data_root.join(area);
+    let mut out = Vec::new();
     for (series_dir, kind) in entries(&base)? {
         if !kind.is_dir() {
             continue;
         }
         let dir = base.join(&series_dir).join("metadata");
         for (file, kind) in entries(&dir)? {
-            // Dot files are editor, AppleDouble or temporary files, never records.
-            if !kind.is_file() || !file.ends_with(".json") || file.starts_with('.') {
-                continue;
-            }
-            // A record deleted between listing and reading is simply gone.
-            if let Some(metadata) = metadata::read(&dir.join(&file))? {
-                out.push(Record {
-                    path: format!("{area}/{series_dir}/metadata/{file}"),
-                    metadata,
-                    archived,
-                });
+            if kind.is_file() && file.ends_with(".json") && !file.starts_with('.') {
+                let full = dir.join(&file);
+                out.push((format!("{area}/{series_dir}/metadata/{file}"), full));
             }
         }
     }
-    Ok(())
+    Ok(out)
 }
 
 /// Directory entries with UTF-8 names (symlinks are not followed), sorted; a missing
@@ -102,59 +122,120 @@ fn entries(dir: &Path) -> Result<Vec<(String, FileType)>, CatalogueError> {
     Ok(out)
 }
 
-fn io_error(message: String, e: std::io::Error) -> CatalogueError {
+pub(super) fn io_error(message: String, e: std::io::Error) -> CatalogueError {
     CatalogueError::new(Code::Internal, message).with_cause(e)
 }
 
-/// The records of one data directory, with an in-memory index from `imageId` to the record
-/// files, so finding one record reads one file instead of all of them. Clones share the index.
+/// The records of one data directory, with an in-memory index of the live record files: for
+/// each file its size and mtime, and the `imageId`, seed and series it was last read with. So
+/// finding one record reads one file, and a page of the listing reads the page's files (plus
+/// any file that is new or changed since it was last read) instead of all of them. Clones
+/// share the index.
 ///
-/// The index is a hint, never the truth: a hit is read back and must still carry the id (a
-/// record rewritten or moved behind our back is a miss), and a miss rescans the whole output
-/// area, as the lookup always did, and rebuilds the index from that scan. So files written by
-/// another process are still found, and the index is first built by the first lookup's scan.
-/// The server's own writes ([`Records::write`]) and deletes keep it current without a rescan.
+/// The index is a hint, never the truth. A lookup hit is read back and must still carry the
+/// id (a record rewritten or moved behind our back is a miss). A miss, and every page, first
+/// brings the index up to date: the record directories are listed and each file `stat`ed,
+/// and a file is parsed again only when its size or mtime moved (or its mtime was too recent
+/// to be trusted). So files written or removed by another process are seen, and one invalid
+/// record still fails a listing, as a full read does. The server's own writes
+/// ([`Records::write`]) and deletes keep it current without that.
 #[derive(Debug, Clone)]
 pub struct Records {
     root: PathBuf,
     index: Arc<Mutex<Option<Index>>>,
 }
 
-/// Live record files by `imageId`, and the id each file was last seen with.
+/// Live record files by path (relative to the data directory), and the paths of each
+/// `imageId`.
 #[derive(Debug, Default)]
 struct Index {
+    files: HashMap<String, Entry>,
     by_id: HashMap<String, BTreeSet<String>>,
-    by_path: HashMap<String, String>,
+}
+
+/// What the index knows of one record file.
+#[derive(Debug, Clone)]
+struct Entry {
+    stamp: Stamp,
+    /// The stamp cannot be trusted yet (see [`RACY`]): parse the file again at the next look.
+    racy: bool,
+    id: String,
+    seed: String,
+    series: String,
+}
+
+/// What must stay equal for a file to count as unchanged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    len: u64,
+    modified: Option<SystemTime>,
+}
+
+/// A file whose mtime is this close to (or after) the moment it was read may change again
+/// without its mtime moving, on file systems with coarse timestamps (FAT keeps 2 s).
+const RACY: Duration = Duration::from_secs(2);
+
+impl Stamp {
+    /// The stamp of `path` (not following symlinks); `None` when it is gone.
+    fn of(path: &Path) -> Option<Stamp> {
+        let meta = std::fs::symlink_metadata(path).ok()?;
+        Some(Stamp {
+            len: meta.len(),
+            modified: meta.modified().ok(),
+        })
+    }
+
+    fn racy(&self, read_at: SystemTime) -> bool {
+        self.modified
+            .and_then(|m| m.checked_add(RACY))
+            .is_none_or(|settled| read_at < settled)
+    }
+}
+
+impl Entry {
+    fn new(meta: &ImageMetadata, stamp: Stamp, read_at: SystemTime) -> Entry {
+        Entry {
+            stamp,
+            racy: stamp.racy(read_at),
+            id: meta.image_id.clone(),
+            seed: meta.seed.clone(),
+            series: meta.series.name.clone(),
+        }
+    }
 }
 
 impl Index {
-    fn from_records(records: &[Record]) -> Index {
-        let mut index = Index::default();
-        for record in records.iter().filter(|r| !r.archived) {
-            index.insert(&record.path, &record.metadata.image_id);
-        }
-        index
-    }
-
-    fn insert(&mut self, path: &str, id: &str) {
+    fn insert(&mut self, path: &str, entry: Entry) {
         self.remove(path);
         self.by_id
-            .entry(id.to_string())
+            .entry(entry.id.clone())
             .or_default()
             .insert(path.to_string());
-        self.by_path.insert(path.to_string(), id.to_string());
+        self.files.insert(path.to_string(), entry);
     }
 
     fn remove(&mut self, path: &str) {
-        let Some(id) = self.by_path.remove(path) else {
+        let Some(entry) = self.files.remove(path) else {
             return;
         };
-        if let Some(paths) = self.by_id.get_mut(&id) {
+        if let Some(paths) = self.by_id.get_mut(&entry.id) {
             paths.remove(path);
             if paths.is_empty() {
-                self.by_id.remove(&id);
+                self.by_id.remove(&entry.id);
             }
         }
+    }
+
+    /// The indexed files matching `keep`, in list order (`imageId`, then path).
+    fn ordered(&self, keep: impl Fn(&Entry) -> bool) -> Vec<(&str, &str)> {
+        let mut chosen: Vec<(&str, &str)> = self
+            .files
+            .iter()
+            .filter(|(_, e)| keep(e))
+            .map(|(path, e)| (e.id.as_str(), path.as_str()))
+            .collect();
+        chosen.sort_unstable();
+        chosen
     }
 }
 
@@ -176,32 +257,85 @@ impl Records {
         self.index.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// The index brought up to date with the disk (see [`Records`]); on a failure (an
+    /// unreadable or invalid record) the index is left as it was.
+    fn refreshed<'a>(
+        &self,
+        guard: &'a mut std::sync::MutexGuard<'_, Option<Index>>,
+    ) -> Result<&'a Index, CatalogueError> {
+        let read_at = SystemTime::now();
+        let mut next = Index::default();
+        for (path, full) in record_files(&self.root, "output")? {
+            let Some(stamp) = Stamp::of(&full) else {
+                continue;
+            };
+            let known = guard.as_ref().and_then(|index| index.files.get(&path));
+            let entry = match known {
+                Some(known) if known.stamp == stamp && !known.racy => known.clone(),
+                // Deleted between listing and reading: simply gone.
+                _ => match metadata::read(&full)? {
+                    Some(meta) => Entry::new(&meta, stamp, read_at),
+                    None => continue,
+                },
+            };
+            next.insert(&path, entry);
+        }
+        Ok(guard.insert(next))
+    }
+
+    /// Reads the record at `path` (relative) when it still satisfies `wanted`.
+    fn read_live(
+        &self,
+        path: String,
+        wanted: impl Fn(&ImageMetadata) -> bool,
+    ) -> Result<Option<Record>, CatalogueError> {
+        Ok(metadata::read(&self.root.join(&path))?
+            .filter(|m| wanted(m))
+            .map(|metadata| Record {
+                path,
+                metadata,
+                archived: false,
+            }))
+    }
+
     /// A live (not archived) record by exact `imageId`, else the first by seed in list order
     /// (a seed can match records of several series, as upstream).
     ///
-    /// Unlike a full listing, a record found through the index is answered even while some
-    /// other record file is invalid; a miss (every seed lookup among them) still scans and
-    /// fails on an invalid record, as before.
-    pub fn get(&self, id: &str) -> Result<Record, CatalogueError> {
-        let id = id.trim();
-        if id.is_empty() {
-            return Err(CatalogueError::new(
-                Code::InvalidInput,
-                "image id is required",
-            ));
-        }
+    /// Unlike a listing, a record found through the index is answered even while some other
+    /// record file is invalid; a miss (every seed lookup among them) brings the index up to
+    /// date first, and that fails on an invalid record, as a full read does.
+    pub fn get(&self, id: &ImageRef) -> Result<Record, CatalogueError> {
+        let id = id.as_str();
         if let Some(record) = self.indexed(id)? {
             return Ok(record);
         }
-        let records = list(&self.root, None, false)?;
-        *self.index() = Some(Index::from_records(&records));
-        let by_id = records.iter().position(|r| r.metadata.image_id == id);
-        let index = by_id.or_else(|| records.iter().position(|r| r.metadata.seed == id));
-        index
-            .and_then(|i| records.into_iter().nth(i))
-            .ok_or_else(|| {
-                CatalogueError::new(Code::ArtifactMissing, "image metadata record was not found")
-            })
+        let (by_id, candidates): (bool, Vec<String>) = {
+            let mut guard = self.index();
+            let index = self.refreshed(&mut guard)?;
+            let mut chosen = index.ordered(|e| e.id == id);
+            let by_id = !chosen.is_empty();
+            if !by_id {
+                chosen = index.ordered(|e| e.seed == id);
+            }
+            let paths = chosen.into_iter().map(|(_, p)| p.to_string()).collect();
+            (by_id, paths)
+        };
+        for path in candidates {
+            let wanted = |m: &ImageMetadata| {
+                if by_id {
+                    m.image_id == id
+                } else {
+                    m.seed == id
+                }
+            };
+            if let Some(record) = self.read_live(path, wanted)? {
+                return Ok(record);
+            }
+        }
+        Err(CatalogueError::new(
+            Code::ArtifactMissing,
+            "image metadata record was not found",
+        ))
     }
 
     /// The first record in list order among the indexed files that still carry `id`.
@@ -210,28 +344,61 @@ impl Records {
             Some(index) => index.by_id.get(id).into_iter().flatten().cloned().collect(),
             None => return Ok(None),
         };
-        let mut found = Vec::new();
         for path in paths {
-            match metadata::read(&self.root.join(&path))? {
-                Some(metadata) if metadata.image_id == id => found.push(Record {
-                    path,
-                    metadata,
-                    archived: false,
-                }),
-                // Gone or rewritten behind our back: the rescan on a miss corrects the index.
-                _ => {}
+            // Gone or rewritten behind our back: the refresh on a miss corrects the index.
+            if let Some(record) = self.read_live(path, |m| m.image_id == id)? {
+                return Ok(Some(record));
             }
         }
-        Ok(found.into_iter().min_by(list_order))
+        Ok(None)
+    }
+
+    /// One page of the live records, in list order (`imageId`, then path): at most `limit`
+    /// of them (more only when several files share the last page's `imageId`, which a page
+    /// never splits, so `after` never skips one), optionally of one series, after the
+    /// `imageId` `after` (exclusive). Only the page's files are read in full.
+    pub fn page(
+        &self,
+        series: Option<&SeriesName>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Page, CatalogueError> {
+        let (chosen, more) = {
+            let mut guard = self.index();
+            let index = self.refreshed(&mut guard)?;
+            let ordered = index.ordered(|e| {
+                series.is_none_or(|s| e.series == s.as_str())
+                    && after.is_none_or(|after| e.id.as_str() > after)
+            });
+            let mut end = ordered.len().min(limit.max(1));
+            while end < ordered.len() && end > 0 && ordered[end].0 == ordered[end - 1].0 {
+                end += 1;
+            }
+            let more = end < ordered.len();
+            let chosen: Vec<(String, String)> = ordered[..end]
+                .iter()
+                .map(|(id, path)| (id.to_string(), path.to_string()))
+                .collect();
+            (chosen, more)
+        };
+        let next = chosen.last().map(|(id, _)| id.clone()).filter(|_| more);
+        let mut records = Vec::with_capacity(chosen.len());
+        for (_, path) in chosen {
+            // Removed since the index saw it: simply gone.
+            if let Some(record) = self.read_live(path, |_| true)? {
+                records.push(record);
+            }
+        }
+        Ok(Page { records, next })
     }
 
     /// Validates and writes a record atomically (as [`metadata::write`]) at `path`, normally
     /// [`metadata::metadata_path`] under this data directory, and indexes it.
     pub fn write(&self, path: &Path, meta: &ImageMetadata) -> Result<(), CatalogueError> {
         metadata::write(path, meta)?;
-        if let Some(relative) = self.live_path(path) {
+        if let (Some(relative), Some(stamp)) = (self.live_path(path), Stamp::of(path)) {
             if let Some(index) = self.index().as_mut() {
-                index.insert(&relative, &meta.image_id);
+                index.insert(&relative, Entry::new(meta, stamp, SystemTime::now()));
             }
         }
         Ok(())
@@ -260,7 +427,7 @@ impl Records {
     /// Soft delete: moves the generated and annotated images (when recorded and present) and
     /// then the metadata file from `<data>/output/…` to the same place under
     /// `<data>/archives/…`, and drops the record from the index.
-    pub fn delete(&self, id: &str) -> Result<(), CatalogueError> {
+    pub fn delete(&self, id: &ImageRef) -> Result<(), CatalogueError> {
         let record = self.get(id)?;
         let result = archive(&self.root, &record);
         // Forgotten even when a move failed: a lookup then rereads the disk rather than trust
@@ -271,10 +438,14 @@ impl Records {
         result
     }
 
-    /// Writes the chosen, non-blank prompt texts of a live record as `<name>.txt` files. With
-    /// no flag set: prompt, data, title, terse and enhanced. The directory defaults to
-    /// `<data>/output/<series>/exports/<seed>`; a relative one is taken from the data directory.
-    pub fn export(&self, id: &str, opts: &ExportOptions) -> Result<ExportResult, CatalogueError> {
+    /// Writes the chosen, non-blank prompt texts of a live record as `<name>.txt` files into a
+    /// directory under `<data>/exports/` (see [`ExportOptions::dir`]). With no flag set:
+    /// prompt, data, title, terse and enhanced.
+    pub fn export(
+        &self,
+        id: &ImageRef,
+        opts: &ExportOptions,
+    ) -> Result<ExportResult, CatalogueError> {
         let record = self.get(id)?;
         export_record(&self.root, &record, opts)
     }
@@ -288,13 +459,9 @@ impl Records {
     }
 }
 
-/// The order of [`list`]: input, series name, then path.
+/// The order of a listing: `imageId`, then path.
 fn list_order(a: &Record, b: &Record) -> std::cmp::Ordering {
-    (&a.metadata.input, &a.metadata.series.name, &a.path).cmp(&(
-        &b.metadata.input,
-        &b.metadata.series.name,
-        &b.path,
-    ))
+    (&a.metadata.image_id, &a.path).cmp(&(&b.metadata.image_id, &b.path))
 }
 
 /// Moves a live record's files into `<data>/archives`.
@@ -368,166 +535,6 @@ fn lexical(path: &Path) -> Option<PathBuf> {
         }
     }
     Some(out)
-}
-
-/// What to export; JSON keys match case-insensitively (`dir`, `Dir`, `includePrompt`,
-/// `IncludePrompt`, `includeprompt`…) because upstream's options had Go field names and no
-/// JSON tags. Unknown keys are ignored.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ExportOptions {
-    pub dir: Option<String>,
-    pub include_prompt: Option<bool>,
-    pub include_data: Option<bool>,
-    pub include_title: Option<bool>,
-    pub include_terse: Option<bool>,
-    pub include_enhanced: Option<bool>,
-    pub include_technical: Option<bool>,
-}
-
-impl ExportOptions {
-    /// The options of an already parsed JSON body (`null` = none); a wrongly typed field or a
-    /// non-object body is `invalid_input`.
-    pub fn from_json(value: &serde_json::Value) -> Result<ExportOptions, CatalogueError> {
-        ExportOptions::deserialize(value).map_err(|e| {
-            CatalogueError::new(Code::InvalidInput, "invalid export options").with_cause(e)
-        })
-    }
-}
-
-impl<'de> Deserialize<'de> for ExportOptions {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        use serde::de::Error;
-        use serde_json::Value;
-        let map = Option::<serde_json::Map<String, Value>>::deserialize(deserializer)?;
-        let mut opts = ExportOptions::default();
-        for (key, value) in map.unwrap_or_default() {
-            let key = key.to_lowercase();
-            if key == "dir" {
-                opts.dir = match value {
-                    Value::Null => None,
-                    Value::String(s) => Some(s),
-                    _ => return Err(D::Error::custom("dir must be a string")),
-                };
-                continue;
-            }
-            let slot = match key.as_str() {
-                "includeprompt" => &mut opts.include_prompt,
-                "includedata" => &mut opts.include_data,
-                "includetitle" => &mut opts.include_title,
-                "includeterse" => &mut opts.include_terse,
-                "includeenhanced" => &mut opts.include_enhanced,
-                "includetechnical" => &mut opts.include_technical,
-                _ => continue,
-            };
-            *slot = match value {
-                Value::Null => None,
-                Value::Bool(b) => Some(b),
-                _ => return Err(D::Error::custom(format!("{key} must be a boolean"))),
-            };
-        }
-        Ok(opts)
-    }
-}
-
-/// Where an export went: the directory and each written file, relative to the data directory.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct ExportResult {
-    pub dir: String,
-    pub files: BTreeMap<String, String>,
-}
-
-/// [`Records::export`] for an already found record.
-fn export_record(
-    data_root: &Path,
-    record: &Record,
-    opts: &ExportOptions,
-) -> Result<ExportResult, CatalogueError> {
-    let meta = &record.metadata;
-    let dir = export_dir(data_root, meta, opts.dir.as_deref())?;
-    let p = &meta.prompts;
-    let texts = [
-        ("prompt", opts.include_prompt, &p.prompt, true),
-        ("data", opts.include_data, &p.data_prompt, true),
-        ("title", opts.include_title, &p.title_prompt, true),
-        ("terse", opts.include_terse, &p.terse_prompt, true),
-        ("enhanced", opts.include_enhanced, &p.enhanced_prompt, true),
-        (
-            "technical",
-            opts.include_technical,
-            &p.technical_prompt,
-            false,
-        ),
-    ];
-    let any_flag = texts.iter().any(|(_, flag, _, _)| *flag == Some(true));
-    std::fs::create_dir_all(&dir).map_err(|e| match e.kind() {
-        // The client named a path through or onto an existing file.
-        std::io::ErrorKind::AlreadyExists | std::io::ErrorKind::NotADirectory => {
-            CatalogueError::new(Code::InvalidInput, "export dir is not a directory")
-        }
-        _ => io_error(format!("cannot create {}", dir.display()), e),
-    })?;
-    let mut files = BTreeMap::new();
-    for (name, flag, text, by_default) in texts {
-        let wanted = if any_flag {
-            flag == Some(true)
-        } else {
-            by_default
-        };
-        if !wanted || text.trim().is_empty() {
-            continue;
-        }
-        let path = dir.join(format!("{name}.txt"));
-        crate::storage::write_atomic(&path, text.as_bytes())
-            .map_err(|e| io_error(format!("cannot write {}", path.display()), e))?;
-        files.insert(name.to_string(), display_relative(data_root, &path));
-    }
-    Ok(ExportResult {
-        dir: display_relative(data_root, &dir),
-        files,
-    })
-}
-
-/// The export directory, which must end up inside the data directory both lexically and
-/// after following the symlinks of its existing part, so a client cannot make the server
-/// write outside it.
-fn export_dir(
-    data_root: &Path,
-    meta: &ImageMetadata,
-    requested: Option<&str>,
-) -> Result<PathBuf, CatalogueError> {
-    let invalid = |msg: &str| CatalogueError::new(Code::InvalidInput, msg);
-    let requested = requested.map(str::trim).unwrap_or("");
-    let candidate = if requested.is_empty() {
-        data_root
-            .join("output")
-            .join(normalize_name(&meta.series.name))
-            .join("exports")
-            .join(&*valid_filename(&meta.seed))
-    } else if requested.starts_with('~') {
-        return Err(invalid("export dir must not start with ~"));
-    } else {
-        data_root.join(requested)
-    };
-    let escape = || invalid("export dir must be inside the data directory");
-    let relative = inside(data_root, &candidate).ok_or_else(escape)?;
-    let dir = data_root.join(relative);
-    let root = std::fs::canonicalize(data_root)
-        .map_err(|e| io_error(format!("cannot resolve {}", data_root.display()), e))?;
-    let mut existing = dir.as_path();
-    while std::fs::symlink_metadata(existing).is_err() {
-        existing = existing.parent().ok_or_else(escape)?;
-    }
-    match std::fs::canonicalize(existing) {
-        Ok(real) if real.starts_with(&root) => Ok(dir),
-        _ => Err(escape()),
-    }
-}
-
-fn display_relative(data_root: &Path, path: &Path) -> String {
-    path.strip_prefix(data_root)
-        .unwrap_or(path)
-        .to_string_lossy()
-        .into_owned()
 }
 
 #[cfg(test)]

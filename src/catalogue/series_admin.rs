@@ -2,16 +2,19 @@
 //! series and hide or unhide one. Built-ins are read-only. Blocking I/O. Every write refreshes
 //! the store's in-memory catalogue, so the next lookup anywhere sees it.
 //!
-//! Upstream quirk kept on purpose, for clients written against it: when a saved body carries a
-//! suffix, it wins over the name in the path. Ours: a blank name is refused rather than saved
-//! as `unknown`, and `modifiedAt`/`source` are never written into the file (they are derived
-//! on read).
+//! Names arrive parsed ([`SeriesName`]); the handler applies upstream's quirk, kept on purpose
+//! for clients written against it: when a saved body carries a suffix, it wins over the name
+//! in the path. Ours: a blank name is refused rather than saved as `unknown`; `modifiedAt` and
+//! `source` are never written into the file (they are derived on read); and hiding a series
+//! only sets its flag: upstream also renamed `output/<s>` to `output/<s>.deleted`, which made
+//! every image of the series vanish from `/dalle` and `/files`.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use super::error::{CatalogueError, Code};
-use crate::attributes::series::{Series, SeriesStore, normalize_name};
+use crate::attributes::series::{Series, SeriesStore};
+use crate::domain::SeriesName;
 
 /// Built-in and user series merged (a user series shadows the built-in with its suffix),
 /// sorted by suffix. By default hidden (`deleted`) series are left out; `include_hidden`
@@ -34,10 +37,11 @@ pub fn list(store: &SeriesStore, include_hidden: bool, only_hidden: bool) -> Vec
         .collect()
 }
 
-/// A series by name (normalised first): the user's file, else the built-in.
-pub fn get(store: &SeriesStore, name: &str) -> Result<Series, CatalogueError> {
-    let name = normalize_name(name);
-    store.get(&name).ok_or_else(|| not_found(&name))
+/// A series by name: the user's file, else the built-in.
+pub fn get(store: &SeriesStore, name: &SeriesName) -> Result<Series, CatalogueError> {
+    store
+        .get(name.as_str())
+        .ok_or_else(|| not_found(name.as_str()))
 }
 
 fn not_found(name: &str) -> CatalogueError {
@@ -48,18 +52,14 @@ fn builtin_refused() -> CatalogueError {
     CatalogueError::new(Code::SeriesInvalid, "cannot modify built-in series")
 }
 
-/// Writes a user series to `<user-series>/<suffix>.json` and returns it as read back. The
-/// suffix is the body's when set (as upstream), else the path's name, normalised either way.
+/// Writes a user series to `<user-series>/<name>.json` (its suffix set to `name`) and
+/// returns it as read back.
 pub fn save(
     store: &SeriesStore,
-    path_name: &str,
+    name: &SeriesName,
     series: Series,
 ) -> Result<Series, CatalogueError> {
-    let raw = [series.suffix.as_str(), path_name]
-        .into_iter()
-        .find(|s| !s.trim().is_empty())
-        .ok_or_else(|| CatalogueError::new(Code::InvalidInput, "series name is required"))?;
-    let suffix = normalize_name(raw);
+    let suffix = name.as_str().to_string();
     // A leading dot would make a hidden file that the store deliberately never reads.
     if suffix.starts_with('.') || suffix.contains('\0') {
         return Err(CatalogueError::new(
@@ -83,34 +83,32 @@ pub fn save(
     })
 }
 
-/// Sets a user series' hidden flag and moves its images aside: `output/<s>` becomes
-/// `output/<s>.deleted` when hiding and back when unhiding (only when the source exists and
-/// the target does not, so nothing is ever overwritten). Built-ins cannot be hidden.
+/// Sets a user series' hidden flag; its images stay where they are, so they are still
+/// served. Unhiding also moves back an `output/<s>.deleted` left by a server that renamed on
+/// hide (only when `output/<s>` does not exist, so nothing is ever overwritten). Built-ins
+/// cannot be hidden.
 pub fn set_hidden(
     store: &SeriesStore,
     output_dir: &Path,
-    name: &str,
+    name: &SeriesName,
     hidden: bool,
 ) -> Result<Series, CatalogueError> {
-    let name = normalize_name(name);
-    if store.builtin(&name).is_some() {
+    let name = name.as_str();
+    if store.builtin(name).is_some() {
         return Err(builtin_refused());
     }
     let mut doc = store
-        .get(&name)
+        .get(name)
         .filter(|s| s.source == "user")
-        .ok_or_else(|| not_found(&name))?;
+        .ok_or_else(|| not_found(name))?;
     doc.deleted = hidden;
-    write_user(store, &name, doc)?;
+    write_user(store, name, doc)?;
 
-    let live = output_dir.join(&name);
-    let parked = output_dir.join(format!("{name}.deleted"));
-    let (from, to) = if hidden {
-        (live, parked)
-    } else {
-        (parked, live)
-    };
-    if from.is_dir() && std::fs::symlink_metadata(&to).is_err() {
+    let (from, to) = (
+        output_dir.join(format!("{name}.deleted")),
+        output_dir.join(name),
+    );
+    if !hidden && from.is_dir() && std::fs::symlink_metadata(&to).is_err() {
         let fail = |e| {
             CatalogueError::new(Code::Internal, format!("cannot move {}", from.display()))
                 .with_cause(e)
@@ -118,7 +116,7 @@ pub fn set_hidden(
         std::fs::rename(&from, &to).map_err(fail)?;
         crate::storage::sync_dir(output_dir).map_err(fail)?;
     }
-    store.get(&name).ok_or_else(|| not_found(&name))
+    store.get(name).ok_or_else(|| not_found(name))
 }
 
 /// Writes `<user-series>/<name>.json` atomically as indented JSON, without the fields that

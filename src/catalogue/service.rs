@@ -5,29 +5,30 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use super::error::{CatalogueError, Code};
 use super::manifest::{DATABASE_VERSION, Manifest};
 use super::metadata::{
     self, Artifacts, DatabaseRef, ImageMetadata, RECIPE_VERSION, Recipe, Stage, StageStatus,
-    metadata_path, normalize_seed,
+    metadata_path,
 };
 use super::{records, series_admin};
 use crate::attributes::Attributes;
-use crate::attributes::selection::extended_seed;
 use crate::attributes::series::{Series, normalize_name};
-use crate::domain::{Seed, SeriesName};
+use crate::domain::{ImageRef, Seed, SeriesName};
 use crate::progress::{RunKey, Snapshot};
 use crate::run::{self, Artifact, Generator, JobOptions, RunError, RunOutput};
 
-/// `POST /v1/images/generate` and `/preview` bodies (unknown fields are ignored).
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default)]
+/// A `POST /v1/images/generate` or `/preview` request, as the handler parsed its body.
+#[derive(Debug, Clone)]
 pub struct GenerateRequest {
+    /// The input text, at most [`MAX_TEXT`] bytes; a blank input has taken the seed's value
+    /// (a record needs an input; upstream wrote none and failed with `500 metadata_invalid`,
+    /// after generating the image).
     pub input: String,
-    pub seed: Option<String>,
-    pub series: Option<String>,
+    pub seed: Seed,
+    pub series: SeriesName,
     pub recipe: Option<String>,
     pub backstyle: Option<String>,
     pub enhance: bool,
@@ -35,6 +36,14 @@ pub struct GenerateRequest {
     pub annotate: bool,
     pub force: bool,
 }
+
+/// The longest `input`, `recipe` or `backstyle` a request may carry, in bytes. Each is kept in
+/// the record, and a record is read whole by every lookup and listing.
+pub const MAX_TEXT: usize = 1024;
+
+/// The most records one page of `GET /v1/images` answers, and how many it answers by default.
+pub const MAX_PAGE: usize = 1000;
+pub const DEFAULT_PAGE: usize = 100;
 
 /// What generate, preview and regenerate answer. Paths are relative to the data directory.
 #[derive(Debug, Clone, Serialize)]
@@ -116,16 +125,24 @@ impl Catalogue {
             .to_string()
     }
 
-    fn series(&self, requested: Option<&str>) -> Result<Series, CatalogueError> {
-        let name = normalize_name(
-            requested
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .unwrap_or("empty"),
-        );
-        self.attributes.series.get(&name).ok_or_else(|| {
+    fn series(&self, name: &SeriesName) -> Result<Series, CatalogueError> {
+        self.attributes.series.get(name.as_str()).ok_or_else(|| {
             CatalogueError::new(Code::SeriesInvalid, format!("series not found: {name}"))
         })
+    }
+
+    /// A hidden series still answers the records it has, but makes no new ones.
+    fn refuse_hidden(series: &Series) -> Result<(), CatalogueError> {
+        if series.deleted {
+            return Err(CatalogueError::new(
+                Code::SeriesHidden,
+                format!(
+                    "series {} is hidden: its images are still served, but it starts no new work",
+                    series.suffix
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Refuses records made with other databases — also under `force` (upstream skipped the
@@ -177,7 +194,6 @@ impl Catalogue {
     fn new_record(
         &self,
         req: &GenerateRequest,
-        seed: &str,
         series: &Series,
         output: &RunOutput,
     ) -> ImageMetadata {
@@ -201,7 +217,7 @@ impl Catalogue {
         };
         let mut meta = ImageMetadata::from_dress(
             &req.input,
-            seed,
+            req.seed.as_str(),
             series,
             recipe,
             database,
@@ -247,9 +263,8 @@ impl Catalogue {
                 "annotation requires image generation",
             ));
         }
-        let (req, seed) = checked_seed(req)?;
-        let series = self.series(req.series.as_deref())?;
-        let path = metadata_path(&self.root, &series.suffix, &seed);
+        let series = self.series(&req.series)?;
+        let path = metadata_path(&self.root, &series.suffix, req.seed.as_str());
         let existing = blocking({
             let path = path.clone();
             move || metadata::read(&path)
@@ -263,6 +278,7 @@ impl Catalogue {
                 return Ok(self.result(hit, &path));
             }
         }
+        Catalogue::refuse_hidden(&series)?;
         let mut artifacts = run::Artifacts::NONE;
         if req.image {
             artifacts = artifacts.with(Artifact::Generated);
@@ -280,24 +296,20 @@ impl Catalogue {
                 .map(|m| m.prompts.enhanced_prompt.clone())
                 .filter(|e| !e.is_empty()),
         };
-        let key = RunKey::new(
-            SeriesName::normalize(&series.suffix),
-            Seed::new(seed.as_str()),
-        );
+        let key = RunKey::new(SeriesName::normalize(&series.suffix), req.seed.clone());
         let output = self.run(key, options, request_id).await?;
-        self.save_record(&req, &seed, &series, &output, path).await
+        self.save_record(&req, &series, &output, path).await
     }
 
     /// Writes the record of a finished run (or preview) and answers it.
     async fn save_record(
         &self,
         req: &GenerateRequest,
-        seed: &str,
         series: &Series,
         output: &RunOutput,
         path: PathBuf,
     ) -> Result<GenerateResult, CatalogueError> {
-        let meta = self.new_record(req, seed, series, output);
+        let meta = self.new_record(req, series, output);
         let written = meta.clone();
         blocking({
             let (path, records) = (path.clone(), self.records.clone());
@@ -323,23 +335,19 @@ impl Catalogue {
 
     /// `POST /v1/images/preview`: prompts only, no provider calls; writes the record.
     pub async fn preview(&self, req: GenerateRequest) -> Result<GenerateResult, CatalogueError> {
-        let (req, seed) = checked_seed(req)?;
-        let series = self.series(req.series.as_deref())?;
-        let path = metadata_path(&self.root, &series.suffix, &seed);
+        let series = self.series(&req.series)?;
+        let path = metadata_path(&self.root, &series.suffix, req.seed.as_str());
         let attributes = Arc::clone(&self.attributes);
         let backstyle = req.backstyle.clone().filter(|b| !b.trim().is_empty());
         // A run in flight for the seed is joined, as `/dalle` and generate do: the preview is
         // answered from it (its prompts are the preview's) and never written alongside it.
-        let key = RunKey::new(
-            SeriesName::normalize(&series.suffix),
-            Seed::new(seed.as_str()),
-        );
+        let key = RunKey::new(SeriesName::normalize(&series.suffix), req.seed.clone());
         let wanted = JobOptions {
             backstyle: backstyle.clone(),
             ..JobOptions::default()
         };
         if let Some(Ok(output)) = self.generator.join_live(&key, &wanted).await {
-            return self.save_record(&req, &seed, &series, &output, path).await;
+            return self.save_record(&req, &series, &output, path).await;
         }
         let existing = blocking({
             let path = path.clone();
@@ -354,8 +362,9 @@ impl Catalogue {
                 return Ok(self.result(hit, &path));
             }
         }
+        Catalogue::refuse_hidden(&series)?;
         let (dress, prompts) = attributes
-            .dress_in(&seed, &series, backstyle.as_deref())
+            .dress_in(req.seed.as_str(), &series, backstyle.as_deref())
             .map_err(|e| {
                 CatalogueError::new(Code::InvalidInput, "cannot build the prompts").with_cause(e)
             })?;
@@ -368,34 +377,37 @@ impl Catalogue {
             generated: None,
             annotated: None,
         };
-        self.save_record(&req, &seed, &series, &output, path).await
+        self.save_record(&req, &series, &output, path).await
     }
 
-    /// `GET /v1/images`.
+    /// `GET /v1/images`: one page of at most `limit` records (the handler keeps it within
+    /// [`MAX_PAGE`]) after the `imageId` `after`.
     pub async fn list_images(
         &self,
-        series: Option<String>,
-    ) -> Result<Vec<records::Record>, CatalogueError> {
-        let root = self.root.clone();
-        blocking(move || records::list(&root, series.as_deref(), false)).await
+        series: Option<SeriesName>,
+        after: Option<String>,
+        limit: usize,
+    ) -> Result<records::Page, CatalogueError> {
+        let records = self.records.clone();
+        blocking(move || records.page(series.as_ref(), after.as_deref(), limit)).await
     }
 
     /// `GET /v1/images/{id}`: by image id, then by seed.
-    pub async fn get_image(&self, id: &str) -> Result<records::Record, CatalogueError> {
-        let (records, id) = (self.records.clone(), id.to_string());
+    pub async fn get_image(&self, id: &ImageRef) -> Result<records::Record, CatalogueError> {
+        let (records, id) = (self.records.clone(), id.clone());
         blocking(move || records.get(&id)).await
     }
 
     /// `DELETE /v1/images/{id}`: soft delete into `<data>/archives/`.
-    pub async fn delete_image(&self, id: &str) -> Result<(), CatalogueError> {
-        let (records, id) = (self.records.clone(), id.to_string());
+    pub async fn delete_image(&self, id: &ImageRef) -> Result<(), CatalogueError> {
+        let (records, id) = (self.records.clone(), id.clone());
         blocking(move || records.delete(&id)).await
     }
 
     /// `POST /v1/images/{id}/regenerate`: the record's request again, with `force` and an image.
     pub async fn regenerate(
         &self,
-        id: &str,
+        id: &ImageRef,
         request_id: &str,
     ) -> Result<GenerateResult, CatalogueError> {
         let meta = self.get_image(id).await?.metadata;
@@ -404,10 +416,11 @@ impl Catalogue {
             .iter()
             .find(|r| r.attribute == "backStyle")
             .map(|r| r.record.clone());
+        // The record's own seed and series: written by a generate or preview that checked them.
         let req = GenerateRequest {
             input: meta.input.clone(),
-            seed: Some(meta.seed.clone()),
-            series: Some(meta.series.name.clone()),
+            seed: Seed::new(meta.seed.as_str()),
+            series: SeriesName::normalize(&meta.series.name),
             recipe: Some(meta.recipe.name.clone()),
             backstyle,
             enhance: !meta.prompts.enhanced_prompt.is_empty(),
@@ -421,39 +434,44 @@ impl Catalogue {
     /// `POST /v1/images/{id}/export`.
     pub async fn export(
         &self,
-        id: &str,
+        id: &ImageRef,
         options: serde_json::Value,
     ) -> Result<records::ExportResult, CatalogueError> {
         let options = records::ExportOptions::from_json(&options)?;
-        let (records, id) = (self.records.clone(), id.to_string());
+        let (records, id) = (self.records.clone(), id.clone());
         blocking(move || records.export(&id, &options)).await
     }
 
-    /// `GET /v1/series`.
+    /// `GET /v1/series`: hidden series only when asked for (the admin's view; `/series`
+    /// never lists them).
     pub fn list_series(&self, include_hidden: bool, only_hidden: bool) -> Vec<Series> {
         series_admin::list(&self.attributes.series, include_hidden, only_hidden)
     }
 
     /// `GET /v1/series/{name}`.
-    pub fn get_series(&self, name: &str) -> Result<Series, CatalogueError> {
+    pub fn get_series(&self, name: &SeriesName) -> Result<Series, CatalogueError> {
         series_admin::get(&self.attributes.series, name)
     }
 
     /// `PUT /v1/series/{name}`.
-    pub async fn save_series(&self, name: &str, series: Series) -> Result<Series, CatalogueError> {
-        let (store, name) = (self.attributes.series.clone(), name.to_string());
+    pub async fn save_series(
+        &self,
+        name: &SeriesName,
+        series: Series,
+    ) -> Result<Series, CatalogueError> {
+        let (store, name) = (self.attributes.series.clone(), name.clone());
         blocking(move || series_admin::save(&store, &name, series)).await
     }
 
     /// `POST /v1/series/{name}/hidden`.
     pub async fn set_series_hidden(
         &self,
-        name: &str,
+        name: &SeriesName,
         hidden: bool,
     ) -> Result<Series, CatalogueError> {
         let (store, name, output) = (
             self.attributes.series.clone(),
-            name.to_string(),
+            name.clone(),
             self.root.join("output"),
         );
         blocking(move || series_admin::set_hidden(&store, &output, &name, hidden)).await
@@ -560,20 +578,6 @@ fn run_failure(err: &RunError) -> CatalogueError {
     CatalogueError::new(code, message).with_cause(err)
 }
 
-/// The request's engine seed, checked before any work is done: with a blank input the
-/// explicit seed stands in for it (a record needs an input; upstream wrote none and failed
-/// with `500 metadata_invalid`, after generating the image), and a seed too short to select
-/// attributes is `400 invalid_input` (upstream: so was preview's, but generate's failed in
-/// the run as `502 provider_failed`).
-fn checked_seed(mut req: GenerateRequest) -> Result<(GenerateRequest, String), CatalogueError> {
-    let seed = normalize_seed(&req.input, req.seed.as_deref())?;
-    if req.input.trim().is_empty() {
-        req.input = seed.clone();
-    }
-    extended_seed(&seed).map_err(|e| CatalogueError::new(Code::InvalidInput, e.to_string()))?;
-    Ok((req, seed))
-}
-
 /// Does a stored record already hold what the request asks for (then it is answered as a
 /// cache hit instead of paying for the work again)?
 fn satisfies(meta: &ImageMetadata, req: &GenerateRequest) -> bool {
@@ -591,56 +595,4 @@ fn satisfies(meta: &ImageMetadata, req: &GenerateRequest) -> bool {
         && (!req.image || !meta.artifacts.generated.is_empty())
         && (!req.annotate || !meta.artifacts.annotated.is_empty())
         && backstyle_ok
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn request(input: &str, seed: Option<&str>) -> GenerateRequest {
-        GenerateRequest {
-            input: input.into(),
-            seed: seed.map(String::from),
-            ..GenerateRequest::default()
-        }
-    }
-
-    /// Found by schemathesis: `{"input":"","seed":"<64 hex>"}` ran the generation and then
-    /// failed to write its record (`500 metadata_invalid: image metadata input is required`).
-    #[test]
-    fn an_explicit_seed_stands_in_for_a_blank_input() {
-        let seed = "10da1b4746b8e55a163137edd37cc7e5796f84781b1e5e9994e9b73bbbb0da46";
-        let (req, got) = checked_seed(request(" ", Some(seed))).unwrap();
-        assert_eq!((req.input.as_str(), got.as_str()), (seed, seed));
-        let (req, got) = checked_seed(request("Wimp", Some(seed))).unwrap();
-        assert_eq!((req.input.as_str(), got.as_str()), ("Wimp", seed));
-        let (req, got) = checked_seed(request("Wimp", None)).unwrap();
-        assert_eq!(req.input, "Wimp");
-        assert_eq!(got, crate::attributes::selection::seed_from_input("Wimp"));
-    }
-
-    /// Found by schemathesis: a short explicit seed failed inside the run, as `502
-    /// provider_failed: generation failed: seed length is less than 66`.
-    #[test]
-    fn unusable_seeds_are_invalid_input() {
-        for (input, seed) in [
-            ("", None),
-            ("  ", Some(" ")),
-            ("a", Some("short")),
-            ("", Some("\u{a5}#")),
-        ] {
-            let err = checked_seed(request(input, seed)).unwrap_err();
-            assert_eq!(err.code, Code::InvalidInput, "{input:?} {seed:?}");
-            assert_eq!(err.code.http_status(), 400);
-        }
-        // 33 bytes before the first comma is the minimum (doubled, 66).
-        assert!(checked_seed(request("", Some(&"a".repeat(33)))).is_ok());
-        assert!(
-            checked_seed(request(
-                "",
-                Some(&format!("{},{}", "a".repeat(32), "b".repeat(40)))
-            ))
-            .is_err()
-        );
-    }
 }

@@ -1,14 +1,19 @@
-//! `GET /dalle/<series>/<address>[?generate=1|?remove]`: parsing and validation exactly as the
-//! Go server (clients rely on its error codes), then the generator's decision
+//! `GET /dalle/<series>/<address>[?generate=1|?remove]`: parsing and validation as the Go
+//! server (clients rely on its error codes), then the generator's decision
 //! ([`crate::run::Generator::handle`]) mapped to a response.
+//!
+//! Two deliberate differences: a `generate` value other than `1` is a 400 naming the accepted
+//! value (the Go server silently ignored `?generate=true` and started nothing), and a series
+//! name that could not name files ([`SeriesName::parse`]) is an `INVALID_SERIES` 400.
 
 use std::sync::Arc;
 
-use axum::extract::{Path, Request, State};
+use axum::extract::{Request, State};
 use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
+use super::extract::Path;
 use super::{ApiError, Envelope, ErrorCode, RequestId};
 use crate::app::AppState;
 use crate::domain::{Address, SeriesName};
@@ -30,10 +35,11 @@ pub async fn dalle(
     let generator = state.generator().map_err(ApiError::databases_unavailable)?;
     let (key, flags) = parse_request(
         request.uri().path(),
-        rest.as_deref().map_or("", String::as_str),
+        rest.as_ref().map_or("", |Path(rest)| rest.as_str()),
         request.uri().query(),
         |s| generator.attributes.series.contains(s),
     )?;
+    super::series::refuse_new_run_if_hidden(generator, &key, flags)?;
     let headers = request.headers();
     let outcome = Arc::clone(generator).handle(key, flags, rid.as_str()).await;
     Ok(match outcome {
@@ -71,7 +77,7 @@ pub fn parse_request(
     series_exists: impl Fn(&str) -> bool,
 ) -> Result<(RunKey, Flags), ApiError> {
     let key = parse_path(full_path, rest, series_exists)?;
-    Ok((key, parse_flags(query)))
+    Ok((key, parse_flags(query)?))
 }
 
 /// Split at the first `/`, lower-case both parts, validate series then address (in this order,
@@ -94,6 +100,13 @@ fn parse_path(
     if series.is_empty() {
         return Err(missing("series"));
     }
+    let name = SeriesName::parse(&series).map_err(|e| {
+        ApiError::bad_request(
+            ErrorCode::InvalidSeries,
+            "Invalid series name",
+            Some(e.to_string()),
+        )
+    })?;
     if !series_exists(&series) {
         return Err(ApiError::bad_request(
             ErrorCode::InvalidSeries,
@@ -111,7 +124,7 @@ fn parse_path(
             Some(e.to_string()),
         )
     })?;
-    Ok(RunKey::new(SeriesName::normalize(&series), address))
+    Ok(RunKey::new(name, address))
 }
 
 fn missing(name: &str) -> ApiError {
@@ -124,18 +137,32 @@ fn missing(name: &str) -> ApiError {
 
 pub use crate::domain::is_address;
 
-/// `generate` is true only for `generate=1` (its first value); `remove` for any presence.
-fn parse_flags(query: Option<&str>) -> Flags {
-    let pairs: Vec<(String, String)> = form_urlencoded::parse(query.unwrap_or("").as_bytes())
-        .into_owned()
-        .collect();
-    Flags {
-        generate: pairs
-            .iter()
-            .find(|(k, _)| k == "generate")
-            .is_some_and(|(_, v)| v == "1"),
-        remove: pairs.iter().any(|(k, _)| k == "remove"),
+/// `generate` is set by `generate=1`, and every `generate` must say `1`: anything else
+/// (`true`, `yes`, a bare `generate`) is a typo that would otherwise start nothing and
+/// answer as if all were well. `remove` is set by its presence with any value, as the Go
+/// server documented it.
+fn parse_flags(query: Option<&str>) -> Result<Flags, ApiError> {
+    let mut flags = Flags {
+        generate: false,
+        remove: false,
+    };
+    for (key, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        match &*key {
+            "generate" if value == "1" => flags.generate = true,
+            "generate" => {
+                return Err(ApiError::bad_request(
+                    ErrorCode::InvalidRequest,
+                    "Invalid generate value",
+                    Some(format!(
+                        "generate={value:?} is not accepted: use generate=1 to start a run"
+                    )),
+                ));
+            }
+            "remove" => flags.remove = true,
+            _ => {}
+        }
     }
+    Ok(flags)
 }
 
 #[cfg(test)]
@@ -188,18 +215,47 @@ mod tests {
     }
 
     #[test]
-    fn flags_follow_upstream() {
+    fn flags_take_generate_1_only_and_remove_with_any_value() {
         let f = |q: &str| {
-            let flags = parse_flags(Some(q));
+            let flags = parse_flags(Some(q)).unwrap();
             (flags.generate, flags.remove)
         };
+        assert_eq!(f(""), (false, false));
         assert_eq!(f("generate=1"), (true, false));
-        assert_eq!(f("generate"), (false, false));
-        assert_eq!(f("generate=true"), (false, false));
-        assert_eq!(f("generate=1&generate=0"), (true, false));
-        assert_eq!(f("generate=0&generate=1"), (false, false));
+        assert_eq!(f("generate=1&generate=1"), (true, false));
         assert_eq!(f("remove"), (false, true));
         assert_eq!(f("remove=0"), (false, true));
         assert_eq!(f("%zz=1&generate=1"), (true, false));
+        assert_eq!(f("other=yes"), (false, false));
+        for typo in [
+            "generate",
+            "generate=",
+            "generate=true",
+            "generate=yes",
+            "generate=0",
+            "generate=%201",
+            "generate=1&generate=0",
+            "generate=0&generate=1",
+        ] {
+            let err = format!("{:?}", parse_flags(Some(typo)).unwrap_err());
+            assert!(err.contains("InvalidRequest"), "{typo}: {err}");
+            assert!(err.contains("generate=1"), "{typo}: {err}");
+        }
+    }
+
+    #[test]
+    fn series_names_that_cannot_name_files_are_invalid_series() {
+        let long = format!("{}/{A}", "a".repeat(101));
+        for rest in [
+            long.as_str(),
+            &format!("cats.deleted/{A}"),
+            &format!("a\u{1}b/{A}"),
+        ] {
+            let err = parse_path("/dalle/x", rest, |_| true).unwrap_err();
+            assert!(
+                format!("{err:?}").contains("InvalidSeries"),
+                "{rest}: {err:?}"
+            );
+        }
     }
 }

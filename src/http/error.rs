@@ -125,6 +125,16 @@ pub enum ApiError {
     /// Anything else: the cause is logged once, the client sees a stable message.
     #[error("Internal server error")]
     Internal(String),
+    /// The request itself could not be read: a body too large (413), too slow (408) or
+    /// malformed, a path that is not UTF-8. The code is `INVALID_REQUEST`, or `invalid_input`
+    /// on `/v1` (`v1`); the connection is closed after a 408 or 413, whose body was not read.
+    #[error("{message}")]
+    Rejected {
+        status: StatusCode,
+        v1: bool,
+        message: String,
+        details: Option<String>,
+    },
     /// A `/v1` engine error: lower-case code, status by [`crate::catalogue::error::Code::http_status`], and the engine's
     /// own text (`<code>: <message>`) as the message.
     #[error("{0}")]
@@ -145,11 +155,13 @@ impl ApiError {
         }
     }
 
-    /// 503 for routes that need the attribute databases when they failed to load.
-    pub fn databases_unavailable(cause: &str) -> ApiError {
+    /// 503 for routes that need the attribute databases when they failed to load. The cause
+    /// names the file that failed (an absolute path), so it stays in the start-up log, where
+    /// it was written once.
+    pub fn databases_unavailable(_cause: &str) -> ApiError {
         ApiError::Unavailable {
             message: "Attribute databases unavailable".into(),
-            details: Some(format!("loading failed: {cause}")),
+            details: Some("loading failed at start-up; the server log says why".into()),
         }
     }
 
@@ -167,6 +179,7 @@ impl ApiError {
             ApiError::Catalogue(e) => StatusCode::from_u16(e.code.http_status())
                 .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            ApiError::Rejected { status, .. } => *status,
             ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Unavailable { .. } | ApiError::QueueFull(_) => {
@@ -179,6 +192,8 @@ impl ApiError {
     fn code(&self) -> &'static str {
         match self {
             ApiError::BadRequest { code, .. } => code.as_str(),
+            ApiError::Rejected { v1: true, .. } => ErrorCode::V1InvalidInput.as_str(),
+            ApiError::Rejected { v1: false, .. } => ErrorCode::InvalidRequest.as_str(),
             ApiError::NotFound { .. } => ErrorCode::NotFound.as_str(),
             ApiError::MethodNotAllowed { v1: true } => ErrorCode::V1InvalidInput.as_str(),
             ApiError::MethodNotAllowed { v1: false } => ErrorCode::InvalidRequest.as_str(),
@@ -193,9 +208,9 @@ impl ApiError {
 
     fn details(&self) -> Option<String> {
         match self {
-            ApiError::BadRequest { details, .. } | ApiError::Unavailable { details, .. } => {
-                details.clone()
-            }
+            ApiError::BadRequest { details, .. }
+            | ApiError::Unavailable { details, .. }
+            | ApiError::Rejected { details, .. } => details.clone(),
             ApiError::NotFound { details } => Some(details.clone()),
             ApiError::QueueFull(full) => Some(full.to_string()),
             ApiError::MethodNotAllowed { .. }
@@ -293,11 +308,23 @@ impl IntoResponse for ApiError {
             details: self.details(),
             cause,
         };
-        let mut response = self.status().into_response();
+        let status = self.status();
+        let mut response = status.into_response();
         if self.is_queue_full() {
             response.headers_mut().insert(
                 axum::http::header::RETRY_AFTER,
                 axum::http::HeaderValue::from(crate::run::QUEUE_FULL_RETRY_AFTER.as_secs()),
+            );
+        }
+        if matches!(
+            status,
+            StatusCode::PAYLOAD_TOO_LARGE | StatusCode::REQUEST_TIMEOUT
+        ) {
+            // The rest of the body is still on the wire: the connection cannot carry another
+            // request, and closing it frees what the client holds open.
+            response.headers_mut().insert(
+                axum::http::header::CONNECTION,
+                axum::http::HeaderValue::from_static("close"),
             );
         }
         response.extensions_mut().insert(pending);

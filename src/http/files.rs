@@ -4,11 +4,12 @@
 //! one `/dalle` applies (the path guard already rejected `..`, `//` and encoded slashes before
 //! any of this runs).
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::Response;
 
 use super::ApiError;
+use super::extract::Path;
 use crate::app::AppState;
 use crate::run::Lookup;
 use crate::storage::CachedFile;

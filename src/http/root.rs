@@ -1,6 +1,8 @@
-//! `GET /`: the plain-text list of endpoints, and the 404 fallback that points to it.
+//! `GET /`: the plain-text list of endpoints, the 404 fallback that points to it, and
+//! `/favicon.ico` (browsers ask for it on every page; a 404 there would fill `/errors` and
+//! the error counters with noise).
 
-use axum::http::header::CONTENT_TYPE;
+use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use axum::response::IntoResponse;
 
 use super::ApiError;
@@ -23,6 +25,20 @@ Endpoints:
 /// `GET /`.
 pub async fn endpoints() -> impl IntoResponse {
     ([(CONTENT_TYPE, "text/plain; charset=utf-8")], ENDPOINTS)
+}
+
+/// The icon, embedded (a 32×32 PNG inside an ICO container, a few hundred bytes).
+const FAVICON: &[u8] = include_bytes!("favicon.ico");
+
+/// `GET /favicon.ico`.
+pub async fn favicon() -> impl IntoResponse {
+    (
+        [
+            (CONTENT_TYPE, "image/x-icon"),
+            (CACHE_CONTROL, "public, max-age=86400"),
+        ],
+        FAVICON,
+    )
 }
 
 /// Any unknown path: a 404 envelope whose details list the endpoints (the Go server answered

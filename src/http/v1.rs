@@ -5,22 +5,27 @@
 //! Bodies are decoded leniently like the Go server: unknown fields are ignored and only the
 //! first JSON value is read; an empty or malformed body is `400 invalid_input`. Errors carry
 //! the engine's lower-case codes and their statuses ([`Code::http_status`]).
+//!
+//! Every identifier a route takes — series names, seeds, image ids — is parsed here into its
+//! [`crate::domain`] type, and the generate body is checked whole, so the catalogue below
+//! never sees a raw string for one and a bad request is refused before any work is done.
 
 use std::collections::HashMap;
 
-use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
-use axum::http::header::CONTENT_TYPE;
+use axum::extract::{Query, State};
+use axum::http::HeaderValue;
+use axum::http::header::{CONTENT_TYPE, LINK};
 use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use super::extract::{JsonBody, Path};
 use super::{ApiError, Envelope, RequestId};
 use crate::app::AppState;
 use crate::attributes::series::Series;
 use crate::catalogue::error::{CatalogueError, Code};
-use crate::catalogue::service::{Catalogue, GenerateRequest};
-use crate::domain::{Seed, SeriesName};
+use crate::catalogue::service::{Catalogue, DEFAULT_PAGE, GenerateRequest, MAX_PAGE, MAX_TEXT};
+use crate::domain::{ImageRef, Seed, SeriesName};
 
 /// The OpenAPI 3.1 description of this server, embedded.
 pub const OPENAPI: &str = include_str!("openapi.json");
@@ -49,13 +54,88 @@ fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     }
 }
 
+/// A client's series name, or `400 invalid_input` saying why it cannot be one.
+fn series_name(raw: &str) -> Result<SeriesName, ApiError> {
+    SeriesName::parse(raw).map_err(|e| invalid(&format!("invalid series name: {e}")))
+}
+
+/// A `1`-or-absent query flag: `1` is true, absence false, and any other value (`true`,
+/// `yes`, empty) a 400 naming the accepted one, rather than a silent false.
+fn query_flag(q: &HashMap<String, String>, name: &str) -> Result<bool, ApiError> {
+    match q.get(name).map(String::as_str) {
+        None => Ok(false),
+        Some("1") => Ok(true),
+        Some(other) => Err(invalid(&format!(
+            "invalid {name} value {other:?}: the accepted value is 1"
+        ))),
+    }
+}
+
 fn ok<T: Serialize>(data: T, rid: &RequestId) -> V1Result {
     Ok(Envelope::ok(data, rid).into_response())
 }
 
+/// The `POST /v1/images/generate` and `/preview` body as sent (unknown fields are ignored).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct GenerateBody {
+    input: String,
+    seed: Option<String>,
+    series: Option<String>,
+    recipe: Option<String>,
+    backstyle: Option<String>,
+    enhance: bool,
+    image: bool,
+    annotate: bool,
+    force: bool,
+}
+
+impl GenerateBody {
+    /// The request, or `400 invalid_input` for a text over [`MAX_TEXT`] bytes (each is kept in
+    /// the record) or a seed that cannot be used. `series` defaults to `empty`.
+    fn parse(self) -> Result<GenerateRequest, ApiError> {
+        let texts = [
+            ("input", Some(&self.input)),
+            ("recipe", self.recipe.as_ref()),
+            ("backstyle", self.backstyle.as_ref()),
+        ];
+        if let Some((name, _)) = texts
+            .iter()
+            .find(|(_, t)| t.is_some_and(|t| t.len() > MAX_TEXT))
+        {
+            return Err(invalid(&format!("{name} is longer than {MAX_TEXT} bytes")));
+        }
+        let seed = Seed::for_request(&self.input, self.seed.as_deref())
+            .map_err(|e| invalid(&e.to_string()))?;
+        let series = self
+            .series
+            .as_deref()
+            .map(str::trim)
+            .filter(|s| !s.is_empty());
+        Ok(GenerateRequest {
+            input: if self.input.trim().is_empty() {
+                seed.as_str().to_string()
+            } else {
+                self.input
+            },
+            seed,
+            series: series
+                .map(series_name)
+                .transpose()?
+                .unwrap_or_else(|| SeriesName::normalize("empty")),
+            recipe: self.recipe,
+            backstyle: self.backstyle,
+            enhance: self.enhance,
+            image: self.image,
+            annotate: self.annotate,
+            force: self.force,
+        })
+    }
+}
+
 /// `POST /v1/images/generate`.
-pub async fn generate(State(state): State<AppState>, rid: RequestId, body: Bytes) -> V1Result {
-    let request: GenerateRequest = decode(&body)?;
+pub async fn generate(State(state): State<AppState>, rid: RequestId, body: JsonBody) -> V1Result {
+    let request = decode::<GenerateBody>(&body)?.parse()?;
     ok(
         catalogue(&state)?.generate(request, rid.as_str()).await?,
         &rid,
@@ -63,19 +143,56 @@ pub async fn generate(State(state): State<AppState>, rid: RequestId, body: Bytes
 }
 
 /// `POST /v1/images/preview`.
-pub async fn preview(State(state): State<AppState>, rid: RequestId, body: Bytes) -> V1Result {
-    let request: GenerateRequest = decode(&body)?;
+pub async fn preview(State(state): State<AppState>, rid: RequestId, body: JsonBody) -> V1Result {
+    let request = decode::<GenerateBody>(&body)?.parse()?;
     ok(catalogue(&state)?.preview(request).await?, &rid)
 }
 
-/// `GET /v1/images[?series=]`.
+/// `GET /v1/images[?series=&limit=&after=]`: one page of records; when there are more, a
+/// `Link: <…>; rel="next"` header names the next page.
 pub async fn list_images(
     State(state): State<AppState>,
     rid: RequestId,
     Query(q): Query<HashMap<String, String>>,
 ) -> V1Result {
-    let series = q.get("series").filter(|s| !s.is_empty()).cloned();
-    ok(catalogue(&state)?.list_images(series).await?, &rid)
+    let given = |k: &str| q.get(k).map(|v| v.trim()).filter(|v| !v.is_empty());
+    let series = given("series").map(series_name).transpose()?;
+    let limit = match given("limit") {
+        None => DEFAULT_PAGE,
+        Some(v) => v
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=MAX_PAGE).contains(n))
+            .ok_or_else(|| invalid(&format!("limit must be an integer from 1 to {MAX_PAGE}")))?,
+    };
+    let after = given("after").map(str::to_string);
+    let page = catalogue(&state)?
+        .list_images(series.clone(), after, limit)
+        .await?;
+    let mut response = Envelope::ok(page.records, &rid).into_response();
+    if let Some(link) = page
+        .next
+        .and_then(|next| next_link(series.as_ref(), limit, &next))
+    {
+        response.headers_mut().insert(LINK, link);
+    }
+    Ok(response)
+}
+
+/// `</v1/images?…>; rel="next"` for the page after the `imageId` `after`.
+fn next_link(series: Option<&SeriesName>, limit: usize, after: &str) -> Option<HeaderValue> {
+    let mut query = form_urlencoded::Serializer::new(String::new());
+    if let Some(series) = series {
+        query.append_pair("series", series.as_str());
+    }
+    query.append_pair("limit", &limit.to_string());
+    query.append_pair("after", after);
+    HeaderValue::from_str(&format!("</v1/images?{}>; rel=\"next\"", query.finish())).ok()
+}
+
+/// An image id from the path.
+fn image_ref(raw: &str) -> Result<ImageRef, ApiError> {
+    ImageRef::parse(raw).map_err(|e| invalid(&e.to_string()))
 }
 
 /// `/v1/images/` with no id.
@@ -89,7 +206,7 @@ pub async fn get_image(
     rid: RequestId,
     Path(id): Path<String>,
 ) -> V1Result {
-    ok(catalogue(&state)?.get_image(&id).await?, &rid)
+    ok(catalogue(&state)?.get_image(&image_ref(&id)?).await?, &rid)
 }
 
 /// `DELETE /v1/images/{id}`.
@@ -98,7 +215,7 @@ pub async fn delete_image(
     rid: RequestId,
     Path(id): Path<String>,
 ) -> V1Result {
-    catalogue(&state)?.delete_image(&id).await?;
+    catalogue(&state)?.delete_image(&image_ref(&id)?).await?;
     ok(Deleted { deleted: true }, &rid)
 }
 
@@ -109,7 +226,9 @@ pub async fn regenerate(
     Path(id): Path<String>,
 ) -> V1Result {
     ok(
-        catalogue(&state)?.regenerate(&id, rid.as_str()).await?,
+        catalogue(&state)?
+            .regenerate(&image_ref(&id)?, rid.as_str())
+            .await?,
         &rid,
     )
 }
@@ -119,14 +238,17 @@ pub async fn export(
     State(state): State<AppState>,
     rid: RequestId,
     Path(id): Path<String>,
-    body: Bytes,
+    body: JsonBody,
 ) -> V1Result {
     let options = if body.is_empty() {
         serde_json::Value::Object(Default::default())
     } else {
         decode(&body)?
     };
-    ok(catalogue(&state)?.export(&id, options).await?, &rid)
+    ok(
+        catalogue(&state)?.export(&image_ref(&id)?, options).await?,
+        &rid,
+    )
 }
 
 #[derive(Debug, Serialize)]
@@ -134,17 +256,18 @@ struct Deleted {
     deleted: bool,
 }
 
-/// `GET /v1/series[?includeHidden=1|onlyHidden=1]`.
+/// `GET /v1/series[?includeHidden=1|onlyHidden=1]`: the admin's listing, so hidden series
+/// are shown (with `deleted: true`) when asked for; `/series` never lists them.
 pub async fn list_series(
     State(state): State<AppState>,
     rid: RequestId,
     Query(q): Query<HashMap<String, String>>,
 ) -> V1Result {
-    let flag = |k: &str| q.get(k).is_some_and(|v| v == "1");
-    ok(
-        catalogue(&state)?.list_series(flag("includeHidden"), flag("onlyHidden")),
-        &rid,
-    )
+    let (include, only) = (
+        query_flag(&q, "includeHidden")?,
+        query_flag(&q, "onlyHidden")?,
+    );
+    ok(catalogue(&state)?.list_series(include, only), &rid)
 }
 
 #[derive(Debug, Deserialize)]
@@ -158,17 +281,25 @@ pub async fn get_series(
     rid: RequestId,
     Path(name): Path<String>,
 ) -> V1Result {
+    let name = series_name(&name)?;
     ok(catalogue(&state)?.get_series(&name)?, &rid)
 }
 
-/// `PUT /v1/series/{name}`.
+/// `PUT /v1/series/{name}`. As upstream, a suffix in the body wins over the name in the path;
+/// unlike upstream, a blank name is refused rather than saved as `unknown`.
 pub async fn save_series(
     State(state): State<AppState>,
     rid: RequestId,
     Path(name): Path<String>,
-    body: Bytes,
+    body: JsonBody,
 ) -> V1Result {
+    series_name(&name)?;
     let series: Series = decode(&body)?;
+    let name = [series.suffix.as_str(), name.as_str()]
+        .into_iter()
+        .find(|s| !s.trim().is_empty())
+        .ok_or_else(|| invalid("series name is required"))
+        .and_then(series_name)?;
     ok(catalogue(&state)?.save_series(&name, series).await?, &rid)
 }
 
@@ -177,8 +308,9 @@ pub async fn set_series_hidden(
     State(state): State<AppState>,
     rid: RequestId,
     Path(name): Path<String>,
-    body: Bytes,
+    body: JsonBody,
 ) -> V1Result {
+    let name = series_name(&name)?;
     let Hidden { hidden } = decode(&body)?;
     ok(
         catalogue(&state)?.set_series_hidden(&name, hidden).await?,
@@ -237,7 +369,7 @@ pub async fn progress(
     rid: RequestId,
     Path((series, seed)): Path<(String, String)>,
 ) -> V1Result {
-    let (series, seed) = (SeriesName::normalize(&series), Seed::new(seed.trim()));
+    let (series, seed) = (series_name(&series)?, Seed::new(seed.trim()));
     ok(catalogue(&state)?.progress(series, seed)?, &rid)
 }
 

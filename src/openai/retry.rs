@@ -6,8 +6,14 @@
 //! counted in the metrics (the Go server never counted them). The loop
 //! returns the last error itself rather than wrapping it, so the user still reads
 //! `OpenAI API error (status N): …`.
+//!
+//! Each wait is also told to the [`RetryListener`] of the task making the call, if it has one
+//! ([`reporting_retries`]), so a run's progress can say it is waiting to retry. The client is
+//! shared by every run and a run is one task, so the listener is scoped to the task rather
+//! than passed through every client method.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use reqwest::header::HeaderMap;
@@ -76,6 +82,36 @@ impl Operation {
     }
 }
 
+/// A wait between two attempts, as a [`RetryListener`] is told of it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryWait {
+    pub operation: Operation,
+    /// The attempt that will run after the wait (2 for the first retry), 1-based.
+    pub next_attempt: u32,
+    /// Attempts allowed in total.
+    pub attempts: u32,
+    pub wait: Duration,
+    /// Why the previous attempt failed (the error's text).
+    pub reason: String,
+}
+
+/// Told of each retry wait when it starts (`Some`) and when the next attempt starts (`None`).
+pub type RetryListener = Arc<dyn Fn(Option<&RetryWait>) + Send + Sync>;
+
+tokio::task_local! {
+    static LISTENER: RetryListener;
+}
+
+/// Runs `future` with `listener` told of the retry waits of every OpenAI call it makes.
+pub async fn reporting_retries<F: Future>(listener: RetryListener, future: F) -> F::Output {
+    LISTENER.scope(listener, future).await
+}
+
+/// Tells the current task's listener, if there is one.
+fn tell(wait: Option<&RetryWait>) {
+    let _ = LISTENER.try_with(|listener| listener(wait));
+}
+
 impl RetryPolicy {
     /// The wait after failed attempt number `attempt` (1-based): `base · factor^(attempt−1)`
     /// capped at `max`, moved by up to ±25 % according to `jitter_unit` (0 → −25 %, 0.5 → none,
@@ -137,7 +173,15 @@ impl RetryPolicy {
                 "OpenAI call failed; retrying"
             );
             metrics.record_retry(operation.label());
+            tell(Some(&RetryWait {
+                operation,
+                next_attempt: number + 1,
+                attempts,
+                wait,
+                reason: error.to_string(),
+            }));
             tokio::time::sleep(wait).await;
+            tell(None);
             number += 1;
         }
     }
@@ -338,6 +382,50 @@ mod tests {
             count_attempts(Operation::Image, refused_by_breaker).await.0,
             1
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_task_s_listener_hears_each_wait_and_the_attempt_after_it() {
+        let heard = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = heard.clone();
+        let listener: RetryListener = Arc::new(move |wait: Option<&RetryWait>| {
+            let at = tokio::time::Instant::now();
+            log.lock().unwrap().push((at, wait.cloned()));
+        });
+        let start = tokio::time::Instant::now();
+        let metrics = Metrics::new().unwrap();
+        let calls = AtomicU32::new(0);
+        let policy = RetryPolicy {
+            max: Duration::from_secs(5),
+            ..RetryPolicy::default()
+        };
+        let retried = policy.run(Operation::Image, &metrics, || {
+            let n = calls.fetch_add(1, Ordering::SeqCst);
+            async move {
+                match n {
+                    0 => Err(OpenAiError::Api {
+                        status: 429,
+                        code: None,
+                        message: "boom".into(),
+                        retry_after: Some(Duration::from_secs(3)),
+                    }),
+                    _ => Ok(()),
+                }
+            }
+        });
+        reporting_retries(listener, retried).await.unwrap();
+        let heard = heard.lock().unwrap().clone();
+        let wait = RetryWait {
+            operation: Operation::Image,
+            next_attempt: 2,
+            attempts: 3,
+            wait: Duration::from_secs(3),
+            reason: api(429).to_string(),
+        };
+        let expected = vec![(start, Some(wait)), (start + Duration::from_secs(3), None)];
+        assert_eq!(heard, expected);
+        // Without a listener the loop works the same.
+        assert_eq!(count_attempts(Operation::Image, || api(503)).await.0, 3);
     }
 
     #[tokio::test(start_paused = true)]

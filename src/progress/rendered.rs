@@ -10,8 +10,9 @@
 use bytes::Bytes;
 use tokio::time::Instant;
 
+use super::estimate::Estimator;
 use super::snapshot::Run;
-use super::{PhaseStats, RunKey, Snapshot};
+use super::{RunKey, Snapshot};
 
 /// The four clock-driven fields with the values [`split`] renders them with.
 const CLOCK_FIELDS: &str =
@@ -76,7 +77,7 @@ impl SnapshotJson {
 pub(super) fn render(
     run: &mut Run,
     key: &RunKey,
-    stats: &PhaseStats,
+    estimator: Estimator<'_>,
     stats_version: u64,
     now: Instant,
 ) -> PolledSnapshot {
@@ -88,14 +89,14 @@ pub(super) fn render(
             && r.queue_position == position
     });
     if !current {
-        let mut snapshot = run.snapshot(key, stats, now);
+        let mut snapshot = run.snapshot(key, estimator, now);
         snapshot.queue_position = position;
         run.rendered = split(&snapshot, run.version, stats_version);
     }
     let json = match &run.rendered {
         Some(rendered) => {
-            let (phase_percent, phase_eta) = run.phase_progress(stats, now);
-            let (percent, eta) = run.overall_progress(stats, now);
+            let (phase_percent, phase_eta) = run.phase_progress(estimator, now);
+            let (percent, eta) = run.overall_progress(estimator, now);
             let mut clock = Vec::with_capacity(128);
             for (name, value) in [
                 ("\"percent\":", percent),
@@ -119,7 +120,7 @@ pub(super) fn render(
         // Only if the markers were not found (see `split`): serialise it all.
         None => SnapshotJson {
             before: Bytes::from(
-                serde_json::to_vec(&run.snapshot(key, stats, now)).unwrap_or_default(),
+                serde_json::to_vec(&run.snapshot(key, estimator, now)).unwrap_or_default(),
             ),
             clock: Bytes::new(),
             after: Bytes::new(),
@@ -150,7 +151,7 @@ fn split(snapshot: &Snapshot, run_version: u64, stats_version: u64) -> Option<Re
 #[cfg(test)]
 mod tests {
     use super::super::tests::key;
-    use super::super::{Phase, Progress, StartOutcome};
+    use super::super::{Phase, Progress, RetryWait, StartOutcome};
     use crate::attributes::dress::DalleDress;
     use std::time::Duration;
     use tokio::time::advance;
@@ -192,6 +193,17 @@ mod tests {
         }
         p.set_queue_position(&k, Some(3));
         same_bytes(&p, &k).await;
+        let wait = RetryWait {
+            operation: "image",
+            attempt: 2,
+            attempts: 3,
+            wait: Duration::from_secs(4),
+            reason: "a \"quoted\" reason".into(),
+        };
+        p.set_retrying(&k, Some(&wait));
+        same_bytes(&p, &k).await;
+        advance(Duration::from_millis(1500)).await;
+        same_bytes(&p, &k).await;
         p.complete(&k);
         same_bytes(&p, &k).await;
 
@@ -201,6 +213,12 @@ mod tests {
         p.transition(&other, Phase::ImageWait);
         advance(Duration::from_secs(5)).await;
         assert_eq!(p.start(&k, "req-3"), StartOutcome::Started);
+        same_bytes(&p, &k).await;
+        p.set_queue_position(&k, Some(2));
+        same_bytes(&p, &k).await;
+        advance(Duration::from_millis(900)).await;
+        same_bytes(&p, &k).await;
+        p.set_queue_position(&k, None);
         same_bytes(&p, &k).await;
         p.complete(&other);
         same_bytes(&p, &k).await;

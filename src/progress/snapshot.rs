@@ -1,5 +1,13 @@
 //! What one run records (phase timings, dress, outcome) and the [`Snapshot`] a client sees of
-//! it, with percent and ETA estimated from the phase averages exactly as the Go library does.
+//! it, with percent and ETA estimated from the phase averages as the Go library does, except:
+//! - a run waiting in the queue reads 0 %, and its ETA includes the expected wait (upstream
+//!   counted the wait as setup time, so queued runs read 60–70 % with an ETA of a second);
+//! - the queue wait never feeds setup's average, for the same reason;
+//! - phases without history use a prior duration ([`super::Priors`]);
+//! - a failed run keeps the percent it had reached (upstream counted the failed phase and
+//!   everything before it as done, often 100 %), a completed one reads 100 %;
+//! - percentages are rounded to one decimal;
+//! - a run waiting to retry a provider call says so (`retrying`), and its ETA includes the wait.
 //!
 //! Elapsed times come from `tokio::time::Instant` (so paused-clock tests are exact); the
 //! Unix-nanosecond fields are the run's wall-clock start plus the monotonic offset, so they
@@ -13,12 +21,13 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 use tokio::time::Instant;
 
-use super::{Phase, PhaseStats, RunKey, SharedDress};
+use super::estimate::{Estimator, one_decimal};
+use super::{Estimates, Phase, PhaseStats, RunKey, SharedDress};
 
 const NS_PER_SECOND: f64 = 1e9;
 
 /// A run's progress as served by `/dalle`: upstream's `ProgressReport` fields, every one
-/// always present, plus the additive `requestId` and `queuePosition`.
+/// always present, plus the additive `requestId`, `queuePosition` and `retrying`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Snapshot {
@@ -27,10 +36,11 @@ pub struct Snapshot {
     pub current_phase: Phase,
     /// When the run started, in Unix nanoseconds.
     pub started_ns: i64,
-    /// Overall progress, 0–100.
+    /// Overall progress, 0–100, one decimal; 0 while queued.
     pub percent: f64,
+    /// Seconds until the run is expected to finish, queue and retry waits included.
     pub eta_seconds: f64,
-    /// Progress through the current phase, 0–100.
+    /// Progress through the current phase, 0–100, one decimal.
     pub phase_percent: f64,
     #[serde(rename = "phaseETASeconds")]
     pub phase_eta_seconds: f64,
@@ -56,6 +66,39 @@ pub struct Snapshot {
     /// 1-based place in the queue while the run waits for a concurrency slot.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub queue_position: Option<usize>,
+    /// Present while the run waits to retry a failed provider call.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retrying: Option<Retrying>,
+}
+
+/// A retry wait of one of a run's provider calls, as the run's progress is told of it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryWait {
+    /// The call: `enhance`, `image` or `download`.
+    pub operation: &'static str,
+    /// The attempt that will run after the wait (2 for the first retry), 1-based.
+    pub attempt: u32,
+    /// Attempts allowed in total.
+    pub attempts: u32,
+    pub wait: Duration,
+    /// Why the previous attempt failed.
+    pub reason: String,
+}
+
+/// The snapshot's `retrying`: the wait a run is in before its next attempt.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Retrying {
+    pub operation: &'static str,
+    /// The attempt that will run after the wait (2 for the first retry), 1-based.
+    pub attempt: u32,
+    pub attempts: u32,
+    /// When the next attempt starts, in Unix nanoseconds.
+    pub until_ns: i64,
+    /// The whole wait, in seconds.
+    pub wait_seconds: f64,
+    /// Why the previous attempt failed.
+    pub reason: String,
 }
 
 /// Where a queued run stands, asked of the queue whenever a snapshot is taken. The queue
@@ -104,7 +147,11 @@ impl Snapshot {
     /// or `forget` and still owes the client a snapshot.
     pub fn empty(key: &RunKey) -> Snapshot {
         let now = Instant::now();
-        Run::new("", now).snapshot(key, &PhaseStats::default(), now)
+        let estimator = Estimator {
+            stats: &PhaseStats::default(),
+            estimates: &Estimates::default(),
+        };
+        Run::new("", now).snapshot(key, estimator, now)
     }
 }
 
@@ -145,6 +192,14 @@ pub(super) struct Run {
     pub(super) dress: Option<SharedDress>,
     /// Read at snapshot time, never stored as a number (see [`QueuePlace`]).
     queue_place: Option<QueuePlace>,
+    /// Since when the run waits in the queue, while it does.
+    queued_since: Option<Instant>,
+    /// Time spent in the queue before `queued_since` (a run can be requeued).
+    queued_for: Duration,
+    /// The retry wait the run is in, and when it ends.
+    retrying: Option<(Retrying, Instant)>,
+    /// Percent and ETA frozen when the run failed.
+    frozen: Option<(f64, f64)>,
     /// Counts changes (every [`super::Progress`] update), so a rendering knows it is current.
     pub(super) version: u64,
     /// The last JSON rendering of this run's snapshot (see [`super::rendered`]).
@@ -169,6 +224,10 @@ impl Run {
             cache_hit: false,
             dress: None,
             queue_place: None,
+            queued_since: None,
+            queued_for: Duration::ZERO,
+            retrying: None,
+            frozen: None,
             version: 0,
             rendered: None,
         }
@@ -191,26 +250,76 @@ impl Run {
     }
 
     /// Records the queue place; a queued run is still in `setup`, so leaving setup clears it.
-    pub(super) fn set_queue_place(&mut self, place: Option<QueuePlace>) {
-        if !self.done && self.current == Phase::Setup {
-            self.queue_place = place;
+    pub(super) fn set_queue_place(&mut self, place: Option<QueuePlace>, now: Instant) {
+        if self.done || self.current != Phase::Setup {
+            return;
+        }
+        match place {
+            Some(place) => {
+                self.queued_since.get_or_insert(now);
+                self.queue_place = Some(place);
+            }
+            None => self.leave_queue(now),
         }
     }
 
     /// The run's 1-based queue position now, while it waits for a slot.
     pub(super) fn queue_position(&self) -> Option<usize> {
-        self.queue_place.as_ref().and_then(QueuePlace::position)
+        self.queue_place
+            .as_ref()
+            .and_then(QueuePlace::position)
+            .filter(|_| !self.done && self.current == Phase::Setup)
     }
 
-    /// Ends the running current phase; returns its duration as a sample when `feed` and the
-    /// phase was really run (not skipped) and the run is not a cache hit.
+    fn leave_queue(&mut self, now: Instant) {
+        if let Some(since) = self.queued_since.take() {
+            self.queued_for += now.saturating_duration_since(since);
+        }
+        self.queue_place = None;
+    }
+
+    /// Records (or, with `None`, clears) the retry wait the run is in.
+    pub(super) fn set_retrying(&mut self, wait: Option<&RetryWait>, now: Instant) {
+        if self.done {
+            return;
+        }
+        self.retrying = wait.map(|w| {
+            let until = now + w.wait;
+            let retrying = Retrying {
+                operation: w.operation,
+                attempt: w.attempt,
+                attempts: w.attempts,
+                until_ns: self.unix_ns_at(Some(until)),
+                wait_seconds: w.wait.as_secs_f64(),
+                reason: w.reason.clone(),
+            };
+            (retrying, until)
+        });
+    }
+
+    /// Time spent in `phase` that was work: setup's time in the queue is not.
+    fn work_elapsed(&self, phase: Phase, now: Instant) -> Duration {
+        let elapsed = self.timings[phase.slot()].elapsed(now);
+        if phase != Phase::Setup {
+            return elapsed;
+        }
+        let queued = self.queued_for
+            + self
+                .queued_since
+                .map_or(Duration::ZERO, |since| now.saturating_duration_since(since));
+        elapsed.saturating_sub(queued)
+    }
+
+    /// Ends the running current phase; returns its working time as a sample when `feed` and
+    /// the phase was really run (not skipped) and the run is not a cache hit.
     fn end_current(&mut self, now: Instant, feed: bool) -> Sample {
+        let current = self.current;
+        let worked = self.work_elapsed(current, now);
         let cache_hit = self.cache_hit;
-        let t = &mut self.timings[self.current.slot()];
-        let started = t.started.filter(|_| t.ended.is_none())?;
+        let t = &mut self.timings[current.slot()];
+        t.started.filter(|_| t.ended.is_none())?;
         t.ended = Some(now);
-        (feed && !t.skipped && !cache_hit)
-            .then(|| (self.current, now.saturating_duration_since(started)))
+        (feed && !t.skipped && !cache_hit).then_some((current, worked))
     }
 
     /// Upstream's `Transition`: ends the current phase (if it differs), starts `phase` if it
@@ -219,6 +328,10 @@ impl Run {
         if self.done {
             return None;
         }
+        if phase != Phase::Setup {
+            self.leave_queue(now);
+        }
+        self.retrying = None;
         let sample = if self.current == phase {
             None
         } else {
@@ -227,9 +340,6 @@ impl Run {
         let next = &mut self.timings[phase.slot()];
         next.started.get_or_insert(now);
         self.current = phase;
-        if phase != Phase::Setup {
-            self.queue_place = None;
-        }
         sample
     }
 
@@ -257,10 +367,18 @@ impl Run {
     /// Fails the run. The phase it failed in is ended without a sample (a failure's duration
     /// says nothing about a normal run) and carries the message. Phases after it stay unset:
     /// they were not skipped, the run stopped.
-    pub(super) fn fail(&mut self, error: String, code: &'static str, now: Instant) {
+    pub(super) fn fail(
+        &mut self,
+        error: String,
+        code: &'static str,
+        estimator: Estimator<'_>,
+        now: Instant,
+    ) {
         if self.done {
             return;
         }
+        let (percent, _) = self.overall_progress(estimator, now);
+        self.frozen = Some((percent, 0.0));
         let _ = self.end_current(now, false);
         self.timings[self.current.slot()].error.clone_from(&error);
         self.error = error;
@@ -275,7 +393,8 @@ impl Run {
         self.current = terminal;
         self.done = true;
         self.finished_at = Some(now);
-        self.queue_place = None;
+        self.leave_queue(now);
+        self.retrying = None;
     }
 
     fn unix_ns_at(&self, at: Option<Instant>) -> i64 {
@@ -287,9 +406,14 @@ impl Run {
     }
 
     /// The run as a client sees it at `now`.
-    pub(super) fn snapshot(&self, key: &RunKey, stats: &PhaseStats, now: Instant) -> Snapshot {
-        let (phase_percent, phase_eta_seconds) = self.phase_progress(stats, now);
-        let (percent, eta_seconds) = self.overall_progress(stats, now);
+    pub(super) fn snapshot(
+        &self,
+        key: &RunKey,
+        estimator: Estimator<'_>,
+        now: Instant,
+    ) -> Snapshot {
+        let (phase_percent, phase_eta_seconds) = self.phase_progress(estimator, now);
+        let (percent, eta_seconds) = self.overall_progress(estimator, now);
         Snapshot {
             series: key.series.to_string(),
             address: key.subject.to_string(),
@@ -319,23 +443,28 @@ impl Run {
                 })
                 .collect(),
             dalle_dress: self.dress.clone(),
-            phase_averages: stats.averages().map(|(p, s)| (p, s.avg_ns)).collect(),
+            phase_averages: estimator
+                .stats
+                .averages()
+                .map(|(p, s)| (p, s.avg_ns))
+                .collect(),
             request_id: self.request_id.clone(),
             queue_position: self.queue_position(),
+            retrying: self.retrying.as_ref().map(|(r, _)| r.clone()),
         }
     }
 
     fn elapsed_ns(&self, phase: Phase, now: Instant) -> f64 {
-        self.timings[phase.slot()].elapsed(now).as_nanos() as f64
+        self.work_elapsed(phase, now).as_nanos() as f64
     }
 
-    /// Percent through the current work phase and its remaining seconds, from its average.
-    pub(super) fn phase_progress(&self, stats: &PhaseStats, now: Instant) -> (f64, f64) {
-        match average(stats, self.current) {
+    /// Percent through the current work phase and its remaining seconds, from its estimate.
+    pub(super) fn phase_progress(&self, estimator: Estimator<'_>, now: Instant) -> (f64, f64) {
+        match estimator.phase_ns(self.current) {
             Some(avg) if self.current.is_work() => {
                 let elapsed = self.elapsed_ns(self.current, now);
                 (
-                    (elapsed / avg * 100.0).min(100.0),
+                    one_decimal((elapsed / avg * 100.0).min(100.0)),
                     (avg - elapsed).max(0.0) / NS_PER_SECOND,
                 )
             }
@@ -343,42 +472,50 @@ impl Run {
         }
     }
 
-    /// Overall percent and ETA, as upstream computes them: the averages of the phases already
-    /// ended, plus the time spent in the current one (capped at its average), over the sum of
-    /// all work averages.
-    pub(super) fn overall_progress(&self, stats: &PhaseStats, now: Instant) -> (f64, f64) {
-        let total: f64 = Phase::WORK.iter().filter_map(|&p| average(stats, p)).sum();
+    /// Overall percent and ETA, as upstream computes them: the estimates of the phases already
+    /// ended, plus the time spent in the current one (capped at its estimate), over the sum of
+    /// all work estimates. Queued, failed and completed runs are the exceptions the module
+    /// documentation lists.
+    pub(super) fn overall_progress(&self, estimator: Estimator<'_>, now: Instant) -> (f64, f64) {
+        if let Some(frozen) = self.frozen {
+            return frozen;
+        }
+        if self.current == Phase::Completed {
+            return (100.0, 0.0);
+        }
+        let total = estimator.run_ns();
+        if let Some(position) = self.queue_position() {
+            let wait = estimator.queue_wait_seconds(position);
+            return (0.0, wait + total / NS_PER_SECOND);
+        }
+        let retry_wait = self.retrying.as_ref().map_or(0.0, |(_, until)| {
+            until.saturating_duration_since(now).as_secs_f64()
+        });
         if total <= 0.0 {
-            return (0.0, 0.0);
+            return (0.0, retry_wait);
         }
         let mut done = 0.0;
         for phase in Phase::ALL.into_iter().filter(|&p| p != Phase::Completed) {
             if phase == self.current {
                 let elapsed = self.elapsed_ns(phase, now);
-                done += average(stats, phase).map_or(elapsed, |avg| elapsed.min(avg));
+                done += estimator
+                    .phase_ns(phase)
+                    .map_or(elapsed, |avg| elapsed.min(avg));
                 break;
             }
             if self.timings[phase.slot()].ended.is_some() {
-                done += average(stats, phase).unwrap_or(0.0);
+                done += estimator.phase_ns(phase).unwrap_or(0.0);
             }
         }
-        // Upstream could exceed 100 % while in a phase that has no average yet, and a run
-        // still working read "100 %" once the known phases were behind it; a run in flight
-        // tops out at 99 % until it really completes.
+        // Upstream could exceed 100 % while in a phase that has no estimate, and a run still
+        // working read "100 %" once the known phases were behind it; a run in flight tops out
+        // at 99 % until it really completes.
         let cap = if self.current.is_work() { 99.0 } else { 100.0 };
         (
-            (done / total * 100.0).min(cap),
-            (total - done).max(0.0) / NS_PER_SECOND,
+            one_decimal((done / total * 100.0).min(cap)),
+            (total - done).max(0.0) / NS_PER_SECOND + retry_wait,
         )
     }
-}
-
-/// A phase's average in nanoseconds, if it has a positive one.
-fn average(stats: &PhaseStats, phase: Phase) -> Option<f64> {
-    stats
-        .avg_ns(phase)
-        .filter(|&avg| avg > 0)
-        .map(|avg| avg as f64)
 }
 
 /// Nanoseconds since the Unix epoch (0 for a clock set before 1970).
@@ -388,182 +525,4 @@ fn unix_ns(t: SystemTime) -> i64 {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::super::tests::{generate, key};
-    use super::super::{Progress, StartOutcome};
-    use super::*;
-    use crate::attributes::dress::DalleDress;
-    use tokio::time::advance;
-
-    const RETENTION: Duration = Duration::from_secs(60);
-    /// Work-phase durations (seconds) of the reference run: the averages sum to 20 s.
-    const REFERENCE: [u64; 7] = [1, 1, 2, 1, 10, 2, 3];
-
-    const PHASE_NAMES: &str = r#"["setup","base_prompts","enhance_prompt","image_prep","image_wait","image_download","annotate","failed","completed"]"#;
-
-    fn secs(s: u64) -> Duration {
-        Duration::from_secs(s)
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_run_in_flight_never_reads_100_percent() {
-        let p = Progress::in_memory(RETENTION);
-        let k = key("simple", 3);
-        let _ = p.start(&k, "r");
-        // The first run ever: once setup has an average and the run sits in a phase that has
-        // none, the known phases are all behind it. Upstream showed 100 % here.
-        p.transition(&k, Phase::BasePrompts);
-        advance(secs(1)).await;
-        p.transition(&k, Phase::ImageWait);
-        advance(secs(3)).await;
-        let snap = p.snapshot(&k).unwrap();
-        assert!(!snap.done);
-        assert_eq!(snap.percent, 99.0);
-        p.complete(&k);
-        assert_eq!(p.snapshot(&k).unwrap().percent, 100.0);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn percent_and_eta_in_the_middle_of_a_phase() {
-        let p = Progress::in_memory(RETENTION);
-        generate(&p, &key("simple", 1), REFERENCE).await;
-        let k = key("simple", 2);
-        let _ = p.start(&k, "r");
-        let at_start = p.snapshot(&k).unwrap();
-        assert_eq!((at_start.percent, at_start.eta_seconds), (0.0, 20.0));
-        // Same durations as the reference, so the averages stay exact while we go.
-        for (phase, s) in Phase::WORK.into_iter().zip(REFERENCE).take(4) {
-            p.transition(&k, phase);
-            advance(secs(s)).await;
-        }
-        p.transition(&k, Phase::ImageWait);
-        advance(secs(5)).await;
-        let snap = p.snapshot(&k).unwrap();
-        assert_eq!(snap.current_phase, Phase::ImageWait);
-        assert_eq!((snap.phase_index, snap.phase_count), (5, 7));
-        assert_eq!((snap.phase_percent, snap.phase_eta_seconds), (50.0, 5.0));
-        // done = 1 + 1 + 2 + 1 + 5 of 20 s
-        assert_eq!((snap.percent, snap.eta_seconds), (50.0, 10.0));
-        assert_eq!(snap.phase_averages.len(), 7);
-        let json = serde_json::to_value(&snap).unwrap();
-        assert_eq!(json["phaseAverages"]["image_wait"], 10_000_000_000_i64);
-
-        // Overrunning the average caps the phase at 100 % and its share of the total.
-        advance(secs(10)).await;
-        let late = p.snapshot(&k).unwrap();
-        assert_eq!((late.phase_percent, late.phase_eta_seconds), (100.0, 0.0));
-        assert_eq!((late.percent, late.eta_seconds), (75.0, 5.0));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn phase_index_counts_work_phases_from_one_and_is_zero_when_finished() {
-        let p = Progress::in_memory(RETENTION);
-        let k = key("simple", 1);
-        let _ = p.start(&k, "r");
-        for (i, phase) in Phase::WORK.into_iter().enumerate() {
-            p.transition(&k, phase);
-            assert_eq!(p.snapshot(&k).unwrap().phase_index, i + 1);
-        }
-        p.complete(&k);
-        let done = p.snapshot(&k).unwrap();
-        assert_eq!(
-            (done.phase_index, done.percent),
-            (0, 0.0),
-            "no averages yet"
-        );
-
-        let failed = key("simple", 2);
-        let _ = p.start(&failed, "r");
-        p.transition(&failed, Phase::ImageWait);
-        advance(secs(3)).await;
-        p.fail(
-            &failed,
-            "OpenAI API error (status 400): no".into(),
-            "provider_failed",
-        );
-        p.transition(&failed, Phase::Annotate); // ignored: the run is over
-        p.complete(&failed);
-        let snap = p.snapshot(&failed).unwrap();
-        assert_eq!((snap.phase_index, snap.current_phase), (0, Phase::Failed));
-        assert!(snap.done && !snap.cache_hit && snap.error == "OpenAI API error (status 400): no");
-        let wait = &snap.phases[Phase::ImageWait as usize];
-        assert!(wait.ended_ns - wait.started_ns == 3_000_000_000 && wait.error == snap.error);
-        let later = &snap.phases[Phase::Annotate as usize];
-        assert!(
-            later.started_ns == 0 && !later.skipped,
-            "not run; not skipped"
-        );
-    }
-
-    fn sorted_keys(value: &serde_json::Value) -> String {
-        let mut keys: Vec<&str> = value.as_object().unwrap().keys().map(|k| &**k).collect();
-        keys.sort_unstable();
-        keys.join(" ")
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn snapshot_json_has_exactly_the_documented_keys() {
-        let p = Progress::in_memory(RETENTION);
-        let k = key("simple", 1);
-        assert_eq!(p.start(&k, "req-1"), StartOutcome::Started);
-        let json = |p: &Progress| serde_json::to_value(p.snapshot(&k).unwrap()).unwrap();
-        let documented = "address cacheHit currentPhase dalleDress done error etaSeconds \
-                          percent phaseAverages phaseCount phaseETASeconds phaseIndex \
-                          phasePercent phases requestId series startedNs";
-        assert_eq!(sorted_keys(&json(&p)), documented);
-
-        p.set_queue_position(&k, Some(2));
-        let value = json(&p);
-        assert!(value["queuePosition"] == 2 && value["currentPhase"] == "setup");
-        assert!(value["dalleDress"].is_null() && value["error"] == "");
-        assert_eq!(value["phases"].to_string().matches("\"name\"").count(), 9);
-        assert_eq!(serde_json::to_string(&Phase::ALL).unwrap(), PHASE_NAMES);
-        assert!(
-            Phase::ALL
-                .into_iter()
-                .all(|p| Phase::from_name(p.as_str()) == Some(p))
-        );
-        let phase_keys = sorted_keys(&value["phases"][0]);
-        assert_eq!(phase_keys, "endedNs error name skipped startedNs");
-        assert_eq!(value["phases"][0]["startedNs"], value["startedNs"]);
-
-        p.set_queue_position(&k, None);
-        assert_eq!(sorted_keys(&json(&p)), documented);
-        p.set_queue_position(&k, Some(1));
-        p.transition(&k, Phase::BasePrompts);
-        assert_eq!(
-            sorted_keys(&json(&p)),
-            documented,
-            "left setup, left the queue"
-        );
-        p.set_dress(&k, DalleDress::default());
-        p.update_dress(&k, |d| d.image_url = "https://x/y.png".into());
-        assert_eq!(json(&p)["dalleDress"]["imageUrl"], "https://x/y.png");
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn unstarted_work_phases_are_skipped_at_completion() {
-        let p = Progress::in_memory(RETENTION);
-        let k = key("simple", 1);
-        let _ = p.start(&k, "r");
-        advance(secs(1)).await;
-        p.transition(&k, Phase::BasePrompts);
-        p.skip(&k, Phase::EnhancePrompt);
-        advance(secs(1)).await;
-        p.transition(&k, Phase::Annotate);
-        advance(secs(1)).await;
-        p.complete(&k);
-        let snap = p.snapshot(&k).unwrap();
-        for t in &snap.phases {
-            let ran = matches!(t.name, Phase::Setup | Phase::BasePrompts | Phase::Annotate);
-            let took = t.ended_ns - t.started_ns;
-            match t.name {
-                _ if ran => assert!(!t.skipped && took == 1_000_000_000, "{}", t.name),
-                Phase::Completed => assert!(!t.skipped && t.ended_ns > 0),
-                Phase::Failed => assert!(!t.skipped && t.started_ns == 0),
-                _ => assert!(t.skipped && t.started_ns > 0 && took == 0, "{}", t.name),
-            }
-        }
-        assert_eq!(snap.percent, 100.0, "skipped phases count as done");
-    }
-}
+mod tests;

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::estimate::{Estimates, Estimator};
 use super::snapshot::Sample;
 use super::{Phase, lock};
 
@@ -193,20 +194,35 @@ impl PhaseStats {
     }
 }
 
-/// The live stats with a change counter, so a writer knows whether the file is behind.
+/// The live stats with a change counter, so a writer knows whether the file is behind, and
+/// the configuration that estimates combine them with.
 #[derive(Debug, Default)]
 pub(super) struct Ledger {
     stats: PhaseStats,
     version: u64,
+    /// Not counted in `version`: it changes no saved or rendered byte, only the clock fields.
+    pub(super) estimates: Estimates,
 }
 
 impl Ledger {
     pub(super) fn new(stats: PhaseStats) -> Ledger {
-        Ledger { stats, version: 0 }
+        Ledger {
+            stats,
+            version: 0,
+            estimates: Estimates::default(),
+        }
     }
 
     pub(super) fn stats(&self) -> &PhaseStats {
         &self.stats
+    }
+
+    /// What snapshots estimate percent and ETA from.
+    pub(super) fn estimator(&self) -> Estimator<'_> {
+        Estimator {
+            stats: &self.stats,
+            estimates: &self.estimates,
+        }
     }
 
     /// The change counter; it starts at 0, which is also what the saver starts at.

@@ -19,7 +19,7 @@ use tokio::sync::Notify;
 use super::locks::{LockTable, Token};
 use crate::attributes::dress::DalleDress;
 use crate::progress::{
-    Phase, PolledSnapshot, Progress, QueuePlace, RunKey, Snapshot, StartOutcome,
+    Phase, PolledSnapshot, Progress, QueuePlace, RetryWait, RunKey, Snapshot, StartOutcome,
 };
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -200,6 +200,8 @@ pub trait RunRegistry: Send + Sync + fmt::Debug {
     fn in_flight(&self) -> Vec<Snapshot>;
     /// The runs that failed and are still retained (the gallery's failed cards).
     fn failed(&self) -> Vec<Snapshot>;
+    /// Records that a run waits to retry a provider call (`None`: the next attempt started).
+    fn set_retrying(&self, key: &RunKey, wait: Option<&RetryWait>);
 }
 
 impl RunRegistry for Progress {
@@ -250,6 +252,10 @@ impl RunRegistry for Progress {
     }
     fn failed(&self) -> Vec<Snapshot> {
         Progress::failed(self)
+    }
+
+    fn set_retrying(&self, key: &RunKey, wait: Option<&RetryWait>) {
+        Progress::set_retrying(self, key, wait);
     }
 }
 

@@ -41,7 +41,7 @@ pub fn rows(runs: &[Snapshot], now: SystemTime) -> Vec<String> {
             let elapsed =
                 short_duration((now_ns.saturating_sub(s.started_ns).max(0) / 1_000_000_000) as u64);
             [
-                s.current_phase.as_str().to_string(),
+                phase(s),
                 shorten(&s.address),
                 format!("{:5.1}%", s.percent),
                 eta,
@@ -81,6 +81,19 @@ pub fn rows(runs: &[Snapshot], now: SystemTime) -> Vec<String> {
         .collect()
 }
 
+/// The phase cell: `queued #3` while the run waits for a slot (it is in `setup`, but doing
+/// nothing), and the retry the run waits for, if any.
+fn phase(s: &Snapshot) -> String {
+    let name = match s.queue_position {
+        Some(position) => format!("queued #{position}"),
+        None => s.current_phase.as_str().to_string(),
+    };
+    match &s.retrying {
+        Some(r) => format!("{name} (retry {}/{})", r.attempt, r.attempts),
+        None => name,
+    }
+}
+
 /// `0xf503…179b` for long addresses.
 fn shorten(address: &str) -> String {
     let chars: Vec<char> = address.chars().collect();
@@ -105,6 +118,48 @@ fn short_duration(secs: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::{Address, SeriesName};
+    use crate::progress::{Estimates, Phase, Priors, RetryWait, RunKey};
+
+    fn key(n: u8) -> RunKey {
+        let address = Address::parse(&format!("0x{n:040x}")).unwrap();
+        RunKey::new(SeriesName::normalize("simple"), address)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn queued_runs_and_retry_waits_are_shown_as_such() {
+        let p = Progress::in_memory(Duration::from_secs(60))
+            .with_estimates(Estimates::new(Priors::live("dall-e-3", false), 1));
+        let (running, queued) = (key(1), key(2));
+        let _ = p.start(&running, "r1");
+        p.transition(&running, Phase::ImageWait);
+        let wait = RetryWait {
+            operation: "image",
+            attempt: 2,
+            attempts: 3,
+            wait: Duration::from_secs(8),
+            reason: "OpenAI API error (status 503): busy".into(),
+        };
+        p.set_retrying(&running, Some(&wait));
+        let _ = p.start(&queued, "r2");
+        p.set_queue_position(&queued, Some(1));
+        let now = SystemTime::now();
+        let rows = rows(&p.in_flight(), now);
+        // dall-e-3 without chat: 16.276 s a run; the queued one waits one run, then runs.
+        assert!(
+            rows[0].starts_with("image_wait (retry 2/3)  0x0000…0001"),
+            "{rows:?}"
+        );
+        assert!(
+            rows[0].contains("  24s  "),
+            "8 s of waiting, then 16 s: {rows:?}"
+        );
+        assert!(
+            rows[1].starts_with("queued #1               0x0000…0002"),
+            "{rows:?}"
+        );
+        assert!(rows[1].contains("  0.0%  32s  "), "{rows:?}");
+    }
 
     #[test]
     fn durations_and_addresses_are_compact() {

@@ -2,10 +2,11 @@
 
 use super::*;
 use crate::attributes::Attributes;
+use crate::attributes::selection::seed_from_input;
 
 fn sample() -> ImageMetadata {
     let attributes = Attributes::load(None, PathBuf::from("/nonexistent")).unwrap();
-    let seed = normalize_seed("hello world", None).unwrap();
+    let seed = seed_from_input("hello world");
     let series = attributes.series.get("simple").unwrap();
     let (dress, prompts) = attributes.dress_in(&seed, &series, None).unwrap();
     let manifest = crate::catalogue::manifest::from_databases(&attributes.databases);
@@ -156,26 +157,6 @@ fn series_hash_ignores_the_file_time_but_not_the_source() {
         ..series.clone()
     };
     assert_ne!(series_hash(&series), series_hash(&builtin));
-}
-
-#[test]
-fn normalize_seed_cases() {
-    let hashed = "b94d27b9934d3e08a52e52d7da7dabfac484efe37a5380ee9088f7ace2efcde9";
-    assert_eq!(normalize_seed("hello world", None).unwrap(), hashed);
-    assert_eq!(
-        normalize_seed("  hello world \n", Some("  ")).unwrap(),
-        hashed
-    );
-    assert_eq!(
-        normalize_seed("ignored", Some("  My Seed ")).unwrap(),
-        "My Seed"
-    );
-    assert_eq!(normalize_seed("", Some("s")).unwrap(), "s");
-    for input in ["", "   "] {
-        let err = normalize_seed(input, None).unwrap_err();
-        assert_eq!(err.code, Code::InvalidInput);
-        assert_eq!(err.to_string(), "invalid_input: input is required");
-    }
 }
 
 #[test]

@@ -12,6 +12,10 @@ fn suffixes(list: &[Series]) -> Vec<&str> {
     list.iter().map(|s| s.suffix.as_str()).collect()
 }
 
+fn n(name: &str) -> SeriesName {
+    SeriesName::normalize(name)
+}
+
 fn body(json: &str) -> Series {
     serde_json::from_str(json).unwrap()
 }
@@ -24,8 +28,8 @@ fn list_merges_shadows_sorts_and_filters_hidden() {
     assert!(suffixes(&builtins).contains(&"simple"));
     assert!(suffixes(&builtins).windows(2).all(|w| w[0] < w[1]));
 
-    save(&store, "zeta", body(r#"{"purpose":"z"}"#)).unwrap();
-    save(&store, "aardvark", body(r#"{"deleted":true}"#)).unwrap();
+    save(&store, &n("zeta"), body(r#"{"purpose":"z"}"#)).unwrap();
+    save(&store, &n("aardvark"), body(r#"{"deleted":true}"#)).unwrap();
     // A user file named like a built-in shadows it (only possible by hand: save refuses).
     std::fs::write(
         store.user_dir().join("simple.json"),
@@ -59,11 +63,11 @@ fn list_merges_shadows_sorts_and_filters_hidden() {
 #[test]
 fn get_normalises_and_prefers_the_user_series() {
     let (_dir, store) = store();
-    assert_eq!(get(&store, " Simple ").unwrap().source, "builtin");
-    save(&store, "Test Series", body(r#"{"last":7}"#)).unwrap();
-    let series = get(&store, "TEST SERIES").unwrap();
+    assert_eq!(get(&store, &n(" Simple ")).unwrap().source, "builtin");
+    save(&store, &n("Test Series"), body(r#"{"last":7}"#)).unwrap();
+    let series = get(&store, &n("TEST SERIES")).unwrap();
     assert_eq!((series.suffix.as_str(), series.last), ("test-series", 7));
-    let err = get(&store, "No Such").unwrap_err();
+    let err = get(&store, &n("No Such")).unwrap_err();
     assert_eq!(err.code, Code::SeriesNotFound);
     assert_eq!(
         err.to_string(),
@@ -76,7 +80,7 @@ fn save_writes_the_user_file_and_reads_it_back() {
     let (_dir, store) = store();
     let saved = save(
         &store,
-        "Test Series",
+        &n("Test Series"),
         body(r#"{"last":7,"purpose":"test"}"#),
     )
     .unwrap();
@@ -96,32 +100,28 @@ fn save_writes_the_user_file_and_reads_it_back() {
         !text.contains("source") && !text.contains("modifiedAt"),
         "{text}"
     );
-    assert_eq!(get(&store, "test-series").unwrap(), saved);
+    assert_eq!(get(&store, &n("test-series")).unwrap(), saved);
 
-    // As upstream: the body's suffix wins over the path name.
-    let other = save(&store, "path-name", body(r#"{"suffix":"Body Name"}"#)).unwrap();
+    // The name given wins over a suffix in the body (the handler picks the name).
+    let other = save(&store, &n("body-name"), body(r#"{"suffix":"other"}"#)).unwrap();
     assert_eq!(other.suffix, "body-name");
-    assert!(!store.user_dir().join("path-name.json").exists());
+    assert!(!store.user_dir().join("other.json").exists());
 
     // Saving again replaces the file.
-    let again = save(&store, "test-series", body(r#"{"last":8}"#)).unwrap();
+    let again = save(&store, &n("test-series"), body(r#"{"last":8}"#)).unwrap();
     assert_eq!((again.last, again.purpose.as_str()), (8, ""));
 }
 
 #[test]
-fn save_refuses_builtins_and_blank_or_hidden_names() {
+fn save_refuses_builtins_and_dot_names() {
     let (_dir, store) = store();
-    for (path, json) in [("Simple", "{}"), ("anything", r#"{"suffix":"EMPTY"}"#)] {
-        let err = save(&store, path, body(json)).unwrap_err();
-        assert_eq!(err.code, Code::SeriesInvalid, "{path} {json}");
+    for name in ["Simple", "EMPTY"] {
+        let err = save(&store, &n(name), body("{}")).unwrap_err();
+        assert_eq!(err.code, Code::SeriesInvalid, "{name}");
         assert_eq!(err.message, "cannot modify built-in series");
     }
     assert_eq!(
-        save(&store, "  ", body("{}")).unwrap_err().code,
-        Code::InvalidInput
-    );
-    assert_eq!(
-        save(&store, ".hidden", body("{}")).unwrap_err().code,
+        save(&store, &n(".hidden"), body("{}")).unwrap_err().code,
         Code::InvalidInput
     );
     assert!(
@@ -130,45 +130,62 @@ fn save_refuses_builtins_and_blank_or_hidden_names() {
 }
 
 #[test]
-fn hiding_sets_the_flag_and_moves_the_output_dir_both_ways() {
+fn hiding_sets_the_flag_and_leaves_the_images_in_place() {
     let (dir, store) = store();
     let output = dir.path().join("output");
     std::fs::create_dir_all(output.join("mine/annotated")).unwrap();
     std::fs::write(output.join("mine/annotated/a.png"), "png").unwrap();
-    save(&store, "Mine", body(r#"{"last":3}"#)).unwrap();
+    save(&store, &n("Mine"), body(r#"{"last":3}"#)).unwrap();
 
-    let hidden = set_hidden(&store, &output, "MINE", true).unwrap();
+    let hidden = set_hidden(&store, &output, &n("MINE"), true).unwrap();
     assert!(hidden.deleted);
     assert_eq!(hidden.last, 3, "the rest of the series is kept");
-    assert!(!output.join("mine").exists());
-    assert!(output.join("mine.deleted/annotated/a.png").exists());
+    assert!(output.join("mine/annotated/a.png").exists(), "still served");
+    assert!(!output.join("mine.deleted").exists());
     assert!(!suffixes(&list(&store, false, false)).contains(&"mine"));
     assert_eq!(suffixes(&list(&store, false, true)), ["mine"]);
 
-    let shown = set_hidden(&store, &output, "mine", false).unwrap();
+    let shown = set_hidden(&store, &output, &n("mine"), false).unwrap();
     assert!(!shown.deleted);
     assert!(output.join("mine/annotated/a.png").exists());
-    assert!(!output.join("mine.deleted").exists());
 
     // No output directory at all is fine.
-    save(&store, "bare", body("{}")).unwrap();
-    assert!(set_hidden(&store, &output, "bare", true).unwrap().deleted);
+    save(&store, &n("bare"), body("{}")).unwrap();
+    assert!(
+        set_hidden(&store, &output, &n("bare"), true)
+            .unwrap()
+            .deleted
+    );
+}
+
+#[test]
+fn unhiding_moves_back_a_folder_parked_by_an_older_server() {
+    let (dir, store) = store();
+    let output = dir.path().join("output");
+    std::fs::create_dir_all(output.join("old.deleted/annotated")).unwrap();
+    std::fs::write(output.join("old.deleted/annotated/a.png"), "png").unwrap();
+    save(&store, &n("old"), body(r#"{"deleted":true}"#)).unwrap();
+    set_hidden(&store, &output, &n("old"), false).unwrap();
+    assert!(output.join("old/annotated/a.png").exists());
+    assert!(!output.join("old.deleted").exists());
 }
 
 #[test]
 fn hiding_refuses_builtins_and_unknown_series() {
     let (dir, store) = store();
     let output = dir.path().join("output");
-    let err = set_hidden(&store, &output, "simple", true).unwrap_err();
+    let err = set_hidden(&store, &output, &n("simple"), true).unwrap_err();
     assert_eq!(err.code, Code::SeriesInvalid);
     assert_eq!(
-        set_hidden(&store, &output, "ghost", true).unwrap_err().code,
+        set_hidden(&store, &output, &n("ghost"), true)
+            .unwrap_err()
+            .code,
         Code::SeriesNotFound
     );
     std::fs::create_dir_all(store.user_dir()).unwrap();
     std::fs::write(store.user_dir().join("broken.json"), "{").unwrap();
     assert_eq!(
-        set_hidden(&store, &output, "broken", true)
+        set_hidden(&store, &output, &n("broken"), true)
             .unwrap_err()
             .code,
         Code::SeriesNotFound
@@ -185,12 +202,12 @@ async fn writes_are_seen_by_every_clone_at_once() {
     );
     // The server saves on a clone of the store (on a blocking thread).
     let admin = store.clone();
-    save(&admin, "fresh", body(r#"{"purpose":"p"}"#)).unwrap();
+    save(&admin, &n("fresh"), body(r#"{"purpose":"p"}"#)).unwrap();
     assert!(store.contains("fresh"), "no wait for the periodic check");
     assert_eq!(store.get("fresh").unwrap().purpose, "p");
 
-    set_hidden(&admin, &output, "fresh", true).unwrap();
+    set_hidden(&admin, &output, &n("fresh"), true).unwrap();
     assert!(store.get("fresh").unwrap().deleted);
-    save(&admin, "fresh", body(r#"{"purpose":"q"}"#)).unwrap();
+    save(&admin, &n("fresh"), body(r#"{"purpose":"q"}"#)).unwrap();
     assert_eq!(store.get("fresh").unwrap().purpose, "q");
 }
