@@ -4,6 +4,7 @@
 //! limit and drives the pipeline on a tokio task.
 
 pub mod coordination;
+pub mod journal;
 mod locks;
 mod pipeline;
 pub mod status;
@@ -18,6 +19,7 @@ use tokio::sync::{Semaphore, watch};
 use crate::attributes::Attributes;
 use crate::attributes::dress::DalleDress;
 use crate::budget::{self, Budget, Exhausted, Micros, Prices, Reservation};
+use crate::domain::SeriesName;
 use crate::metrics::Metrics;
 use crate::openai::OpenAiClient;
 use crate::openai::retry;
@@ -27,6 +29,7 @@ pub use coordination::{
     HeldLease, Leases, LocalLeases, LocalQueue, QUEUE_FULL_RETRY_AFTER, QueueFull, RunQueue,
     RunRegistry,
 };
+pub use journal::Journal;
 pub use locks::{LockTable, Token};
 pub use store::{ArtifactStore, DiskStore, Lookup};
 
@@ -149,6 +152,13 @@ impl JobOptions {
             && self.backstyle == wanted.backstyle
             && (wanted.enhanced.is_none() || self.enhanced == wanted.enhanced)
     }
+
+    /// Whether the run is whole without its caller: a `/dalle` run writes every artifact and
+    /// nobody waits for it (a `/v1` caller writes the record). Only these are journaled to be
+    /// resumed after a restart.
+    pub fn is_detached(&self) -> bool {
+        self.artifacts == Artifacts::ALL
+    }
 }
 
 /// What a finished run produced.
@@ -224,17 +234,30 @@ pub struct Generator {
     /// one run (a queued run holds no lease), for callers that wait (the `/v1` API) and for
     /// deciding whether a caller can join a run.
     running: Mutex<HashMap<RunKey, InFlight>>,
+    /// Every live run, for a drain that loses no paid work, and the durable queue of
+    /// `/dalle` runs a restart resumes ([`journal`]).
+    pub(crate) journal: Arc<Journal>,
     /// The spending caps every new paid run is admitted against, and the image prices.
     pub(crate) budget: Arc<dyn Budget>,
     pub(crate) prices: Prices,
 }
 
+/// What a new run was admitted with: its place in the queue, and what it reserved of the
+/// budget (given back if it ends before its image request).
+#[derive(Debug)]
+struct Admitted {
+    admission: coordination::Admission,
+    reservation: Option<Reservation>,
+}
+
 /// Why no run was started.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refused {
     /// The queue is full.
+    #[error("{0}")]
     QueueFull(QueueFull),
     /// The run's image would exceed a spending cap.
+    #[error("{0}")]
     Budget(Exhausted),
 }
 
@@ -255,6 +278,8 @@ pub enum Outcome {
     QueueFull(QueueFull),
     /// No run was started: its image would exceed a spending cap.
     BudgetExhausted(Exhausted),
+    /// A new run was asked for while the server drains for a shutdown.
+    ShuttingDown,
 }
 
 /// The parsed flags of a `/dalle` request.
@@ -306,7 +331,56 @@ impl Generator {
                 Arc::new(budget::SystemClock),
             )),
             prices: Prices::built_in(),
+            journal: Arc::new(Journal::in_memory()),
         }
+    }
+
+    /// This generator, journaling its runs in `journal` instead of in memory only.
+    pub fn with_journal(mut self, journal: Arc<Journal>) -> Generator {
+        self.journal = journal;
+        self
+    }
+
+    /// The run journal: the drain's view of live runs.
+    pub fn journal(&self) -> &Arc<Journal> {
+        &self.journal
+    }
+
+    /// Starts the runs a previous process left in the journal, in their arrival order; a run
+    /// whose image is already stored (it completed just before a crash) is dropped. Returns
+    /// how many were started.
+    pub fn resume(self: &Arc<Self>, entries: Vec<journal::Entry>) -> usize {
+        let mut started = 0;
+        for entry in entries {
+            let series = SeriesName::normalize(&entry.series);
+            let address = match crate::domain::Address::parse(&entry.subject) {
+                Ok(address) if self.attributes.series.contains(series.as_str()) => address,
+                _ => {
+                    tracing::warn!(series = %entry.series, subject = %entry.subject, "dropping a queued run whose series or address is no longer valid");
+                    self.journal.discard(&entry);
+                    continue;
+                }
+            };
+            let key = RunKey::new(series, address);
+            let (kind, ext) = ANNOTATED;
+            if !matches!(self.store.lookup(&key, kind, ext), Lookup::Absent) {
+                self.journal.discard(&entry);
+                continue;
+            }
+            let options = JobOptions {
+                enhanced: entry.enhanced,
+                ..JobOptions::dalle()
+            };
+            match self.start_job(key, options, &entry.request_id) {
+                Ok((_, _, true)) => started += 1,
+                Ok(_) => {}
+                // Kept in the journal: the next start tries again.
+                Err(refused) => {
+                    tracing::warn!(%refused, "a queued run was refused; it waits for the next start")
+                }
+            }
+        }
+        started
     }
 
     /// The `/dalle` decision table, the only copy of it: what one request means given the
@@ -323,7 +397,8 @@ impl Generator {
         // frequent request) needs no store call. Otherwise one lookup, which the local store
         // answers without blocking (one stat, from the kernel's inode cache: a trip to the
         // blocking pool costs more than the call); an unchanged image comes from memory.
-        if !self.is_in_flight(&key) {
+        let in_flight = self.is_in_flight(&key);
+        if !in_flight {
             let (kind, ext) = ANNOTATED;
             let found = match self.store.lookup(&key, kind, ext) {
                 Lookup::Cached(file) => Some(Some(file)),
@@ -358,6 +433,13 @@ impl Generator {
                 } else {
                     Outcome::Progress(polled.json)
                 }
+            }
+            // The run completed between the check above and this poll (the store was not
+            // asked): its final snapshot is the answer, not `{}` and never a second run.
+            Some(polled) if in_flight && !flags.remove => Outcome::Progress(polled.json),
+            // A drain starts no new run (it would be lost or stopped at once).
+            _ if flags.generate && !flags.remove && self.journal.is_draining() => {
+                Outcome::ShuttingDown
             }
             // Completed but the file is gone (removed behind our back): as if there were no run.
             _ if flags.generate && !flags.remove => match self.start(key, request_id) {
@@ -521,9 +603,15 @@ impl Generator {
         }
         let snapshot = self.snapshot_of(&key);
         let this = Arc::clone(self);
+        // Admitted before the task is spawned, so a drain starting now already waits for it.
+        let ticket = self.journal.admit(&key, options.is_detached(), request_id);
         let request_id = request_id.to_string();
         tokio::spawn(async move {
-            this.run(key, admission, tx, options, request_id, reservation)
+            let admitted = Admitted {
+                admission,
+                reservation,
+            };
+            this.run(key, admitted, tx, options, request_id, ticket)
                 .await;
         });
         Ok((snapshot, outcome, true))
@@ -552,6 +640,9 @@ impl Generator {
             let (mut outcome, ours) = match joinable {
                 Some((rx, true)) => (rx, true),
                 Some((rx, false)) => (rx, false),
+                None if self.journal.is_draining() => {
+                    return Err(Arc::new(RunError::ShuttingDown));
+                }
                 None => {
                     let started = self.start_job(key.clone(), options.clone(), request_id);
                     match started {
@@ -605,12 +696,16 @@ impl Generator {
     async fn run(
         self: Arc<Self>,
         key: RunKey,
-        admission: coordination::Admission,
+        admitted: Admitted,
         outcome: watch::Sender<Option<RunResult>>,
         options: JobOptions,
         request_id: String,
-        reservation: Option<Reservation>,
+        mut ticket: journal::Ticket,
     ) {
+        let Admitted {
+            admission,
+            reservation,
+        } = admitted;
         let span = tracing::info_span!("generation", request_id = %request_id, series = %key.series, subject = %key.subject);
         // Whatever happens to this task, the key is not left registered as running.
         let _registered = Registered {
@@ -618,11 +713,22 @@ impl Generator {
             key: &key,
             outcome: outcome.subscribe(),
         };
-        let Some(_slot) = admission.turn.await else {
+        ticket.record().await;
+        let slot = admission.turn.await;
+        // A drain lets no queued run start: it stays journaled for the next start, and its
+        // snapshot stays as it was (the run is not over).
+        let draining = self.journal.is_draining();
+        let Some(_slot) = slot.filter(|_| !draining) else {
+            if draining {
+                self.finish(&key, &outcome, Err(Arc::new(RunError::ShuttingDown)));
+                ticket.end(journal::End::Stopped).await;
+                return;
+            }
             // The local queue is never shut down; answer waiters anyway.
             let closed = RunError::Task("generation slots closed".into());
             self.progress.fail(&key, closed.to_string(), closed.code());
             self.finish(&key, &outcome, Err(Arc::new(closed)));
+            ticket.end(journal::End::Failed).await;
             return;
         };
         self.progress.set_queue_place(&key, None);
@@ -634,7 +740,7 @@ impl Generator {
         let work = tracing::Instrument::instrument(
             retry::reporting_retries(
                 listener,
-                pipeline::run(&self, &key, &lease, &options, reservation),
+                pipeline::run(&self, &key, &lease, &options, &mut ticket, reservation),
             ),
             span.clone(),
         );
@@ -657,6 +763,15 @@ impl Generator {
                 );
                 Err(Arc::new(RunError::Superseded))
             }
+            Err(RunError::ShuttingDown) => {
+                // A `/dalle` run stays journaled for the next start; a `/v1` caller retries.
+                let resumes_at_start = options.is_detached();
+                tracing::info!(
+                    resumes_at_start,
+                    "stopped before its image request for the shutdown"
+                );
+                Err(Arc::new(RunError::ShuttingDown))
+            }
             Err(err) => {
                 self.metrics
                     .generations
@@ -672,8 +787,14 @@ impl Generator {
             }
         };
         self.leases.release(&key, lease.token());
+        let end = match &reported {
+            Ok(_) => journal::End::Completed,
+            Err(err) if matches!(**err, RunError::ShuttingDown) => journal::End::Stopped,
+            Err(_) => journal::End::Failed,
+        };
         self.finish(&key, &outcome, reported);
         self.drop_gate(&key);
+        ticket.end(end).await;
     }
 
     /// Ends a run for its waiters: it leaves the registry of running keys first, so a waiter

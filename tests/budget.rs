@@ -13,10 +13,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Options, Process, Running, Server};
+use common::{Options, Process, Running, Server, image_requests};
 use serde_json::{Value, json};
 use wiremock::matchers::{method, path};
-use wiremock::{Mock, MockServer, Request};
+use wiremock::{Mock, MockServer};
 
 const A: &str = "0xf503017d7baf7fbc0fff7492b751025c6a78179b";
 const B: &str = "0x054993ab0f2b1acc0fdc65405ee203b4271bebe6";
@@ -60,15 +60,6 @@ fn live(mock: &MockServer, args: &[&str]) -> Options {
 
 async fn openai_requests(mock: &MockServer) -> usize {
     mock.received_requests().await.unwrap_or_default().len()
-}
-
-async fn image_requests(mock: &MockServer) -> usize {
-    mock.received_requests()
-        .await
-        .unwrap_or_default()
-        .iter()
-        .filter(|r: &&Request| r.url.path().ends_with("/images/generations"))
-        .count()
 }
 
 /// `?generate=1` for `address`: the status, the `Retry-After` header and the body.

@@ -565,6 +565,7 @@ fn run_failure(err: &RunError) -> CatalogueError {
         "storage_full" => Code::StorageFull,
         "queue_full" => Code::QueueFull,
         "budget_exhausted" => Code::BudgetExhausted,
+        "shutting_down" => Code::ShuttingDown,
         _ => Code::Internal,
     };
     let message = match code {
@@ -573,6 +574,7 @@ fn run_failure(err: &RunError) -> CatalogueError {
         Code::StorageFull => "the server's disk is full; nothing was saved",
         Code::QueueFull => "the generation queue is full; retry later",
         Code::BudgetExhausted => "the spending cap is reached; nothing was started",
+        Code::ShuttingDown => "the server is shutting down; retry after Retry-After",
         _ => "the generation failed",
     };
     let failure = CatalogueError::new(code, message).with_cause(err);

@@ -54,6 +54,18 @@ pub async fn dalle(
         Outcome::Image(file) => super::file::respond(&file, headers, "image/png"),
         Outcome::QueueFull(full) => return Err(ApiError::QueueFull(full)),
         Outcome::BudgetExhausted(exhausted) => return Err(ApiError::BudgetExhausted(exhausted)),
+        Outcome::ShuttingDown => {
+            let mut response = ApiError::Unavailable {
+                message: "Server is shutting down".into(),
+                details: Some(
+                    "no new generation starts while the server drains; retry after Retry-After"
+                        .into(),
+                ),
+            }
+            .into_response();
+            super::error::add_drain_retry_after(&mut response);
+            response
+        }
     })
 }
 
