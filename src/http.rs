@@ -8,6 +8,7 @@
 //! request that cannot be read gets an envelope too, and a body is bounded by `--max-body`
 //! and a 10 s read timeout whatever the route's handler timeout.
 
+mod auth;
 mod chunks;
 pub mod dalle;
 pub mod error;
@@ -43,6 +44,8 @@ pub fn router(state: AppState) -> Router {
         .route("/dalle/{*rest}", get(dalle::dalle))
         .route("/files/{*path}", get(files::files))
         .route("/preview", get(preview::preview))
+        .route("/preview.js", get(preview::script))
+        .route("/preview.css", get(preview::style))
         .route("/openapi.json", get(v1::openapi))
         .route("/health", get(health::health))
         .route("/livez", get(health::livez))
@@ -50,10 +53,15 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics::metrics))
         .route("/errors", get(errors::errors))
         .route_layer(TimeoutLayer(REQUEST_TIMEOUT));
-    Router::new()
+    let mut router = Router::new()
         .merge(legacy)
         .nest("/v1", v1_routes())
-        .fallback(root::not_found)
+        .fallback(root::not_found);
+    // Inside the request layer, so a preflight is logged and counted like any request.
+    if let Some(cors) = auth::cors_layer(&state.config.cors_origins) {
+        router = router.layer(cors);
+    }
+    router
         .layer(ObserveLayer::new(state.clone()))
         .with_state(state)
 }

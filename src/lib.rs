@@ -19,10 +19,12 @@
 //!   domain — databases, series, selection, prompts.
 //! - [`storage`]: the data directory, atomic writes and the file cache.
 //! - [`config`], [`telemetry`]: flags, environment, `.env`; logging.
+//! - [`auth`]: the API keys file and bearer tokens (the router decides what needs one).
 
 pub mod annotate;
 pub mod app;
 pub mod attributes;
+pub mod auth;
 pub mod catalogue;
 pub mod config;
 pub mod domain;

@@ -52,6 +52,8 @@ pub struct Metrics {
     pub generations: IntCounterVec,
     /// `?generate=1` requests answered from an existing image.
     pub cache_hits: IntCounter,
+    /// Requests refused 401 for want of a valid API key (missing and wrong alike).
+    pub auth_failures: IntCounter,
     ledger: Mutex<Ledger>,
 }
 
@@ -213,6 +215,11 @@ impl Metrics {
                 &r,
                 "cache_hits_total",
                 "Generate requests answered from an existing image",
+            )?,
+            auth_failures: counter(
+                &r,
+                "auth_failures_total",
+                "Requests refused 401 because they needed an API key and had no valid one",
             )?,
             generations_in_flight,
             breaker_state,

@@ -240,6 +240,8 @@ pub enum Outcome {
     Removed(String),
     /// No run was started: the queue is full.
     QueueFull(QueueFull),
+    /// Nothing was started or removed: the request needs a key ([`Flags::authorized`]).
+    Unauthorized,
 }
 
 /// The parsed flags of a `/dalle` request.
@@ -247,6 +249,10 @@ pub enum Outcome {
 pub struct Flags {
     pub generate: bool,
     pub remove: bool,
+    /// The caller may start a run and remove images: it sent a valid API key, or no keys
+    /// are configured. Checked here, where a run would start, so a cache hit, a poll and
+    /// joining a run in flight never need one.
+    pub authorized: bool,
 }
 
 /// Settings the generator takes from the configuration.
@@ -299,6 +305,11 @@ impl Generator {
     /// | absent | failed | its snapshot | its snapshot (no retry) | forgets the run |
     /// | absent | none or completed | `{}` | starts a run (refused when the queue is full) | `{}` |
     pub async fn handle(self: &Arc<Self>, key: RunKey, flags: Flags, request_id: &str) -> Outcome {
+        // Removing changes data whatever is stored, so it needs a key before anything is
+        // looked at (an answer must not tell an anonymous caller what exists).
+        if flags.remove && !flags.authorized {
+            return Outcome::Unauthorized;
+        }
         // A run in flight answers its snapshot whatever is stored, so a poll (the most
         // frequent request) needs no store call. Otherwise one lookup, which the local store
         // answers without blocking (one stat, from the kernel's inode cache: a trip to the
@@ -340,6 +351,7 @@ impl Generator {
                 }
             }
             // Completed but the file is gone (removed behind our back): as if there were no run.
+            _ if flags.generate && !flags.remove && !flags.authorized => Outcome::Unauthorized,
             _ if flags.generate && !flags.remove => match self.start(key, request_id) {
                 Ok(snapshot) => Outcome::Snapshot(Box::new(snapshot)),
                 Err(full) => Outcome::QueueFull(full),

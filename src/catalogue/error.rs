@@ -32,11 +32,13 @@ pub enum Code {
     Internal,
     /// Ours: the generation queue is full; nothing was started (503 with `Retry-After`).
     QueueFull,
+    /// Ours: a valid API key is required (401 with `WWW-Authenticate: Bearer`).
+    Unauthorized,
 }
 
 impl Code {
     /// Every code, for exhaustive tests and documentation.
-    pub const ALL: [Code; 16] = [
+    pub const ALL: [Code; 17] = [
         Code::InvalidInput,
         Code::SeriesNotFound,
         Code::SeriesInvalid,
@@ -53,6 +55,7 @@ impl Code {
         Code::StorageFull,
         Code::Internal,
         Code::QueueFull,
+        Code::Unauthorized,
     ];
 
     /// The wire form, e.g. `invalid_input`.
@@ -74,6 +77,7 @@ impl Code {
             Code::StorageFull => "storage_full",
             Code::Internal => "internal",
             Code::QueueFull => "queue_full",
+            Code::Unauthorized => "unauthorized",
         }
     }
 
@@ -104,6 +108,7 @@ impl Code {
             | Code::DatabaseVersionUnavailable
             | Code::NotFound => 404,
             Code::RegenerationRefused | Code::DatabaseHashMismatch => 409,
+            Code::Unauthorized => 401,
             Code::ProviderUnavailable | Code::QueueFull => 503,
             Code::ProviderFailed => 502,
             Code::StorageFull => 507,
@@ -188,6 +193,7 @@ mod tests {
             (Code::StorageFull, "storage_full", 507),
             (Code::Internal, "internal", 500),
             (Code::QueueFull, "queue_full", 503),
+            (Code::Unauthorized, "unauthorized", 401),
         ];
         assert_eq!(table.len(), Code::ALL.len());
         for ((code, text, status), listed) in table.into_iter().zip(Code::ALL) {

@@ -41,6 +41,10 @@ pub async fn dalle(
     )?;
     super::series::refuse_new_run_if_hidden(generator, &key, flags)?;
     let headers = request.headers();
+    let flags = Flags {
+        authorized: super::auth::authorized(&state, headers),
+        ..flags
+    };
     let outcome = Arc::clone(generator).handle(key, flags, rid.as_str()).await;
     Ok(match outcome {
         Outcome::Snapshot(snapshot) => Envelope::ok(snapshot, &rid).into_response(),
@@ -53,6 +57,7 @@ pub async fn dalle(
             .into_response(),
         Outcome::Image(file) => super::file::respond(&file, headers, "image/png"),
         Outcome::QueueFull(full) => return Err(ApiError::QueueFull(full)),
+        Outcome::Unauthorized => return Err(super::auth::refuse(&state, false)),
     })
 }
 
@@ -130,9 +135,11 @@ pub use crate::domain::is_address;
 /// answer as if all were well. `remove` is set by its presence with any value, as the Go
 /// server documented it.
 fn parse_flags(query: Option<&str>) -> Result<Flags, ApiError> {
+    // `authorized` is the handler's to set, from the request's key.
     let mut flags = Flags {
         generate: false,
         remove: false,
+        authorized: false,
     };
     for (key, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
         match &*key {

@@ -75,6 +75,8 @@ pub enum ErrorCode {
     InternalServerError,
     /// `/v1` lower-case `invalid_input`.
     V1InvalidInput,
+    /// No valid API key for a request that needs one (401).
+    Unauthorized,
 }
 
 impl ErrorCode {
@@ -90,6 +92,7 @@ impl ErrorCode {
             ErrorCode::NotFound => "NOT_FOUND",
             ErrorCode::InternalServerError => "INTERNAL_SERVER_ERROR",
             ErrorCode::V1InvalidInput => "invalid_input",
+            ErrorCode::Unauthorized => "UNAUTHORIZED",
         }
     }
 }
@@ -119,6 +122,10 @@ pub enum ApiError {
     /// No run was started because the generation queue is full (503 with `Retry-After`).
     #[error("Generation queue is full")]
     QueueFull(crate::run::QueueFull),
+    /// The request would start a run or change data, and no valid API key came with it
+    /// (401 with `WWW-Authenticate: Bearer`). A missing and a wrong key answer the same.
+    #[error("A valid API key is required")]
+    Unauthorized { v1: bool },
     /// The HTML template failed to render.
     #[error("Template execution failed")]
     Template(String),
@@ -181,6 +188,7 @@ impl ApiError {
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             ApiError::Rejected { status, .. } => *status,
             ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
+            ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Unavailable { .. } | ApiError::QueueFull(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -195,6 +203,10 @@ impl ApiError {
             ApiError::Rejected { v1: true, .. } => ErrorCode::V1InvalidInput.as_str(),
             ApiError::Rejected { v1: false, .. } => ErrorCode::InvalidRequest.as_str(),
             ApiError::NotFound { .. } => ErrorCode::NotFound.as_str(),
+            ApiError::Unauthorized { v1: false } => ErrorCode::Unauthorized.as_str(),
+            ApiError::Unauthorized { v1: true } => {
+                crate::catalogue::error::Code::Unauthorized.as_str()
+            }
             ApiError::MethodNotAllowed { v1: true } => ErrorCode::V1InvalidInput.as_str(),
             ApiError::MethodNotAllowed { v1: false } => ErrorCode::InvalidRequest.as_str(),
             ApiError::Unavailable { .. } | ApiError::QueueFull(_) => {
@@ -213,6 +225,9 @@ impl ApiError {
             | ApiError::Rejected { details, .. } => details.clone(),
             ApiError::NotFound { details } => Some(details.clone()),
             ApiError::QueueFull(full) => Some(full.to_string()),
+            ApiError::Unauthorized { .. } => Some(
+                "send Authorization: Bearer <token> with a key from the server's keys file".into(),
+            ),
             ApiError::MethodNotAllowed { .. }
             | ApiError::Template(_)
             | ApiError::Internal(_)
@@ -224,6 +239,7 @@ impl ApiError {
         match self {
             // `/v1` keeps the Go server's lower-case wording.
             ApiError::MethodNotAllowed { v1: true } => "method not allowed".into(),
+            ApiError::Unauthorized { v1: true } => "unauthorized: a valid API key is required".into(),
             // A fault of ours answers its code and stable message; the cause (an I/O error,
             // a path) is for the log line only. A provider failure keeps the provider's own
             // answer (what OpenAI refused and why), which is the client's to know.
@@ -306,6 +322,12 @@ impl IntoResponse for ApiError {
             response.headers_mut().insert(
                 axum::http::header::RETRY_AFTER,
                 axum::http::HeaderValue::from(crate::run::QUEUE_FULL_RETRY_AFTER.as_secs()),
+            );
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer"),
             );
         }
         if matches!(
