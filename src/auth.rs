@@ -132,7 +132,9 @@ fn parse_line(name: &str, rest: &[&str]) -> Result<KeyRecord, String> {
         .strip_prefix("sha256:")
         .and_then(|hex_digits| {
             let mut out = [0u8; 32];
-            hex::decode_to_slice(hex_digits, &mut out).ok().map(|()| out)
+            hex::decode_to_slice(hex_digits, &mut out)
+                .ok()
+                .map(|()| out)
         })
         .ok_or_else(|| {
             format!("key {name:?}: expected sha256:<64 hex digits> (the hash, never the token)")
@@ -144,7 +146,11 @@ fn parse_line(name: &str, rest: &[&str]) -> Result<KeyRecord, String> {
             .ok_or_else(|| format!("expected key=value, found {field:?}"))?;
         match key {
             "rate" if valid_rate(value) => limits.rate = Some(value.to_string()),
-            "rate" => return Err(format!("bad rate {value:?}: expected <n>/<sec|min|hour|day>")),
+            "rate" => {
+                return Err(format!(
+                    "bad rate {value:?}: expected <n>/<sec|min|hour|day>"
+                ));
+            }
             "daily_usd" => {
                 limits.daily_usd = Some(
                     value
@@ -203,7 +209,10 @@ pub fn new_token() -> Result<String, getrandom::Error> {
 
 /// The keys-file line that authorises `token` under `name`.
 pub fn key_line(name: &str, token: &str) -> String {
-    format!("{name} sha256:{}", hex::encode(Sha256::digest(token.as_bytes())))
+    format!(
+        "{name} sha256:{}",
+        hex::encode(Sha256::digest(token.as_bytes()))
+    )
 }
 
 /// The token of an `Authorization: Bearer <token>` header value (the scheme is
@@ -409,7 +418,11 @@ mod tests {
         let (a, b) = (new_token().unwrap(), new_token().unwrap());
         assert_ne!(a, b);
         assert!(a.starts_with(TOKEN_PREFIX));
-        assert_eq!(a.len(), TOKEN_PREFIX.len() + 43, "32 bytes, base64url unpadded");
+        assert_eq!(
+            a.len(),
+            TOKEN_PREFIX.len() + 43,
+            "32 bytes, base64url unpadded"
+        );
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("keys");
         std::fs::write(&path, key_line("me", &a)).unwrap();
@@ -433,7 +446,11 @@ mod tests {
         assert!(keys.recheck().unwrap());
         assert_eq!(keys.verify("t2").as_deref(), Some("two"));
         assert_eq!(keys.verify("t1"), None);
-        std::fs::write(&path, format!("{}\nbroken line here\n", key_line("three", "t3"))).unwrap();
+        std::fs::write(
+            &path,
+            format!("{}\nbroken line here\n", key_line("three", "t3")),
+        )
+        .unwrap();
         let err = keys.recheck().unwrap_err();
         assert!(err.to_string().contains("line 2"), "{err}");
         assert_eq!(keys.verify("t2").as_deref(), Some("two"), "old set kept");

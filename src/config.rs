@@ -726,7 +726,11 @@ mod tests {
     fn cors_origins_repeat_or_come_from_a_list_and_must_be_origins() {
         let env = [("HOME", "/h")];
         let cfg = Config::from_sources(
-            flags(&["--cors-origin", "https://a.example", "--cors-origin=http://b:8080"]),
+            flags(&[
+                "--cors-origin",
+                "https://a.example",
+                "--cors-origin=http://b:8080",
+            ]),
             &env,
         )
         .unwrap();
@@ -753,7 +757,10 @@ mod tests {
         assert_eq!(err.exit_code(), 2);
         assert!(err.to_string().contains("line 2"), "{err}");
         std::fs::write(&path, crate::auth::key_line("ci", "t")).unwrap();
-        let env = [("HOME", "/h"), ("TB_DALLE_API_KEYS_FILE", path.to_str().unwrap())];
+        let env = [
+            ("HOME", "/h"),
+            ("TB_DALLE_API_KEYS_FILE", path.to_str().unwrap()),
+        ];
         let cfg = Config::from_sources(flags(&[]), &env).unwrap();
         assert_eq!(cfg.api_keys.unwrap().verify("t").as_deref(), Some("ci"));
     }

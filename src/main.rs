@@ -5,8 +5,8 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use dalleserver::app::{App, AppState};
 use clap::Parser as _;
+use dalleserver::app::{App, AppState};
 use dalleserver::config::{Command, Config, Flags, KeysCommand};
 use dalleserver::run::status;
 use dalleserver::server;
@@ -85,11 +85,9 @@ async fn run(config: Config) -> anyhow::Result<()> {
     app.log_startup_report(listener.local_addr()?);
     if let Some(keys) = &app.config.api_keys {
         tracing::info!(path = %keys.path().display(), keys = keys.keys().len(), "API keys required to start runs and change data");
-    } else if let Some(warning) = dalleserver::auth::exposure_warning(
-        !app.config.openai.mock_mode(),
-        false,
-        app.config.bind,
-    ) {
+    } else if let Some(warning) =
+        dalleserver::auth::exposure_warning(!app.config.openai.mock_mode(), false, app.config.bind)
+    {
         tracing::warn!("{warning}");
     }
     let app = Arc::new(app);

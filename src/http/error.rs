@@ -239,7 +239,9 @@ impl ApiError {
         match self {
             // `/v1` keeps the Go server's lower-case wording.
             ApiError::MethodNotAllowed { v1: true } => "method not allowed".into(),
-            ApiError::Unauthorized { v1: true } => "unauthorized: a valid API key is required".into(),
+            ApiError::Unauthorized { v1: true } => {
+                "unauthorized: a valid API key is required".into()
+            }
             // A fault of ours answers its code and stable message; the cause (an I/O error,
             // a path) is for the log line only. A provider failure keeps the provider's own
             // answer (what OpenAI refused and why), which is the client's to know.
