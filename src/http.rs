@@ -7,6 +7,10 @@
 //! routes or of `/v1`. Handlers read path parameters and bodies through `extract`, so a
 //! request that cannot be read gets an envelope too, and a body is bounded by `--max-body`
 //! and a 10 s read timeout whatever the route's handler timeout.
+//!
+//! With `--api-keys-file`, handlers that spend money or change data ask [`auth`] for a key
+//! (the `/dalle` run decision is the run core's, given whether the caller has one); with
+//! `--cors-origin`, a CORS layer sits inside the request layer.
 
 mod auth;
 mod chunks;
