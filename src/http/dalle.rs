@@ -41,8 +41,10 @@ pub async fn dalle(
     )?;
     super::series::refuse_new_run_if_hidden(generator, &key, flags)?;
     let headers = request.headers();
+    // Only a request that could start a run or remove one looks at the key (a hash and a
+    // lock): polls and image reads, the most frequent requests, start nothing.
     let flags = Flags {
-        authorized: super::auth::authorized(&state, headers),
+        authorized: (flags.generate || flags.remove) && super::auth::authorized(&state, headers),
         ..flags
     };
     let outcome = Arc::clone(generator).handle(key, flags, rid.as_str()).await;
