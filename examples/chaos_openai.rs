@@ -4,7 +4,9 @@
 //! (stall or close after the request was read), which the server must never cause.
 //!
 //! `cargo run --release --example chaos_openai -- --port 0 --seed 7` prints `listening on
-//! 127.0.0.1:PORT`; `GET /stats` returns the counters as JSON.
+//! 127.0.0.1:PORT`; `GET /stats` returns the counters as JSON. With `--calm`, every image
+//! request succeeds after `--delay-ms` (the shutdown round of `make chaos`); `repeated`
+//! counts any prompt that came a second time, whatever the first answer was.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -28,6 +30,9 @@ struct Stats {
     /// Prompts whose last attempt ended ambiguously, and how often they came back.
     ambiguous: Mutex<HashMap<u64, u32>>,
     repeated_after_ambiguous: AtomicU64,
+    /// Every prompt seen, and how many came more than once.
+    seen: Mutex<HashMap<u64, u32>>,
+    repeated: AtomicU64,
 }
 
 struct Chaos {
@@ -37,6 +42,8 @@ struct Chaos {
     started: Instant,
     /// For this long after start, failures are frequent enough to open the breaker.
     storm: Duration,
+    /// `Some(delay)`: no failures, every image answers after `delay`.
+    calm: Option<Duration>,
 }
 
 impl Chaos {
@@ -110,6 +117,7 @@ async fn handle(chaos: Arc<Chaos>, mut stream: TcpStream) {
             "stalled": s.stalled.load(Ordering::Relaxed),
             "closed": s.closed.load(Ordering::Relaxed),
             "repeated_after_ambiguous": s.repeated_after_ambiguous.load(Ordering::Relaxed),
+            "repeated": s.repeated.load(Ordering::Relaxed),
         });
         respond(&mut stream, "200 OK", "", &json.to_string()).await;
         return;
@@ -129,6 +137,22 @@ async fn handle(chaos: Arc<Chaos>, mut stream: TcpStream) {
     let prompt = fnv(&body);
     if chaos.stats.ambiguous.lock().unwrap().contains_key(&prompt) {
         s.repeated_after_ambiguous.fetch_add(1, Ordering::Relaxed);
+    }
+    let times = {
+        let mut seen = s.seen.lock().unwrap();
+        let n = seen.entry(prompt).or_insert(0);
+        *n += 1;
+        *n
+    };
+    if times > 1 {
+        s.repeated.fetch_add(1, Ordering::Relaxed);
+    }
+    if let Some(delay) = chaos.calm {
+        s.ok.fetch_add(1, Ordering::Relaxed);
+        tokio::time::sleep(delay).await;
+        let json = format!(r#"{{"data":[{{"b64_json":"{}"}}]}}"#, chaos.png_b64);
+        respond(&mut stream, "200 OK", "", &json).await;
+        return;
     }
     let storm = chaos.started.elapsed() < chaos.storm;
     let roll = chaos.roll();
@@ -190,6 +214,10 @@ async fn main() {
     let port: u16 = arg("--port", "0").parse().unwrap();
     let seed: u64 = arg("--seed", "7").parse().unwrap();
     let storm = Duration::from_secs(arg("--storm-seconds", "8").parse().unwrap());
+    let calm = args
+        .iter()
+        .any(|a| a == "--calm")
+        .then(|| Duration::from_millis(arg("--delay-ms", "1000").parse().unwrap()));
     let img = image::RgbImage::from_fn(256, 256, |x, y| image::Rgb([x as u8, y as u8, 128]));
     let mut png = std::io::Cursor::new(Vec::new());
     img.write_to(&mut png, image::ImageFormat::Png).unwrap();
@@ -199,6 +227,7 @@ async fn main() {
         rng: Mutex::new(seed.max(1)),
         started: Instant::now(),
         storm,
+        calm,
     });
     let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
     println!("listening on {}", listener.local_addr().unwrap());

@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::ops::Deref;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
 use crate::attributes::Attributes;
@@ -14,6 +14,7 @@ use crate::metrics::Metrics;
 use crate::openai::breaker::Breakers;
 use crate::openai::{OpenAiClient, RetryPolicy};
 use crate::progress::{Estimates, Priors, Progress};
+use crate::run::journal::{DrainReport, Journal, Recovered};
 use crate::run::{ArtifactStore, Backends, Generator, ImageSource, RunRegistry, Settings};
 use crate::storage::DataDir;
 use crate::storage::FileCache;
@@ -43,6 +44,10 @@ pub struct App {
     pub runs: Arc<dyn RunRegistry>,
     /// The `/v1` catalogue; unavailable when the attributes are.
     pub catalogue: Result<Arc<Catalogue>, String>,
+    /// Every live run and the durable queue under `<data>/queue` (see [`crate::run::journal`]).
+    pub journal: Arc<Journal>,
+    /// What the previous process left in the queue, until [`App::resume_queue`] starts it.
+    recovered: Mutex<Option<Recovered>>,
     pub started: Instant,
     pub started_at: SystemTime,
 }
@@ -71,6 +76,13 @@ impl App {
                 .map_err(|source| BuildError::Layout { path: dir, source })?;
         }
         sweep_temp_files(&data.output());
+        let queue_dir = data.root().join("queue");
+        let (journal, recovered) =
+            Journal::open(queue_dir.clone()).map_err(|source| BuildError::Layout {
+                path: queue_dir,
+                source,
+            })?;
+        let journal = Arc::new(journal);
         let attributes = Attributes::load(config.databases.as_deref(), data.user_series())
             .map(Arc::new)
             .map_err(|e| e.to_string());
@@ -114,13 +126,10 @@ impl App {
         );
         let (store, runs) = (backends.store.clone(), backends.registry.clone());
         let generator = attributes.clone().map(|attributes| {
-            Arc::new(Generator::new(
-                attributes,
-                backends,
-                source,
-                metrics.clone(),
-                settings,
-            ))
+            Arc::new(
+                Generator::new(attributes, backends, source, metrics.clone(), settings)
+                    .with_journal(journal.clone()),
+            )
         });
         let catalogue = match (&attributes, &generator) {
             (Ok(attributes), Ok(generator)) => Ok(Arc::new(Catalogue::new(
@@ -138,6 +147,8 @@ impl App {
             file_cache,
             store,
             runs,
+            journal,
+            recovered: Mutex::new(Some(recovered)),
             data,
             metrics,
             breaker,
@@ -145,6 +156,56 @@ impl App {
             started_at: SystemTime::now(),
             config,
         })
+    }
+
+    /// Starts the runs the previous process left queued (once; needs the tokio runtime) and
+    /// logs what it found. Returns how many runs were resumed.
+    pub fn resume_queue(&self) -> usize {
+        let Some(recovered) = self
+            .recovered
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        else {
+            return 0;
+        };
+        for lost in &recovered.lost {
+            tracing::warn!(
+                series = %lost.series,
+                subject = %lost.subject,
+                request_id = %lost.request_id,
+                "a run had sent its image request when the previous process stopped; not repeated (ask again with ?generate=1)"
+            );
+        }
+        let found = recovered.pending.len();
+        let resumed = match &self.generator {
+            Ok(generator) => generator.resume(recovered.pending),
+            Err(_) => 0,
+        };
+        if found > 0 || !recovered.lost.is_empty() || recovered.unreadable > 0 {
+            tracing::info!(
+                found,
+                resumed,
+                lost = recovered.lost.len(),
+                unreadable = recovered.unreadable,
+                "resumed the queued runs of the previous process"
+            );
+        }
+        resumed
+    }
+
+    /// The drain after SIGINT/SIGTERM: starts no new run, stops runs that have not sent
+    /// their image request (the `/dalle` ones stay queued for the next start), and waits up
+    /// to `timeout` for the others to finish and write their files.
+    pub async fn drain(&self, timeout: std::time::Duration) -> DrainReport {
+        self.journal.begin_drain();
+        let (live, paid) = self.journal.live();
+        tracing::info!(
+            live,
+            image_requests_in_flight = paid,
+            "draining: no new runs; waiting up to {timeout:?} for runs that sent their image request"
+        );
+        self.journal.drained(timeout).await
     }
 
     /// The `/v1` catalogue, or why it is unavailable.

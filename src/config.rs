@@ -17,6 +17,8 @@ pub const DEFAULT_LOCK_TTL: Duration = Duration::from_secs(300);
 
 /// Runs allowed to wait for a slot unless `--max-queue` says otherwise.
 pub const DEFAULT_MAX_QUEUE: usize = 1000;
+/// The default drain timeout is the image timeout plus this.
+pub const DRAIN_MARGIN: Duration = Duration::from_secs(30);
 
 /// Default limit of a JSON request body (`--max-body`): the largest body any route takes, a
 /// saved series, is a few KiB.
@@ -115,6 +117,9 @@ pub struct Flags {
     /// One log line per request at this level: info, debug or off [env: TB_DALLE_ACCESS_LOG] [default: info]
     #[arg(long)]
     pub access_log: Option<String>,
+    /// On SIGINT/SIGTERM, how long runs that sent their image request may take to finish, e.g. 90s, 5m [env: TB_DALLE_DRAIN_TIMEOUT] [default: image timeout + 30s]
+    #[arg(long)]
+    pub drain_timeout: Option<String>,
     /// Largest JSON request body, e.g. 64KiB, 1MiB or a byte count [env: TB_DALLE_MAX_BODY] [default: 64KiB]
     #[arg(long)]
     pub max_body: Option<String>,
@@ -237,6 +242,8 @@ pub struct Config {
     pub log_filter: String,
     /// The per-request access log.
     pub access_log: AccessLog,
+    /// On SIGINT/SIGTERM, how long the server waits for runs that sent their image request.
+    pub drain_timeout: Duration,
     /// Largest JSON request body in bytes; a larger one is answered 413.
     pub max_body: usize,
     /// The API keys, when `--api-keys-file` is set: then runs and changes need a key.
@@ -398,7 +405,22 @@ impl Config {
             retry_base: duration_var(&var, "TB_DALLE_RETRY_BASE", Duration::from_secs(2))?,
         };
 
+        // Long enough for an image request sent just before the signal, plus its download and
+        // caption.
+        let drain_timeout = match flags
+            .drain_timeout
+            .or_else(|| var("TB_DALLE_DRAIN_TIMEOUT"))
+        {
+            None => openai.image_timeout + DRAIN_MARGIN,
+            Some(v) => parse_duration(&v).map_err(|reason| ConfigError::Invalid {
+                name: "--drain-timeout / TB_DALLE_DRAIN_TIMEOUT",
+                value: v,
+                reason,
+            })?,
+        };
+
         Ok(Config {
+            drain_timeout,
             bind,
             port,
             lock_ttl,
@@ -686,6 +708,20 @@ mod tests {
         assert!(parse_duration("5 minutes").is_err());
         assert!(parse_duration("").is_err());
         assert!(parse_duration("m").is_err());
+    }
+
+    #[test]
+    fn drain_timeout_defaults_to_the_image_timeout_plus_a_margin() {
+        let env = [("HOME", "/h"), ("TB_DALLE_IMAGE_TIMEOUT", "100s")];
+        let cfg = Config::from_sources(flags(&[]), &env).unwrap();
+        assert_eq!(cfg.drain_timeout, Duration::from_secs(130));
+        let env = [("HOME", "/h"), ("TB_DALLE_DRAIN_TIMEOUT", "45s")];
+        let cfg = Config::from_sources(flags(&[]), &env).unwrap();
+        assert_eq!(cfg.drain_timeout, Duration::from_secs(45));
+        let cfg = Config::from_sources(flags(&["--drain-timeout", "2m"]), &env).unwrap();
+        assert_eq!(cfg.drain_timeout, Duration::from_secs(120));
+        let err = Config::from_sources(flags(&["--drain-timeout", "soon"]), &env).unwrap_err();
+        assert!(err.to_string().contains("--drain-timeout"), "{err}");
     }
 
     #[test]

@@ -60,6 +60,9 @@ pub struct HealthReport {
     pub uptime_seconds: u64,
     pub components: BTreeMap<&'static str, Component>,
     pub system: SystemInfo,
+    /// `true` while the server drains for a shutdown (it starts no new run); absent otherwise.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub draining: bool,
 }
 
 /// Process figures under the Go runtime's field names.
@@ -123,6 +126,7 @@ pub fn check(app: &App) -> HealthReport {
         version: env!("CARGO_PKG_VERSION"),
         uptime_seconds: app.started.elapsed().as_secs(),
         components,
+        draining: app.journal.is_draining(),
         system: SystemInfo {
             memory: MemoryInfo {
                 alloc_bytes: mem.rss,

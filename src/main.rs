@@ -91,9 +91,26 @@ async fn run(config: Config) -> anyhow::Result<()> {
         tracing::warn!("{warning}");
     }
     let app = Arc::new(app);
+    app.resume_queue();
     let app_progress = app.progress.clone();
     let printer = status::spawn(app.progress.clone(), status::INTERVAL);
-    server::serve(listener, AppState(app), server::shutdown_signal()).await?;
+    // The listener keeps answering polls, hits and health while the runs drain; only then
+    // does the server stop accepting connections.
+    let drained = {
+        let app = app.clone();
+        async move {
+            server::shutdown_signal().await;
+            tokio::select! {
+                report = app.drain(app.config.drain_timeout) => report.log(),
+                // A second signal (Ctrl-C twice) stops at once; the report says what is lost.
+                () = server::shutdown_signal() => {
+                    tracing::warn!("second signal: stopping without waiting for the drain");
+                    app.journal.drained(std::time::Duration::ZERO).await.log();
+                }
+            }
+        }
+    };
+    server::serve(listener, AppState(app), drained).await?;
     printer.abort();
     let progress = app_progress.clone();
     if let Ok(Err(err)) = tokio::task::spawn_blocking(move || progress.save_if_dirty()).await {

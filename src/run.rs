@@ -4,6 +4,7 @@
 //! limit and drives the pipeline on a tokio task.
 
 pub mod coordination;
+pub mod journal;
 mod locks;
 mod pipeline;
 pub mod status;
@@ -17,6 +18,7 @@ use tokio::sync::{Semaphore, watch};
 
 use crate::attributes::Attributes;
 use crate::attributes::dress::DalleDress;
+use crate::domain::SeriesName;
 use crate::metrics::Metrics;
 use crate::openai::OpenAiClient;
 use crate::openai::retry;
@@ -26,6 +28,7 @@ pub use coordination::{
     HeldLease, Leases, LocalLeases, LocalQueue, QUEUE_FULL_RETRY_AFTER, QueueFull, RunQueue,
     RunRegistry,
 };
+pub use journal::Journal;
 pub use locks::{LockTable, Token};
 pub use store::{ArtifactStore, DiskStore, Lookup};
 
@@ -148,6 +151,13 @@ impl JobOptions {
             && self.backstyle == wanted.backstyle
             && (wanted.enhanced.is_none() || self.enhanced == wanted.enhanced)
     }
+
+    /// Whether the run is whole without its caller: a `/dalle` run writes every artifact and
+    /// nobody waits for it (a `/v1` caller writes the record). Only these are journaled to be
+    /// resumed after a restart.
+    pub fn is_detached(&self) -> bool {
+        self.artifacts == Artifacts::ALL
+    }
 }
 
 /// What a finished run produced.
@@ -223,6 +233,9 @@ pub struct Generator {
     /// one run (a queued run holds no lease), for callers that wait (the `/v1` API) and for
     /// deciding whether a caller can join a run.
     running: Mutex<HashMap<RunKey, InFlight>>,
+    /// Every live run, for a drain that loses no paid work, and the durable queue of
+    /// `/dalle` runs a restart resumes ([`journal`]).
+    pub(crate) journal: Arc<Journal>,
 }
 
 /// What a `/dalle` request resolved to.
@@ -242,6 +255,8 @@ pub enum Outcome {
     QueueFull(QueueFull),
     /// Nothing was started or removed: the request needs a key ([`Flags::authorized`]).
     Unauthorized,
+    /// A new run was asked for while the server drains for a shutdown.
+    ShuttingDown,
 }
 
 /// The parsed flags of a `/dalle` request.
@@ -292,7 +307,56 @@ impl Generator {
                 std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
             ),
             running: Mutex::new(HashMap::new()),
+            journal: Arc::new(Journal::in_memory()),
         }
+    }
+
+    /// This generator, journaling its runs in `journal` instead of in memory only.
+    pub fn with_journal(mut self, journal: Arc<Journal>) -> Generator {
+        self.journal = journal;
+        self
+    }
+
+    /// The run journal: the drain's view of live runs.
+    pub fn journal(&self) -> &Arc<Journal> {
+        &self.journal
+    }
+
+    /// Starts the runs a previous process left in the journal, in their arrival order; a run
+    /// whose image is already stored (it completed just before a crash) is dropped. Returns
+    /// how many were started.
+    pub fn resume(self: &Arc<Self>, entries: Vec<journal::Entry>) -> usize {
+        let mut started = 0;
+        for entry in entries {
+            let series = SeriesName::normalize(&entry.series);
+            let address = match crate::domain::Address::parse(&entry.subject) {
+                Ok(address) if self.attributes.series.contains(series.as_str()) => address,
+                _ => {
+                    tracing::warn!(series = %entry.series, subject = %entry.subject, "dropping a queued run whose series or address is no longer valid");
+                    self.journal.discard(&entry);
+                    continue;
+                }
+            };
+            let key = RunKey::new(series, address);
+            let (kind, ext) = ANNOTATED;
+            if !matches!(self.store.lookup(&key, kind, ext), Lookup::Absent) {
+                self.journal.discard(&entry);
+                continue;
+            }
+            let options = JobOptions {
+                enhanced: entry.enhanced,
+                ..JobOptions::dalle()
+            };
+            match self.start_job(key, options, &entry.request_id) {
+                Ok((_, _, true)) => started += 1,
+                Ok(_) => {}
+                // Kept in the journal: the next start tries again.
+                Err(full) => {
+                    tracing::warn!(%full, "the queue is full; a queued run waits for the next start")
+                }
+            }
+        }
+        started
     }
 
     /// The `/dalle` decision table, the only copy of it: what one request means given the
@@ -314,7 +378,8 @@ impl Generator {
         // frequent request) needs no store call. Otherwise one lookup, which the local store
         // answers without blocking (one stat, from the kernel's inode cache: a trip to the
         // blocking pool costs more than the call); an unchanged image comes from memory.
-        if !self.is_in_flight(&key) {
+        let in_flight = self.is_in_flight(&key);
+        if !in_flight {
             let (kind, ext) = ANNOTATED;
             let found = match self.store.lookup(&key, kind, ext) {
                 Lookup::Cached(file) => Some(Some(file)),
@@ -350,8 +415,16 @@ impl Generator {
                     Outcome::Progress(polled.json)
                 }
             }
-            // Completed but the file is gone (removed behind our back): as if there were no run.
+            // The run completed between the check above and this poll (the store was not
+            // asked): its final snapshot is the answer, not `{}` and never a second run.
+            Some(polled) if in_flight && !flags.remove => Outcome::Progress(polled.json),
+            // A new run needs a key ([`Flags::authorized`]); everything above answers without.
             _ if flags.generate && !flags.remove && !flags.authorized => Outcome::Unauthorized,
+            // A drain starts no new run (it would be lost or stopped at once).
+            _ if flags.generate && !flags.remove && self.journal.is_draining() => {
+                Outcome::ShuttingDown
+            }
+            // Completed but the file is gone (removed behind our back): as if there were no run.
             _ if flags.generate && !flags.remove => match self.start(key, request_id) {
                 Ok(snapshot) => Outcome::Snapshot(Box::new(snapshot)),
                 Err(full) => Outcome::QueueFull(full),
@@ -468,9 +541,12 @@ impl Generator {
         }
         let snapshot = self.snapshot_of(&key);
         let this = Arc::clone(self);
+        // Admitted before the task is spawned, so a drain starting now already waits for it.
+        let ticket = self.journal.admit(&key, options.is_detached(), request_id);
         let request_id = request_id.to_string();
         tokio::spawn(async move {
-            this.run(key, admission, tx, options, request_id).await;
+            this.run(key, admission, tx, options, request_id, ticket)
+                .await;
         });
         Ok((snapshot, outcome, true))
     }
@@ -498,6 +574,9 @@ impl Generator {
             let (mut outcome, ours) = match joinable {
                 Some((rx, true)) => (rx, true),
                 Some((rx, false)) => (rx, false),
+                None if self.journal.is_draining() => {
+                    return Err(Arc::new(RunError::ShuttingDown));
+                }
                 None => {
                     let started = self.start_job(key.clone(), options.clone(), request_id);
                     match started {
@@ -550,6 +629,7 @@ impl Generator {
         outcome: watch::Sender<Option<RunResult>>,
         options: JobOptions,
         request_id: String,
+        mut ticket: journal::Ticket,
     ) {
         let span = tracing::info_span!("generation", request_id = %request_id, series = %key.series, subject = %key.subject);
         // Whatever happens to this task, the key is not left registered as running.
@@ -558,11 +638,22 @@ impl Generator {
             key: &key,
             outcome: outcome.subscribe(),
         };
-        let Some(_slot) = admission.turn.await else {
+        ticket.record().await;
+        let slot = admission.turn.await;
+        // A drain lets no queued run start: it stays journaled for the next start, and its
+        // snapshot stays as it was (the run is not over).
+        let draining = self.journal.is_draining();
+        let Some(_slot) = slot.filter(|_| !draining) else {
+            if draining {
+                self.finish(&key, &outcome, Err(Arc::new(RunError::ShuttingDown)));
+                ticket.end(journal::End::Stopped).await;
+                return;
+            }
             // The local queue is never shut down; answer waiters anyway.
             let closed = RunError::Task("generation slots closed".into());
             self.progress.fail(&key, closed.to_string(), closed.code());
             self.finish(&key, &outcome, Err(Arc::new(closed)));
+            ticket.end(journal::End::Failed).await;
             return;
         };
         self.progress.set_queue_place(&key, None);
@@ -572,7 +663,10 @@ impl Generator {
         self.metrics.generations_in_flight.inc();
         let listener = self.retry_listener(&key, Arc::clone(&lease));
         let work = tracing::Instrument::instrument(
-            retry::reporting_retries(listener, pipeline::run(&self, &key, &lease, &options)),
+            retry::reporting_retries(
+                listener,
+                pipeline::run(&self, &key, &lease, &options, &mut ticket),
+            ),
             span.clone(),
         );
         let result = coordination::heartbeat(&*self.leases, &key, &lease, work).await;
@@ -594,6 +688,15 @@ impl Generator {
                 );
                 Err(Arc::new(RunError::Superseded))
             }
+            Err(RunError::ShuttingDown) => {
+                // A `/dalle` run stays journaled for the next start; a `/v1` caller retries.
+                let resumes_at_start = options.is_detached();
+                tracing::info!(
+                    resumes_at_start,
+                    "stopped before its image request for the shutdown"
+                );
+                Err(Arc::new(RunError::ShuttingDown))
+            }
             Err(err) => {
                 self.metrics
                     .generations
@@ -609,8 +712,14 @@ impl Generator {
             }
         };
         self.leases.release(&key, lease.token());
+        let end = match &reported {
+            Ok(_) => journal::End::Completed,
+            Err(err) if matches!(**err, RunError::ShuttingDown) => journal::End::Stopped,
+            Err(_) => journal::End::Failed,
+        };
         self.finish(&key, &outcome, reported);
         self.drop_gate(&key);
+        ticket.end(end).await;
     }
 
     /// Ends a run for its waiters: it leaves the registry of running keys first, so a waiter

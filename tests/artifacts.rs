@@ -9,10 +9,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Options, Server};
+use common::{Options, Server, image_requests};
 use serde_json::{Value, json};
 use wiremock::matchers::{method, path};
-use wiremock::{Mock, MockServer, Request};
+use wiremock::{Mock, MockServer};
 
 const A: &str = "0xf503017d7baf7fbc0fff7492b751025c6a78179b";
 const B: &str = "0x2222222222222222222222222222222222222222";
@@ -65,15 +65,6 @@ async fn live_server(mock: &MockServer) -> Server {
         ],
         ..Options::default()
     })
-}
-
-async fn image_requests(mock: &MockServer) -> usize {
-    mock.received_requests()
-        .await
-        .unwrap_or_default()
-        .iter()
-        .filter(|r: &&Request| r.url.path().ends_with("/images/generations"))
-        .count()
 }
 
 #[tokio::test]

@@ -9,10 +9,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Options, Server};
+use common::{Options, Server, image_requests};
 use serde_json::{Value, json};
 use wiremock::matchers::{method, path};
-use wiremock::{Mock, MockServer, Request};
+use wiremock::{Mock, MockServer};
 
 const A: &str = "0x2222222222222222222222222222222222222222";
 const B: &str = "0x3333333333333333333333333333333333333333";
@@ -47,15 +47,6 @@ async fn live_server() -> (MockServer, Server) {
         ..Options::default()
     });
     (mock, server)
-}
-
-async fn image_requests(mock: &MockServer) -> usize {
-    mock.received_requests()
-        .await
-        .unwrap_or_default()
-        .iter()
-        .filter(|r: &&Request| r.url.path().ends_with("/images/generations"))
-        .count()
 }
 
 /// Sends `method path` with an optional JSON body: (status, headers, body).

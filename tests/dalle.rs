@@ -9,11 +9,11 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Options, Process, Running, Server};
+use common::{Options, Process, Running, Server, image_requests};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use wiremock::matchers::{method, path};
-use wiremock::{Mock, MockServer, Request, ResponseTemplate};
+use wiremock::{Mock, MockServer, ResponseTemplate};
 
 const A: &str = "0xf503017d7baf7fbc0fff7492b751025c6a78179b";
 const B: &str = "0x054993ab0f2b1acc0fdc65405ee203b4271bebe6";
@@ -112,15 +112,6 @@ async fn answer_images_once(mock: &MockServer, answer: ResponseTemplate) {
         .up_to_n_times(1)
         .mount(mock)
         .await;
-}
-
-async fn image_requests(mock: &MockServer) -> usize {
-    mock.received_requests()
-        .await
-        .unwrap_or_default()
-        .iter()
-        .filter(|r: &&Request| r.url.path().ends_with("/images/generations"))
-        .count()
 }
 
 #[tokio::test]

@@ -14,7 +14,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Options, Server};
+use common::{Options, Server, image_requests};
 use serde_json::{Value, json};
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer};
@@ -62,15 +62,6 @@ fn server(mock: &MockServer, args: &[&str]) -> Server {
         ],
         ..Options::default()
     })
-}
-
-async fn image_requests(mock: &MockServer) -> usize {
-    mock.received_requests()
-        .await
-        .unwrap()
-        .iter()
-        .filter(|r| r.url.path() == "/images/generations")
-        .count()
 }
 
 /// Waits (bounded) until the mock has seen `n` image requests.

@@ -34,11 +34,14 @@ pub enum Code {
     QueueFull,
     /// Ours: a valid API key is required (401 with `WWW-Authenticate: Bearer`).
     Unauthorized,
+    /// Ours: the server is draining for a shutdown and starts no run; retry after
+    /// `Retry-After`.
+    ShuttingDown,
 }
 
 impl Code {
     /// Every code, for exhaustive tests and documentation.
-    pub const ALL: [Code; 17] = [
+    pub const ALL: [Code; 18] = [
         Code::InvalidInput,
         Code::SeriesNotFound,
         Code::SeriesInvalid,
@@ -56,6 +59,7 @@ impl Code {
         Code::Internal,
         Code::QueueFull,
         Code::Unauthorized,
+        Code::ShuttingDown,
     ];
 
     /// The wire form, e.g. `invalid_input`.
@@ -78,6 +82,7 @@ impl Code {
             Code::Internal => "internal",
             Code::QueueFull => "queue_full",
             Code::Unauthorized => "unauthorized",
+            Code::ShuttingDown => "shutting_down",
         }
     }
 
@@ -89,6 +94,9 @@ impl Code {
             Code::MetadataInvalid => "an image metadata record could not be read or written",
             Code::StorageFull => "the server's disk is full; nothing was saved",
             Code::QueueFull => "the generation queue is full; nothing was started, retry later",
+            Code::ShuttingDown => {
+                "the server is shutting down and starts no new run; retry after Retry-After"
+            }
             _ => "internal error; the server log has the details under this request id",
         }
     }
@@ -109,7 +117,7 @@ impl Code {
             | Code::NotFound => 404,
             Code::RegenerationRefused | Code::DatabaseHashMismatch => 409,
             Code::Unauthorized => 401,
-            Code::ProviderUnavailable | Code::QueueFull => 503,
+            Code::ProviderUnavailable | Code::QueueFull | Code::ShuttingDown => 503,
             Code::ProviderFailed => 502,
             Code::StorageFull => 507,
             Code::DatabaseManifestInvalid | Code::MetadataInvalid | Code::Internal => 500,
@@ -194,6 +202,7 @@ mod tests {
             (Code::Internal, "internal", 500),
             (Code::QueueFull, "queue_full", 503),
             (Code::Unauthorized, "unauthorized", 401),
+            (Code::ShuttingDown, "shutting_down", 503),
         ];
         assert_eq!(table.len(), Code::ALL.len());
         for ((code, text, status), listed) in table.into_iter().zip(Code::ALL) {

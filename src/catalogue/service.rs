@@ -576,6 +576,7 @@ fn run_failure(err: &RunError) -> CatalogueError {
         "invalid_input" => Code::InvalidInput,
         "storage_full" => Code::StorageFull,
         "queue_full" => Code::QueueFull,
+        "shutting_down" => Code::ShuttingDown,
         _ => Code::Internal,
     };
     let message = match code {
@@ -583,6 +584,7 @@ fn run_failure(err: &RunError) -> CatalogueError {
         Code::InvalidInput => "cannot build the prompts",
         Code::StorageFull => "the server's disk is full; nothing was saved",
         Code::QueueFull => "the generation queue is full; retry later",
+        Code::ShuttingDown => "the server is shutting down; retry after Retry-After",
         _ => "the generation failed",
     };
     CatalogueError::new(code, message).with_cause(err)

@@ -60,6 +60,18 @@ pub async fn dalle(
         Outcome::Image(file) => super::file::respond(&file, headers, "image/png"),
         Outcome::QueueFull(full) => return Err(ApiError::QueueFull(full)),
         Outcome::Unauthorized => return Err(super::auth::refuse(&state, false)),
+        Outcome::ShuttingDown => {
+            let mut response = ApiError::Unavailable {
+                message: "Server is shutting down".into(),
+                details: Some(
+                    "no new generation starts while the server drains; retry after Retry-After"
+                        .into(),
+                ),
+            }
+            .into_response();
+            super::error::add_drain_retry_after(&mut response);
+            response
+        }
     })
 }
 

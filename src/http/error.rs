@@ -253,6 +253,14 @@ impl ApiError {
     }
 }
 
+/// `Retry-After` on an answer refused because the server drains for a shutdown.
+pub fn add_drain_retry_after(response: &mut Response) {
+    response.headers_mut().insert(
+        axum::http::header::RETRY_AFTER,
+        axum::http::HeaderValue::from(crate::run::journal::DRAIN_RETRY_AFTER_SECS),
+    );
+}
+
 /// The part of an error response that the request-id middleware renders into the body.
 #[derive(Debug, Clone)]
 pub struct PendingError {
@@ -344,6 +352,10 @@ impl IntoResponse for ApiError {
             );
         }
         response.extensions_mut().insert(pending);
+        if matches!(&self, ApiError::Catalogue(e) if e.code == crate::catalogue::error::Code::ShuttingDown)
+        {
+            add_drain_retry_after(&mut response);
+        }
         response
     }
 }

@@ -50,6 +50,10 @@ pub enum RunError {
     Image(String),
     #[error("background task failed: {0}")]
     Task(String),
+    /// The server is draining for a shutdown: the run did not start (or stopped before its
+    /// image request). A `/dalle` run is resumed at the next start.
+    #[error("the server is shutting down; the run did not send its image request")]
+    ShuttingDown,
 }
 
 impl RunError {
@@ -67,6 +71,7 @@ impl RunError {
             RunError::Blocked(_) => "storage_blocked",
             RunError::Image(_) => "image_invalid",
             RunError::Task(_) => "internal",
+            RunError::ShuttingDown => "shutting_down",
         }
     }
 }
@@ -245,6 +250,7 @@ pub async fn run(
     key: &RunKey,
     lease: &HeldLease,
     options: &JobOptions,
+    ticket: &mut super::journal::Ticket,
 ) -> Result<RunOutput, RunError> {
     let mut run = Run {
         generator,
@@ -336,6 +342,15 @@ pub async fn run(
     }
 
     run.phase(Phase::ImagePrep).await?;
+    // The last point where a drain can stop the run for free: from here on it pays. What
+    // the chat model wrote is kept for the resumed run. Only a real request is marked (a
+    // mock image costs nothing, so a crash may repeat it).
+    if enhanced_ran && options.enhanced.is_none() {
+        ticket.set_enhanced(output.enhanced.clone());
+    }
+    if !ticket.before_image_request(client.is_some()).await {
+        return Err(RunError::ShuttingDown);
+    }
     let raw = match &client {
         Some(client) => {
             run.phase(Phase::ImageWait).await?;

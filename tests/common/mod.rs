@@ -6,7 +6,8 @@
 //!   signals, `kill -9`, `.env`, stderr logs). It takes the same [`Options`], so moving a test
 //!   from one to the other is a one-word change.
 //! - [`require_tools`]: for tests that need an outside program (see `make test-tools`).
-//! - Small helpers: raw HTTP requests, PNGs and OpenAI answers for wiremock.
+//! - Small helpers: raw HTTP requests, PNGs and OpenAI answers for wiremock, and the count of
+//!   image requests a mock OpenAI received ([`image_requests`]), which every fault test checks.
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -163,4 +164,15 @@ fn installed(tool: &str) -> bool {
     }
     std::env::var_os("PATH")
         .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(tool).is_file()))
+}
+
+/// How many image requests (`POST …/images/generations`) `mock` has received: what the
+/// operator pays for, so every fault path counts it.
+pub async fn image_requests(mock: &wiremock::MockServer) -> usize {
+    mock.received_requests()
+        .await
+        .unwrap_or_default()
+        .iter()
+        .filter(|r| r.url.path().ends_with("/images/generations"))
+        .count()
 }
