@@ -39,6 +39,9 @@ pub enum ConfigError {
     /// No data directory could be derived (no `HOME`, no `XDG_DATA_HOME`, no flag).
     #[error("cannot resolve the data directory: set --data-dir or TB_DALLE_DATA_DIR")]
     NoDataDir,
+    /// The API keys file cannot be read or has a bad line (named in the message).
+    #[error("API keys file (--api-keys-file / TB_DALLE_API_KEYS_FILE): {0}")]
+    Keys(#[from] crate::auth::KeysError),
     /// The data directory exists (or was created) but cannot be written.
     #[error("data directory {path} is not usable: {source}")]
     DataDir {
@@ -52,7 +55,7 @@ impl ConfigError {
     /// Bad input from the operator exits 2, like a bad flag; an unusable directory exits 1.
     pub fn exit_code(&self) -> i32 {
         match self {
-            ConfigError::Invalid { .. } => 2,
+            ConfigError::Invalid { .. } | ConfigError::Keys(_) => 2,
             ConfigError::NoDataDir | ConfigError::DataDir { .. } => 1,
         }
     }
@@ -132,6 +135,34 @@ pub struct Flags {
     /// JSON file of image prices overriding the built-in table [env: TB_DALLE_PRICES]
     #[arg(long)]
     pub prices: Option<PathBuf>,
+    /// File of API keys (`<name> sha256:<hex>` a line); with it, runs and changes need `Authorization: Bearer <token>` [env: TB_DALLE_API_KEYS_FILE]
+    #[arg(long)]
+    pub api_keys_file: Option<PathBuf>,
+    /// A browser origin allowed to call the API (repeatable; `*` for any) [env: TB_DALLE_CORS_ORIGINS, comma-separated]
+    #[arg(long = "cors-origin")]
+    pub cors_origins: Vec<String>,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Subcommands; none means serve.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Manage API keys.
+    Keys {
+        #[command(subcommand)]
+        action: KeysCommand,
+    },
+}
+
+/// `dalleserver keys …`.
+#[derive(Debug, clap::Subcommand)]
+pub enum KeysCommand {
+    /// Print a fresh random token and the keys-file line that authorises it.
+    New {
+        /// The key's name (A-Z a-z 0-9 . _ -, at most 64), as logs and usage will show it.
+        name: String,
+    },
 }
 
 /// Where the one line per request goes ([`Config::access_log`]). Failures (5xx) and slow
@@ -229,6 +260,10 @@ pub struct Config {
     pub max_body: usize,
     /// Spending caps on paid images.
     pub budget: BudgetConfig,
+    /// The API keys, when `--api-keys-file` is set: then runs and changes need a key.
+    pub api_keys: Option<std::sync::Arc<crate::auth::ApiKeys>>,
+    /// Browser origins allowed by CORS (`*` for any); empty sends no CORS headers.
+    pub cors_origins: Vec<String>,
     /// Non-fatal problems found while resolving (logged once tracing is up).
     pub warnings: Vec<String>,
 }
@@ -273,9 +308,14 @@ impl Config {
     /// Loads `.env` (never overriding), parses the real command line and environment.
     /// A bad flag exits the process with status 2 (clap's behaviour).
     pub fn load() -> Result<Config, ConfigError> {
+        Config::load_with(Flags::parse())
+    }
+
+    /// [`Config::load`] with flags already parsed (the binary looks at the subcommand first).
+    pub fn load_with(flags: Flags) -> Result<Config, ConfigError> {
         // A missing .env is normal; a malformed one should not stop the server either.
         let _ = dotenvy::dotenv();
-        Config::from_sources(Flags::parse(), &ProcessEnv)
+        Config::from_sources(flags, &ProcessEnv)
     }
 
     /// Builds the configuration from parsed flags and an environment view.
@@ -364,6 +404,35 @@ impl Config {
                 }
             },
         };
+        let api_keys = match flags
+            .api_keys_file
+            .or_else(|| var("TB_DALLE_API_KEYS_FILE").map(PathBuf::from))
+        {
+            Some(path) => Some(std::sync::Arc::new(crate::auth::ApiKeys::load(&path)?)),
+            None => None,
+        };
+        let mut cors_origins = flags.cors_origins;
+        if cors_origins.is_empty()
+            && let Some(list) = var("TB_DALLE_CORS_ORIGINS")
+        {
+            cors_origins = list
+                .split(',')
+                .map(str::trim)
+                .filter(|o| !o.is_empty())
+                .map(String::from)
+                .collect();
+        }
+        for origin in &cors_origins {
+            if !valid_origin(origin) {
+                return Err(ConfigError::Invalid {
+                    name: "--cors-origin / TB_DALLE_CORS_ORIGINS",
+                    value: origin.clone(),
+                    reason: "expected an origin such as https://example.org (scheme and host, \
+                             no path), or *"
+                        .into(),
+                });
+            }
+        }
         let databases = flags
             .databases
             .or_else(|| var("TB_DALLE_DATABASES").map(PathBuf::from));
@@ -448,6 +517,8 @@ impl Config {
             log_filter: var("RUST_LOG").unwrap_or_else(|| "info".into()),
             access_log,
             max_body,
+            api_keys,
+            cors_origins,
             warnings,
         })
     }
@@ -568,6 +639,23 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         rest = &rest[unit_len..];
     }
     Ok(total)
+}
+
+/// A browser origin as it appears in an `Origin` header: `http(s)://host[:port]`, or `*`.
+fn valid_origin(origin: &str) -> bool {
+    if origin == "*" {
+        return true;
+    }
+    let Some(rest) = origin
+        .strip_prefix("https://")
+        .or_else(|| origin.strip_prefix("http://"))
+    else {
+        return false;
+    };
+    !rest.is_empty()
+        && rest
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'))
 }
 
 /// `$XDG_DATA_HOME/trueblocks/dalle`, else `~/.local/share/trueblocks/dalle`.
@@ -782,6 +870,60 @@ mod tests {
         let env = [("HOME", "/h"), ("TB_DALLE_MAX_BODY", "2k")];
         let cfg = Config::from_sources(flags(&[]), &env).unwrap();
         assert_eq!(cfg.max_body, 2048);
+    }
+
+    #[test]
+    fn cors_origins_repeat_or_come_from_a_list_and_must_be_origins() {
+        let env = [("HOME", "/h")];
+        let cfg = Config::from_sources(
+            flags(&[
+                "--cors-origin",
+                "https://a.example",
+                "--cors-origin=http://b:8080",
+            ]),
+            &env,
+        )
+        .unwrap();
+        assert_eq!(cfg.cors_origins, ["https://a.example", "http://b:8080"]);
+        let env = [("HOME", "/h"), ("TB_DALLE_CORS_ORIGINS", "https://c, *")];
+        let cfg = Config::from_sources(flags(&[]), &env).unwrap();
+        assert_eq!(cfg.cors_origins, ["https://c", "*"]);
+        for bad in ["example.org", "https://a/path", "https://"] {
+            let err = Config::from_sources(flags(&["--cors-origin", bad]), &env).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_bad_keys_file_line_is_a_config_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys");
+        std::fs::write(&path, "# ok\nci sha256:nothex\n").unwrap();
+        let err = Config::from_sources(
+            flags(&["--api-keys-file", path.to_str().unwrap()]),
+            &[("HOME", "/h")],
+        )
+        .unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        assert!(err.to_string().contains("line 2"), "{err}");
+        std::fs::write(&path, crate::auth::key_line("ci", "t")).unwrap();
+        let env = [
+            ("HOME", "/h"),
+            ("TB_DALLE_API_KEYS_FILE", path.to_str().unwrap()),
+        ];
+        let cfg = Config::from_sources(flags(&[]), &env).unwrap();
+        assert_eq!(cfg.api_keys.unwrap().verify("t").as_deref(), Some("ci"));
+    }
+
+    #[test]
+    fn keys_new_is_a_subcommand_and_no_subcommand_serves() {
+        assert!(flags(&[]).command.is_none());
+        match flags(&["keys", "new", "ci"]).command {
+            Some(Command::Keys {
+                action: KeysCommand::New { name },
+            }) => assert_eq!(name, "ci"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -7,7 +7,12 @@
 //! routes or of `/v1`. Handlers read path parameters and bodies through `extract`, so a
 //! request that cannot be read gets an envelope too, and a body is bounded by `--max-body`
 //! and a 10 s read timeout whatever the route's handler timeout.
+//!
+//! With `--api-keys-file`, handlers that spend money or change data ask [`auth`] for a key
+//! (the `/dalle` run decision is the run core's, given whether the caller has one); with
+//! `--cors-origin`, a CORS layer sits inside the request layer.
 
+mod auth;
 mod chunks;
 pub mod dalle;
 pub mod error;
@@ -43,6 +48,8 @@ pub fn router(state: AppState) -> Router {
         .route("/dalle/{*rest}", get(dalle::dalle))
         .route("/files/{*path}", get(files::files))
         .route("/preview", get(preview::preview))
+        .route("/preview.js", get(preview::script))
+        .route("/preview.css", get(preview::style))
         .route("/openapi.json", get(v1::openapi))
         .route("/health", get(health::health))
         .route("/livez", get(health::livez))
@@ -50,10 +57,15 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics::metrics))
         .route("/errors", get(errors::errors))
         .route_layer(TimeoutLayer(REQUEST_TIMEOUT));
-    Router::new()
+    let mut router = Router::new()
         .merge(legacy)
         .nest("/v1", v1_routes())
-        .fallback(root::not_found)
+        .fallback(root::not_found);
+    // Inside the request layer, so a preflight is logged and counted like any request.
+    if let Some(cors) = auth::cors_layer(&state.config.cors_origins) {
+        router = router.layer(cors);
+    }
+    router
         .layer(ObserveLayer::new(state.clone()))
         .with_state(state)
 }

@@ -20,10 +20,12 @@
 //! - [`budget`]: spending caps on paid images, behind a narrow trait.
 //! - [`storage`]: the data directory, atomic writes and the file cache.
 //! - [`config`], [`telemetry`]: flags, environment, `.env`; logging.
+//! - [`auth`]: the API keys file and bearer tokens (the router decides what needs one).
 
 pub mod annotate;
 pub mod app;
 pub mod attributes;
+pub mod auth;
 pub mod budget;
 pub mod catalogue;
 pub mod config;

@@ -1,16 +1,22 @@
-//! The `dalleserver` binary: configuration, logging, then serve until SIGINT/SIGTERM.
+//! The `dalleserver` binary: configuration, logging, then serve until SIGINT/SIGTERM;
+//! or, with `keys new <name>`, print a fresh API key and exit.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use clap::Parser as _;
 use dalleserver::app::{App, AppState};
-use dalleserver::config::Config;
+use dalleserver::config::{Command, Config, Flags, KeysCommand};
 use dalleserver::run::status;
 use dalleserver::server;
 
 fn main() -> ExitCode {
-    let mut config = match Config::load() {
+    let mut flags = Flags::parse();
+    if let Some(Command::Keys { action }) = flags.command.take() {
+        return keys(action);
+    }
+    let mut config = match Config::load_with(flags) {
         Ok(config) => config,
         Err(err) => {
             eprintln!("dalleserver: {err}");
@@ -46,6 +52,30 @@ fn main() -> ExitCode {
     }
 }
 
+/// `dalleserver keys new <name>`: the token on stdout's first line (for scripts), then the
+/// line for the keys file; the token is shown once and stored nowhere.
+fn keys(action: KeysCommand) -> ExitCode {
+    let KeysCommand::New { name } = action;
+    if !dalleserver::auth::valid_name(&name) {
+        eprintln!("dalleserver: bad key name {name:?}: use 1 to 64 of A-Z a-z 0-9 . _ -");
+        return ExitCode::from(2);
+    }
+    let token = match dalleserver::auth::new_token() {
+        Ok(token) => token,
+        Err(err) => {
+            eprintln!("dalleserver: no random source: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("{token}");
+    println!("{}", dalleserver::auth::key_line(&name, &token));
+    eprintln!(
+        "The first line is the token: give it to the client (Authorization: Bearer <token>); it is not shown again.\n\
+         The second line goes into the --api-keys-file; the server picks it up within a second."
+    );
+    ExitCode::SUCCESS
+}
+
 async fn run(config: Config) -> anyhow::Result<()> {
     let addr = SocketAddr::new(config.bind, config.port);
     let listener = tokio::net::TcpListener::bind(addr)
@@ -53,6 +83,13 @@ async fn run(config: Config) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
     let app = App::build(config)?;
     app.log_startup_report(listener.local_addr()?);
+    if let Some(keys) = &app.config.api_keys {
+        tracing::info!(path = %keys.path().display(), keys = keys.keys().len(), "API keys required to start runs and change data");
+    } else if let Some(warning) =
+        dalleserver::auth::exposure_warning(!app.config.openai.mock_mode(), false, app.config.bind)
+    {
+        tracing::warn!("{warning}");
+    }
     let app = Arc::new(app);
     app.resume_queue();
     let app_progress = app.progress.clone();

@@ -56,6 +56,8 @@ pub struct Metrics {
     pub budget_refusals: IntCounter,
     spend: CounterVec,
     budget_remaining: GaugeVec,
+    /// Requests refused 401 for want of a valid API key (missing and wrong alike).
+    pub auth_failures: IntCounter,
     ledger: Mutex<Ledger>,
 }
 
@@ -241,6 +243,11 @@ impl Metrics {
             )?,
             spend,
             budget_remaining,
+            auth_failures: counter(
+                &r,
+                "auth_failures_total",
+                "Requests refused 401 because they needed an API key and had no valid one",
+            )?,
             generations_in_flight,
             breaker_state,
             ledger: Mutex::new(Ledger::new()),

@@ -278,6 +278,8 @@ pub enum Outcome {
     QueueFull(QueueFull),
     /// No run was started: its image would exceed a spending cap.
     BudgetExhausted(Exhausted),
+    /// Nothing was started or removed: the request needs a key ([`Flags::authorized`]).
+    Unauthorized,
     /// A new run was asked for while the server drains for a shutdown.
     ShuttingDown,
 }
@@ -287,6 +289,10 @@ pub enum Outcome {
 pub struct Flags {
     pub generate: bool,
     pub remove: bool,
+    /// The caller may start a run and remove images: it sent a valid API key, or no keys
+    /// are configured. Checked here, where a run would start, so a cache hit, a poll and
+    /// joining a run in flight never need one.
+    pub authorized: bool,
 }
 
 /// Settings the generator takes from the configuration.
@@ -393,6 +399,11 @@ impl Generator {
     /// | absent | failed | its snapshot | its snapshot (no retry) | forgets the run |
     /// | absent | none or completed | `{}` | starts a run (refused when the queue is full) | `{}` |
     pub async fn handle(self: &Arc<Self>, key: RunKey, flags: Flags, request_id: &str) -> Outcome {
+        // Removing changes data whatever is stored, so it needs a key before anything is
+        // looked at (an answer must not tell an anonymous caller what exists).
+        if flags.remove && !flags.authorized {
+            return Outcome::Unauthorized;
+        }
         // A run in flight answers its snapshot whatever is stored, so a poll (the most
         // frequent request) needs no store call. Otherwise one lookup, which the local store
         // answers without blocking (one stat, from the kernel's inode cache: a trip to the
@@ -437,6 +448,8 @@ impl Generator {
             // The run completed between the check above and this poll (the store was not
             // asked): its final snapshot is the answer, not `{}` and never a second run.
             Some(polled) if in_flight && !flags.remove => Outcome::Progress(polled.json),
+            // A new run needs a key ([`Flags::authorized`]); everything above answers without.
+            _ if flags.generate && !flags.remove && !flags.authorized => Outcome::Unauthorized,
             // A drain starts no new run (it would be lost or stopped at once).
             _ if flags.generate && !flags.remove && self.journal.is_draining() => {
                 Outcome::ShuttingDown

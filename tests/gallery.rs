@@ -28,6 +28,12 @@ async fn get_json(url: &str) -> Value {
     resp.json().await.unwrap()
 }
 
+async fn get_text(url: &str) -> String {
+    let resp = client().get(url).send().await.unwrap();
+    assert_eq!(resp.status(), 200, "{url}");
+    resp.text().await.unwrap()
+}
+
 async fn page(server: &Server) -> String {
     let resp = client().get(server.url("/preview")).send().await.unwrap();
     assert_eq!(resp.status(), 200);
@@ -139,7 +145,9 @@ async fn a_failed_run_shows_its_error_and_a_retry_that_works() {
 
 #[tokio::test]
 async fn addresses_are_never_broken_mid_string() {
-    let page = page(&Server::start()).await;
+    // The rules live in the page's stylesheet, served beside it.
+    let server = Server::start();
+    let page = page(&server).await + &get_text(&server.url("/preview.css")).await;
     assert!(!page.contains("break-all"), "no rule breaks text anywhere");
     at(
         &page,

@@ -35,6 +35,8 @@ pub enum Code {
     /// Ours: the run's image would exceed a spending cap; nothing was started (402 with
     /// `Retry-After` to the start of the next period).
     BudgetExhausted,
+    /// Ours: a valid API key is required (401 with `WWW-Authenticate: Bearer`).
+    Unauthorized,
     /// Ours: the server is draining for a shutdown and starts no run; retry after
     /// `Retry-After`.
     ShuttingDown,
@@ -42,7 +44,7 @@ pub enum Code {
 
 impl Code {
     /// Every code, for exhaustive tests and documentation.
-    pub const ALL: [Code; 18] = [
+    pub const ALL: [Code; 19] = [
         Code::InvalidInput,
         Code::SeriesNotFound,
         Code::SeriesInvalid,
@@ -60,6 +62,7 @@ impl Code {
         Code::Internal,
         Code::QueueFull,
         Code::BudgetExhausted,
+        Code::Unauthorized,
         Code::ShuttingDown,
     ];
 
@@ -83,6 +86,7 @@ impl Code {
             Code::Internal => "internal",
             Code::QueueFull => "queue_full",
             Code::BudgetExhausted => "budget_exhausted",
+            Code::Unauthorized => "unauthorized",
             Code::ShuttingDown => "shutting_down",
         }
     }
@@ -118,6 +122,7 @@ impl Code {
             | Code::NotFound => 404,
             Code::RegenerationRefused | Code::DatabaseHashMismatch => 409,
             Code::BudgetExhausted => 402,
+            Code::Unauthorized => 401,
             Code::ProviderUnavailable | Code::QueueFull | Code::ShuttingDown => 503,
             Code::ProviderFailed => 502,
             Code::StorageFull => 507,
@@ -212,6 +217,7 @@ mod tests {
             (Code::Internal, "internal", 500),
             (Code::QueueFull, "queue_full", 503),
             (Code::BudgetExhausted, "budget_exhausted", 402),
+            (Code::Unauthorized, "unauthorized", 401),
             (Code::ShuttingDown, "shutting_down", 503),
         ];
         assert_eq!(table.len(), Code::ALL.len());

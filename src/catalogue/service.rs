@@ -35,6 +35,9 @@ pub struct GenerateRequest {
     pub image: bool,
     pub annotate: bool,
     pub force: bool,
+    /// The caller may start a run (a valid API key, or no keys configured). Without it a
+    /// request that would start work is refused `unauthorized`; a hit is still answered.
+    pub authorized: bool,
 }
 
 /// The longest `input`, `recipe` or `backstyle` a request may carry, in bytes. Each is kept in
@@ -278,6 +281,12 @@ impl Catalogue {
                 return Ok(self.result(hit, &path));
             }
         }
+        if !req.authorized {
+            return Err(CatalogueError::new(
+                Code::Unauthorized,
+                "a valid API key is required",
+            ));
+        }
         Catalogue::refuse_hidden(&series)?;
         let mut artifacts = run::Artifacts::NONE;
         if req.image {
@@ -405,9 +414,11 @@ impl Catalogue {
     }
 
     /// `POST /v1/images/{id}/regenerate`: the record's request again, with `force` and an image.
+    /// It always starts a run, so `authorized` is the caller's right to start one.
     pub async fn regenerate(
         &self,
         id: &ImageRef,
+        authorized: bool,
         request_id: &str,
     ) -> Result<GenerateResult, CatalogueError> {
         let meta = self.get_image(id).await?.metadata;
@@ -427,6 +438,7 @@ impl Catalogue {
             image: true,
             annotate: !meta.artifacts.annotated.is_empty(),
             force: true,
+            authorized,
         };
         self.generate(req, request_id).await
     }

@@ -77,6 +77,8 @@ pub enum ErrorCode {
     V1InvalidInput,
     /// A spending cap refused the run (402).
     BudgetExhausted,
+    /// No valid API key for a request that needs one (401).
+    Unauthorized,
 }
 
 impl ErrorCode {
@@ -93,6 +95,7 @@ impl ErrorCode {
             ErrorCode::InternalServerError => "INTERNAL_SERVER_ERROR",
             ErrorCode::V1InvalidInput => "invalid_input",
             ErrorCode::BudgetExhausted => "BUDGET_EXHAUSTED",
+            ErrorCode::Unauthorized => "UNAUTHORIZED",
         }
     }
 }
@@ -126,6 +129,10 @@ pub enum ApiError {
     /// `Retry-After` to the start of the next period).
     #[error("{0}")]
     BudgetExhausted(crate::budget::Exhausted),
+    /// The request would start a run or change data, and no valid API key came with it
+    /// (401 with `WWW-Authenticate: Bearer`). A missing and a wrong key answer the same.
+    #[error("A valid API key is required")]
+    Unauthorized { v1: bool },
     /// The HTML template failed to render.
     #[error("Template execution failed")]
     Template(String),
@@ -188,6 +195,7 @@ impl ApiError {
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             ApiError::Rejected { status, .. } => *status,
             ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
+            ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::BudgetExhausted(_) => StatusCode::PAYMENT_REQUIRED,
             ApiError::Unavailable { .. } | ApiError::QueueFull(_) => {
@@ -203,6 +211,10 @@ impl ApiError {
             ApiError::Rejected { v1: true, .. } => ErrorCode::V1InvalidInput.as_str(),
             ApiError::Rejected { v1: false, .. } => ErrorCode::InvalidRequest.as_str(),
             ApiError::NotFound { .. } => ErrorCode::NotFound.as_str(),
+            ApiError::Unauthorized { v1: false } => ErrorCode::Unauthorized.as_str(),
+            ApiError::Unauthorized { v1: true } => {
+                crate::catalogue::error::Code::Unauthorized.as_str()
+            }
             ApiError::MethodNotAllowed { v1: true } => ErrorCode::V1InvalidInput.as_str(),
             ApiError::MethodNotAllowed { v1: false } => ErrorCode::InvalidRequest.as_str(),
             ApiError::Unavailable { .. } | ApiError::QueueFull(_) => {
@@ -222,6 +234,9 @@ impl ApiError {
             | ApiError::Rejected { details, .. } => details.clone(),
             ApiError::NotFound { details } => Some(details.clone()),
             ApiError::QueueFull(full) => Some(full.to_string()),
+            ApiError::Unauthorized { .. } => Some(
+                "send Authorization: Bearer <token> with a key from the server's keys file".into(),
+            ),
             ApiError::MethodNotAllowed { .. }
             | ApiError::BudgetExhausted(_)
             | ApiError::Template(_)
@@ -234,6 +249,9 @@ impl ApiError {
         match self {
             // `/v1` keeps the Go server's lower-case wording.
             ApiError::MethodNotAllowed { v1: true } => "method not allowed".into(),
+            ApiError::Unauthorized { v1: true } => {
+                "unauthorized: a valid API key is required".into()
+            }
             // A fault of ours answers its code and stable message; the cause (an I/O error,
             // a path) is for the log line only. A provider failure keeps the provider's own
             // answer (what OpenAI refused and why), which is the client's to know.
@@ -334,6 +352,12 @@ impl IntoResponse for ApiError {
             response.headers_mut().insert(
                 axum::http::header::RETRY_AFTER,
                 axum::http::HeaderValue::from(crate::run::QUEUE_FULL_RETRY_AFTER.as_secs()),
+            );
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer"),
             );
         }
         if matches!(

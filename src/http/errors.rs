@@ -1,11 +1,13 @@
 //! `GET /errors`: a plain-text error report, `?format=json` for the raw snapshot and
-//! `?clear` (with or without a value — the Go server needed one) to reset it.
+//! `?clear` (with or without a value — the Go server needed one) to reset it; clearing
+//! changes data, so with API keys configured it needs one.
 
 use std::collections::HashMap;
 use std::fmt::Write;
 
 use axum::Json;
 use axum::extract::{Query, State};
+use axum::http::HeaderMap;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
 
@@ -17,18 +19,20 @@ const TEXT: &str = "text/plain; charset=utf-8";
 /// `GET /errors`.
 pub async fn errors(
     State(state): State<AppState>,
+    headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
-) -> Response {
+) -> Result<Response, super::ApiError> {
     if q.contains_key("clear") {
+        super::auth::require(&state, &headers, false)?;
         state.metrics.clear_errors();
-        return ([(CONTENT_TYPE, TEXT)], "Error metrics cleared.\n").into_response();
+        return Ok(([(CONTENT_TYPE, TEXT)], "Error metrics cleared.\n").into_response());
     }
     let snapshot = state.metrics.snapshot(&state.breaker.snapshot());
     if q.get("format").map(String::as_str) == Some("json") {
         // Raw, not enveloped, as the Go server answered: clients may rely on that shape.
-        return Json(snapshot).into_response();
+        return Ok(Json(snapshot).into_response());
     }
-    ([(CONTENT_TYPE, TEXT)], report(&snapshot)).into_response()
+    Ok(([(CONTENT_TYPE, TEXT)], report(&snapshot)).into_response())
 }
 
 fn report(s: &MetricsSnapshot) -> String {

@@ -5,12 +5,19 @@
 //! `?per_page=` so that large galleries stay fast. Images come from the artifact store and runs
 //! from the run registry, through their traits. The page is rendered to a string first, so a template failure is a
 //! clean 500 `TEMPLATE_ERROR` instead of half a page.
+//!
+//! The page's script and styles are served as files (`/preview.js`, `/preview.css`), so the
+//! page can send a [`CONTENT_SECURITY_POLICY`] that allows only this server's own scripts,
+//! styles, images and fetches: an address or series name that ever slipped past escaping
+//! still could not run a script.
 
 use std::collections::HashMap;
 use std::time::SystemTime;
 
 use askama::Template;
 use axum::extract::{Query, State};
+use axum::http::HeaderValue;
+use axum::http::header::{CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE};
 use axum::response::{Html, IntoResponse, Response};
 use time::OffsetDateTime;
 
@@ -75,6 +82,37 @@ struct Failed {
     dalle_url: Option<String>,
 }
 
+/// The policy `/preview` is sent with: its own scripts, styles, images (`/files/…`) and
+/// polls only; nothing inline, no plugins, no framing, no form posts elsewhere.
+pub const PREVIEW_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
+     img-src 'self'; connect-src 'self'; base-uri 'none'; form-action 'none'; \
+     frame-ancestors 'none'";
+
+const SCRIPT: &str = include_str!("../../templates/preview.js");
+const STYLE: &str = include_str!("../../templates/preview.css");
+
+/// `GET /preview.js`: the gallery's script.
+pub async fn script() -> Response {
+    asset("text/javascript; charset=utf-8", SCRIPT)
+}
+
+/// `GET /preview.css`: the gallery's styles.
+pub async fn style() -> Response {
+    asset("text/css; charset=utf-8", STYLE)
+}
+
+/// A file of the binary: it changes only with the binary, so an hour of caching is safe.
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (CONTENT_TYPE, content_type),
+            (CACHE_CONTROL, "public, max-age=3600"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
 /// `GET /preview`.
 pub async fn preview(
     State(state): State<AppState>,
@@ -96,7 +134,12 @@ pub async fn preview(
         .map_err(|e| ApiError::Internal(format!("gallery scan failed: {e}")))?;
     let page = gallery::paginate(entries, selected.as_deref(), page_no, per_page);
     let html = render(&state, page, selected).map_err(|e| ApiError::Template(e.to_string()))?;
-    Ok(Html(html).into_response())
+    let mut response = Html(html).into_response();
+    response.headers_mut().insert(
+        CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(PREVIEW_CSP),
+    );
+    Ok(response)
 }
 
 fn render(

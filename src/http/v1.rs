@@ -13,8 +13,8 @@
 use std::collections::HashMap;
 
 use axum::extract::{Query, State};
-use axum::http::HeaderValue;
 use axum::http::header::{CONTENT_TYPE, LINK};
+use axum::http::{HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -92,8 +92,9 @@ struct GenerateBody {
 
 impl GenerateBody {
     /// The request, or `400 invalid_input` for a text over [`MAX_TEXT`] bytes (each is kept in
-    /// the record) or a seed that cannot be used. `series` defaults to `empty`.
-    fn parse(self) -> Result<GenerateRequest, ApiError> {
+    /// the record) or a seed that cannot be used. `series` defaults to `empty`. `authorized`
+    /// is whether the caller may start a run, which only the catalogue knows it would.
+    fn parse(self, authorized: bool) -> Result<GenerateRequest, ApiError> {
         let texts = [
             ("input", Some(&self.input)),
             ("recipe", self.recipe.as_ref()),
@@ -129,17 +130,18 @@ impl GenerateBody {
             image: self.image,
             annotate: self.annotate,
             force: self.force,
+            authorized,
         })
     }
 }
 
-/// `POST /v1/images/generate`.
-pub async fn generate(State(state): State<AppState>, rid: RequestId, body: JsonBody) -> V1Result {
-    let request = decode::<GenerateBody>(&body)?.parse()?;
-    ok(
-        catalogue(&state)?.generate(request, rid.as_str()).await?,
-        &rid,
-    )
+/// The catalogue's `unauthorized` as the same 401 every other route answers (and counts).
+fn or_refused(state: &AppState, e: CatalogueError) -> ApiError {
+    if e.code == Code::Unauthorized {
+        super::auth::refuse(state, true)
+    } else {
+        e.into()
+    }
 }
 
 /// Spend and images of one period, in dollars.
@@ -203,7 +205,8 @@ pub async fn usage(State(state): State<AppState>, rid: RequestId) -> V1Result {
 /// `POST /v1/images/estimate`: the generate body, answered with what a new run for it would
 /// cost and whether a spending cap would refuse it; nothing is run or reserved.
 pub async fn estimate(State(state): State<AppState>, rid: RequestId, body: JsonBody) -> V1Result {
-    let request = decode::<GenerateBody>(&body)?.parse()?;
+    // Runs nothing, so it needs no key: `authorized` only matters to a request that starts one.
+    let request = decode::<GenerateBody>(&body)?.parse(true)?;
     let generator = state.generator().map_err(ApiError::databases_unavailable)?;
     let options = crate::run::JobOptions {
         artifacts: if request.image {
@@ -234,8 +237,23 @@ pub async fn estimate(State(state): State<AppState>, rid: RequestId, body: JsonB
 }
 
 /// `POST /v1/images/preview`.
+/// `POST /v1/images/generate`. A hit needs no key; a request that would start a run does.
+pub async fn generate(
+    State(state): State<AppState>,
+    rid: RequestId,
+    headers: HeaderMap,
+    body: JsonBody,
+) -> V1Result {
+    let authorized = super::auth::authorized(&state, &headers);
+    let request = decode::<GenerateBody>(&body)?.parse(authorized)?;
+    let result = catalogue(&state)?.generate(request, rid.as_str()).await;
+    ok(result.map_err(|e| or_refused(&state, e))?, &rid)
+}
+
+/// `POST /v1/images/preview`: writes a record but never starts a run or calls OpenAI, so
+/// it needs no key.
 pub async fn preview(State(state): State<AppState>, rid: RequestId, body: JsonBody) -> V1Result {
-    let request = decode::<GenerateBody>(&body)?.parse()?;
+    let request = decode::<GenerateBody>(&body)?.parse(true)?;
     ok(catalogue(&state)?.preview(request).await?, &rid)
 }
 
@@ -304,8 +322,10 @@ pub async fn get_image(
 pub async fn delete_image(
     State(state): State<AppState>,
     rid: RequestId,
+    headers: HeaderMap,
     Path(id): Path<String>,
 ) -> V1Result {
+    super::auth::require(&state, &headers, true)?;
     catalogue(&state)?.delete_image(&image_ref(&id)?).await?;
     ok(Deleted { deleted: true }, &rid)
 }
@@ -314,23 +334,25 @@ pub async fn delete_image(
 pub async fn regenerate(
     State(state): State<AppState>,
     rid: RequestId,
+    headers: HeaderMap,
     Path(id): Path<String>,
 ) -> V1Result {
-    ok(
-        catalogue(&state)?
-            .regenerate(&image_ref(&id)?, rid.as_str())
-            .await?,
-        &rid,
-    )
+    let authorized = super::auth::authorized(&state, &headers);
+    let result = catalogue(&state)?
+        .regenerate(&image_ref(&id)?, authorized, rid.as_str())
+        .await;
+    ok(result.map_err(|e| or_refused(&state, e))?, &rid)
 }
 
 /// `POST /v1/images/{id}/export` (an empty body means default options).
 pub async fn export(
     State(state): State<AppState>,
     rid: RequestId,
+    headers: HeaderMap,
     Path(id): Path<String>,
     body: JsonBody,
 ) -> V1Result {
+    super::auth::require(&state, &headers, true)?;
     let options = if body.is_empty() {
         serde_json::Value::Object(Default::default())
     } else {
@@ -381,9 +403,11 @@ pub async fn get_series(
 pub async fn save_series(
     State(state): State<AppState>,
     rid: RequestId,
+    headers: HeaderMap,
     Path(name): Path<String>,
     body: JsonBody,
 ) -> V1Result {
+    super::auth::require(&state, &headers, true)?;
     series_name(&name)?;
     let series: Series = decode(&body)?;
     let name = [series.suffix.as_str(), name.as_str()]
@@ -398,9 +422,11 @@ pub async fn save_series(
 pub async fn set_series_hidden(
     State(state): State<AppState>,
     rid: RequestId,
+    headers: HeaderMap,
     Path(name): Path<String>,
     body: JsonBody,
 ) -> V1Result {
+    super::auth::require(&state, &headers, true)?;
     let name = series_name(&name)?;
     let Hidden { hidden } = decode(&body)?;
     ok(

@@ -1,0 +1,70 @@
+//! What needs an API key, and CORS for browser callers.
+//!
+//! With `--api-keys-file`, a request that spends money or changes data needs
+//! `Authorization: Bearer <token>` with a key of the file ([`crate::auth::ApiKeys`]); the
+//! handlers ask [`require`] (or pass [`authorized`] on to the run core, which decides
+//! whether a `/dalle` request would start a run). Reading never needs one. Without a keys
+//! file every request is authorised, as upstream.
+
+use axum::http::header::{AUTHORIZATION, CONTENT_TYPE, LINK, RETRY_AFTER, WWW_AUTHENTICATE};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method};
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+use super::ApiError;
+use crate::app::AppState;
+
+/// Whether the request may start runs and change data: no keys are configured, or its
+/// bearer token is one of them.
+pub fn authorized(state: &AppState, headers: &HeaderMap) -> bool {
+    let Some(keys) = &state.config.api_keys else {
+        return true;
+    };
+    let header = headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok());
+    keys.authenticate(header).is_some()
+}
+
+/// The 401 for a request that needed a key (counted in `dalleserver_auth_failures_total`).
+/// Missing and wrong keys get this same answer.
+pub fn refuse(state: &AppState, v1: bool) -> ApiError {
+    state.metrics.auth_failures.inc();
+    ApiError::Unauthorized { v1 }
+}
+
+/// `Ok` when [`authorized`], else the 401.
+pub fn require(state: &AppState, headers: &HeaderMap, v1: bool) -> Result<(), ApiError> {
+    if authorized(state, headers) {
+        Ok(())
+    } else {
+        Err(refuse(state, v1))
+    }
+}
+
+/// The CORS layer for `--cors-origin`, or `None` when no origin is allowed (then no CORS
+/// headers are sent and browsers keep the same-origin rule). The request headers a client
+/// needs (the key, a JSON body, its own request id) are allowed; the response headers it
+/// reads are exposed.
+pub fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
+    if origins.is_empty() {
+        return None;
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+    };
+    let request_id = HeaderName::from_static("x-request-id");
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([
+                Method::GET,
+                Method::HEAD,
+                Method::POST,
+                Method::PUT,
+                Method::DELETE,
+            ])
+            .allow_headers([AUTHORIZATION, CONTENT_TYPE, request_id.clone()])
+            .expose_headers([request_id, RETRY_AFTER, LINK, WWW_AUTHENTICATE])
+            .max_age(std::time::Duration::from_secs(600)),
+    )
+}
