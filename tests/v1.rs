@@ -997,3 +997,77 @@ async fn usage_estimates_and_budget_refusals_match_the_openapi_document() {
         .check(schema, &refused.json().await.unwrap(), "$", &mut errors);
     assert!(errors.is_empty(), "{errors:?}");
 }
+
+/// JSON that remembers whether any object repeated a key: `serde_json::Value` keeps the last
+/// of two and says nothing, so a merge that writes one response code twice would otherwise
+/// go unnoticed (the duplicate silently replacing the first answer).
+struct Duplicates(Vec<String>);
+
+impl<'de> serde::Deserialize<'de> for Duplicates {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Walk;
+        impl<'de> serde::de::Visitor<'de> for Walk {
+            type Value = Duplicates;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Duplicates, E> {
+                Ok(Duplicates(Vec::new()))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Duplicates, E> {
+                Ok(Duplicates(Vec::new()))
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Duplicates, E> {
+                Ok(Duplicates(Vec::new()))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Duplicates, E> {
+                Ok(Duplicates(Vec::new()))
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Duplicates, E> {
+                Ok(Duplicates(Vec::new()))
+            }
+            fn visit_unit<E>(self) -> Result<Duplicates, E> {
+                Ok(Duplicates(Vec::new()))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<Duplicates, A::Error> {
+                let mut found = Vec::new();
+                let mut i = 0;
+                while let Some(Duplicates(inner)) = a.next_element()? {
+                    found.extend(inner.into_iter().map(|p| format!("[{i}]{p}")));
+                    i += 1;
+                }
+                Ok(Duplicates(found))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<Duplicates, A::Error> {
+                let mut seen = std::collections::HashSet::new();
+                let mut found = Vec::new();
+                while let Some(key) = a.next_key::<String>()? {
+                    let Duplicates(inner) = a.next_value()?;
+                    found.extend(inner.into_iter().map(|p| format!("/{key}{p}")));
+                    if !seen.insert(key.clone()) {
+                        found.push(format!("/{key} (twice)"));
+                    }
+                }
+                Ok(Duplicates(found))
+            }
+        }
+        d.deserialize_any(Walk)
+    }
+}
+
+#[test]
+fn the_openapi_document_has_no_key_twice() {
+    let Duplicates(found) =
+        serde_json::from_str(include_str!("../src/http/openapi.json")).expect("valid JSON");
+    assert!(found.is_empty(), "keys written twice: {found:?}");
+    // The checker itself: a repeated key is found, nested or not.
+    let Duplicates(found) =
+        serde_json::from_str(r#"{"a": {"400": 1, "400": 2}, "b": [{"x": 1, "x": 1}]}"#).unwrap();
+    assert_eq!(found, ["/a/400 (twice)", "/b[0]/x (twice)"]);
+}
