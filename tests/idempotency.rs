@@ -547,3 +547,44 @@ async fn bad_keys_are_refused_before_anything_runs() {
     assert!(again.replayed);
     assert_eq!(image_requests(&mock).await, 1);
 }
+
+#[tokio::test]
+async fn the_openapi_document_describes_the_header_the_codes_and_the_replay() {
+    let server = Server::start();
+    let doc: Value = client(Duration::from_secs(30))
+        .get(server.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for route in [
+        "/v1/images/generate",
+        "/v1/images/{id}/regenerate",
+        "/v1/images/{id}/export",
+    ] {
+        let op = &doc["paths"][route]["post"];
+        let header = op["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "Idempotency-Key")
+            .unwrap_or_else(|| panic!("{route} documents no Idempotency-Key"));
+        assert_eq!(header["in"], "header");
+        assert_eq!(header["schema"]["maxLength"], 255);
+        let responses = &op["responses"];
+        assert!(
+            responses["200"]["headers"]["Idempotent-Replayed"].is_object(),
+            "{route}"
+        );
+        for (status, code) in [
+            ("422", "idempotency_key_reused"),
+            ("409", "idempotency_key_interrupted"),
+            ("503", "idempotency_store_full"),
+        ] {
+            let text = responses[status]["description"].as_str().unwrap_or("");
+            assert!(text.contains(code), "{route} {status}: {text}");
+        }
+    }
+}
