@@ -588,3 +588,34 @@ async fn the_openapi_document_describes_the_header_the_codes_and_the_replay() {
         }
     }
 }
+
+#[tokio::test]
+async fn browsers_may_send_the_key_and_read_the_replay_header() {
+    let server = Server::start_with(Options {
+        args: vec!["--cors-origin".into(), "https://app.example".into()],
+        ..Options::default()
+    });
+    let preflight = client(Duration::from_secs(30))
+        .request(reqwest::Method::OPTIONS, server.url(GENERATE))
+        .header("origin", "https://app.example")
+        .header("access-control-request-method", "POST")
+        .header("access-control-request-headers", "idempotency-key")
+        .send()
+        .await
+        .unwrap();
+    assert!(preflight.status().is_success(), "{}", preflight.status());
+    let allowed = preflight.headers()["access-control-allow-headers"]
+        .to_str()
+        .unwrap();
+    assert!(allowed.contains("idempotency-key"), "{allowed}");
+    let answer = client(Duration::from_secs(30))
+        .get(server.url("/series"))
+        .header("origin", "https://app.example")
+        .send()
+        .await
+        .unwrap();
+    let exposed = answer.headers()["access-control-expose-headers"]
+        .to_str()
+        .unwrap();
+    assert!(exposed.contains("idempotent-replayed"), "{exposed}");
+}
