@@ -619,3 +619,25 @@ async fn browsers_may_send_the_key_and_read_the_replay_header() {
         .unwrap();
     assert!(exposed.contains("idempotent-replayed"), "{exposed}");
 }
+
+#[tokio::test]
+async fn a_key_that_cannot_be_recorded_runs_nothing() {
+    let mock = mock_openai(Duration::ZERO).await;
+    let server = Server::start_with(live(&mock, &[]));
+    // Where the slots are written, a plain file: no claim can be recorded.
+    let slots = server.data_dir.join("idempotency");
+    std::fs::remove_dir_all(&slots).unwrap();
+    std::fs::write(&slots, b"not a directory").unwrap();
+    let refused = post(&server, GENERATE, Some("unrecorded"), None, PAID).await;
+    assert_eq!(
+        (refused.status, refused.code()),
+        (500, "internal"),
+        "{refused:?}"
+    );
+    let message = refused.body["error"]["message"].as_str().unwrap();
+    assert!(!message.contains(slots.to_str().unwrap()), "{message}");
+    assert_eq!(image_requests(&mock).await, 0, "not recorded, not run");
+    let unkeyed = post(&server, GENERATE, None, None, PAID).await;
+    assert_eq!(unkeyed.status, 200, "{unkeyed:?}");
+    assert_eq!(image_requests(&mock).await, 1);
+}

@@ -24,7 +24,8 @@ use super::{ApiError, Envelope, RequestId};
 use crate::app::AppState;
 use crate::catalogue::error::{CatalogueError, Code};
 use crate::idempotency::{
-    Answer, Begin, Fingerprint, IdempotencyKey, IdempotencyStore, Scope, Slot, Wait, is_kept,
+    Answer, Begin, Fingerprint, IdempotencyKey, IdempotencyStore, Scope, Slot, StoreError, Wait,
+    is_kept,
 };
 
 /// The request header.
@@ -93,7 +94,7 @@ where
         };
         let begun = begun
             .map_err(|e| internal("the idempotency store failed", e))?
-            .map_err(|e| internal("cannot record the Idempotency-Key", e))?;
+            .map_err(store_failure)?;
         match begun {
             Begin::Claimed => break,
             Begin::Done(kept) => return Ok(replay(kept, rid)),
@@ -176,6 +177,20 @@ where
 
 fn internal(message: &str, cause: impl std::fmt::Display) -> ApiError {
     ApiError::Catalogue(CatalogueError::new(Code::Internal, message).with_cause(cause))
+}
+
+/// The key could not be recorded, so the request is not run: without the record a retry
+/// could pay again. A full disk says so (507), anything else is ours (500).
+fn store_failure(err: StoreError) -> ApiError {
+    let (StoreError::Write { source, .. } | StoreError::Read { source, .. }) = &err;
+    let code = match source.kind() {
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded => Code::StorageFull,
+        _ => Code::Internal,
+    };
+    ApiError::Catalogue(
+        CatalogueError::new(code, "cannot record the Idempotency-Key; nothing was run")
+            .with_cause(err),
+    )
 }
 
 fn interrupted() -> ApiError {
