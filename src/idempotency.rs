@@ -25,8 +25,8 @@
 //! thing the key exists to prevent. The client looks at what exists (`GET /v1/images/{id}`)
 //! and sends a new key if it still wants the work.
 //!
-//! Bounds: at most `max_keys` slots (in memory an index entry each, on disk one small file
-//! each); when every slot is taken by a key younger than the TTL, a new key is refused
+//! Bounds: at most `max_keys` slots (in memory an index entry each, on disk one file each,
+//! the size of its answer: about 11 KB for a generate answer); when every slot is taken by a key younger than the TTL, a new key is refused
 //! `503 idempotency_store_full` with `Retry-After` until the oldest expires, instead of
 //! dropping a promise already made. An expired slot is forgotten: a retry after the TTL is a
 //! new request.
