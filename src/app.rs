@@ -8,9 +8,10 @@ use std::time::{Instant, SystemTime};
 
 use crate::attributes::Attributes;
 use crate::attributes::database::{BACKSTYLES, SELECTION_DATABASES, Source};
-use crate::budget::{self, Budget, Caps, LocalBudget, Prices, SystemClock};
+use crate::budget::{self, Budget, Caps, Clock, LocalBudget, Prices, SystemClock};
 use crate::catalogue::service::Catalogue;
 use crate::config::Config;
+use crate::idempotency::{self, IdempotencyStore, LocalStore};
 use crate::metrics::Metrics;
 use crate::openai::breaker::Breakers;
 use crate::openai::{OpenAiClient, RetryPolicy};
@@ -47,6 +48,8 @@ pub struct App {
     pub catalogue: Result<Arc<Catalogue>, String>,
     /// Every live run and the durable queue under `<data>/queue` (see [`crate::run::journal`]).
     pub journal: Arc<Journal>,
+    /// `Idempotency-Key` slots and kept answers, under `<data>/idempotency`.
+    pub idempotency: Arc<dyn IdempotencyStore>,
     /// What the previous process left in the queue, until [`App::resume_queue`] starts it.
     recovered: Mutex<Option<Recovered>>,
     pub started: Instant,
@@ -66,6 +69,8 @@ pub enum BuildError {
     Metrics(#[from] prometheus::Error),
     #[error("cannot set up the OpenAI client: {0}")]
     OpenAi(#[from] crate::openai::OpenAiError),
+    #[error("cannot open the idempotency store: {0}")]
+    Idempotency(std::io::Error),
     #[error("cannot read the saved budget: {0}")]
     Budget(std::io::Error),
     #[error("{0}")]
@@ -75,6 +80,12 @@ pub enum BuildError {
 impl App {
     /// Builds every component from a configuration whose data dir is already prepared.
     pub fn build(config: Config) -> Result<App, BuildError> {
+        App::build_with_clock(config, Arc::new(SystemClock))
+    }
+
+    /// [`App::build`] with the clock that dates budget periods and idempotency keys, so a
+    /// test can move a running server a day on.
+    pub fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<App, BuildError> {
         let data = DataDir::new(config.data_dir.clone());
         for dir in [data.output(), data.user_series(), data.metrics()] {
             std::fs::create_dir_all(&dir)
@@ -142,8 +153,17 @@ impl App {
             daily_images: config.budget.daily_images,
         };
         let spending: Arc<dyn Budget> = Arc::new(
-            LocalBudget::open(data.root().join(BUDGET_FILE), caps, Arc::new(SystemClock))
+            LocalBudget::open(data.root().join(BUDGET_FILE), caps, clock.clone())
                 .map_err(BuildError::Budget)?,
+        );
+        let idempotency: Arc<dyn IdempotencyStore> = Arc::new(
+            LocalStore::open(
+                data.root().join(idempotency::DIR),
+                config.idempotency.ttl,
+                config.idempotency.max_keys,
+                clock,
+            )
+            .map_err(BuildError::Idempotency)?,
         );
         let generator = attributes.clone().map(|attributes| {
             Arc::new(
@@ -169,6 +189,7 @@ impl App {
             store,
             runs,
             journal,
+            idempotency,
             recovered: Mutex::new(Some(recovered)),
             data,
             metrics,

@@ -141,6 +141,12 @@ pub struct Flags {
     /// A browser origin allowed to call the API (repeatable; `*` for any) [env: TB_DALLE_CORS_ORIGINS, comma-separated]
     #[arg(long = "cors-origin")]
     pub cors_origins: Vec<String>,
+    /// How long an Idempotency-Key is remembered, e.g. 24h, 90m [env: TB_DALLE_IDEMPOTENCY_TTL] [default: 24h]
+    #[arg(long)]
+    pub idempotency_ttl: Option<String>,
+    /// Idempotency-Keys remembered at once; a new key beyond them gets 503 [env: TB_DALLE_IDEMPOTENCY_MAX_KEYS] [default: 10000]
+    #[arg(long)]
+    pub idempotency_max_keys: Option<String>,
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -264,6 +270,8 @@ pub struct Config {
     pub api_keys: Option<std::sync::Arc<crate::auth::ApiKeys>>,
     /// Browser origins allowed by CORS (`*` for any); empty sends no CORS headers.
     pub cors_origins: Vec<String>,
+    /// How long `Idempotency-Key`s are kept, and how many.
+    pub idempotency: IdempotencyConfig,
     /// Non-fatal problems found while resolving (logged once tracing is up).
     pub warnings: Vec<String>,
 }
@@ -275,6 +283,48 @@ pub struct BudgetConfig {
     pub monthly_usd: Option<f64>,
     pub daily_images: Option<u64>,
     pub prices: Option<PathBuf>,
+}
+
+/// The `Idempotency-Key` store's bounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdempotencyConfig {
+    pub ttl: Duration,
+    pub max_keys: usize,
+}
+
+impl IdempotencyConfig {
+    fn from_sources(
+        ttl: Option<String>,
+        max_keys: Option<String>,
+    ) -> Result<IdempotencyConfig, ConfigError> {
+        let ttl = match ttl {
+            None => crate::idempotency::DEFAULT_TTL,
+            Some(v) => match parse_duration(&v) {
+                Ok(d) if !d.is_zero() => d,
+                _ => {
+                    return Err(ConfigError::Invalid {
+                        name: "--idempotency-ttl / TB_DALLE_IDEMPOTENCY_TTL",
+                        value: v,
+                        reason: "expected a duration of at least 1s, such as 24h or 90m".into(),
+                    });
+                }
+            },
+        };
+        let max_keys = match max_keys {
+            None => crate::idempotency::DEFAULT_MAX_KEYS,
+            Some(v) => match v.trim().parse::<usize>() {
+                Ok(n) if n > 0 => n,
+                _ => {
+                    return Err(ConfigError::Invalid {
+                        name: "--idempotency-max-keys / TB_DALLE_IDEMPOTENCY_MAX_KEYS",
+                        value: v,
+                        reason: "expected a whole number of at least 1".into(),
+                    });
+                }
+            },
+        };
+        Ok(IdempotencyConfig { ttl, max_keys })
+    }
 }
 
 /// The daily cap a live-mode server gets unless told otherwise (`none` lifts it).
@@ -503,7 +553,17 @@ impl Config {
             })?,
         };
 
+        let idempotency = IdempotencyConfig::from_sources(
+            flags
+                .idempotency_ttl
+                .or_else(|| var("TB_DALLE_IDEMPOTENCY_TTL")),
+            flags
+                .idempotency_max_keys
+                .or_else(|| var("TB_DALLE_IDEMPOTENCY_MAX_KEYS")),
+        )?;
+
         Ok(Config {
+            idempotency,
             drain_timeout,
             budget,
             bind,
@@ -724,6 +784,37 @@ mod tests {
         let cfg = Config::from_sources(flags(&["--max-queue", "0"]), &env).unwrap();
         assert_eq!(cfg.max_queue, 0, "the flag wins; 0 queues nothing");
         assert!(Config::from_sources(flags(&["--max-queue", "lots"]), &home).is_err());
+    }
+
+    #[test]
+    fn idempotency_keys_last_a_day_ten_thousand_at_most_unless_told() {
+        let home = [("HOME", "/h")];
+        let cfg = Config::from_sources(flags(&[]), &home).unwrap();
+        assert_eq!(
+            cfg.idempotency,
+            IdempotencyConfig {
+                ttl: Duration::from_secs(86_400),
+                max_keys: 10_000
+            }
+        );
+        let env = [
+            ("HOME", "/h"),
+            ("TB_DALLE_IDEMPOTENCY_TTL", "2h"),
+            ("TB_DALLE_IDEMPOTENCY_MAX_KEYS", "50"),
+        ];
+        let cfg = Config::from_sources(flags(&["--idempotency-max-keys", "7"]), &env).unwrap();
+        assert_eq!(cfg.idempotency.ttl, Duration::from_secs(7200));
+        assert_eq!(cfg.idempotency.max_keys, 7, "the flag wins");
+        for bad in [
+            ["--idempotency-ttl", "0s"],
+            ["--idempotency-ttl", "soon"],
+            ["--idempotency-max-keys", "0"],
+            ["--idempotency-max-keys", "lots"],
+        ] {
+            let err = Config::from_sources(flags(&bad), &home).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{bad:?}");
+            assert!(err.to_string().contains(bad[0]), "{err}");
+        }
     }
 
     #[test]

@@ -21,6 +21,7 @@ mod extract;
 mod file;
 mod files;
 mod health;
+mod idempotent;
 mod metrics;
 pub mod observe;
 mod preview;

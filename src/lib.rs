@@ -18,6 +18,7 @@
 //! - [`domain`], [`attributes`], [`prompts`]: identifiers parsed at the edge, and the pure
 //!   domain — databases, series, selection, prompts.
 //! - [`budget`]: spending caps on paid images, behind a narrow trait.
+//! - [`idempotency`]: `Idempotency-Key` slots and kept answers, behind a narrow trait.
 //! - [`storage`]: the data directory, atomic writes and the file cache.
 //! - [`config`], [`telemetry`]: flags, environment, `.env`; logging.
 //! - [`auth`]: the API keys file and bearer tokens (the router decides what needs one).
@@ -33,6 +34,7 @@ pub mod domain;
 pub mod gallery;
 pub mod health;
 pub mod http;
+pub mod idempotency;
 pub mod metrics;
 pub mod openai;
 pub mod progress;

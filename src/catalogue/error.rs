@@ -40,11 +40,19 @@ pub enum Code {
     /// Ours: the server is draining for a shutdown and starts no run; retry after
     /// `Retry-After`.
     ShuttingDown,
+    /// Ours: the `Idempotency-Key` was first used for a different request (422).
+    IdempotencyKeyReused,
+    /// Ours: the first request with the `Idempotency-Key` was cut off by a restart before it
+    /// answered, and may have been billed, so it is not run again (409).
+    IdempotencyKeyInterrupted,
+    /// Ours: every idempotency slot is taken by a key that has not expired (503 with
+    /// `Retry-After`); nothing was started.
+    IdempotencyStoreFull,
 }
 
 impl Code {
     /// Every code, for exhaustive tests and documentation.
-    pub const ALL: [Code; 19] = [
+    pub const ALL: [Code; 22] = [
         Code::InvalidInput,
         Code::SeriesNotFound,
         Code::SeriesInvalid,
@@ -64,6 +72,9 @@ impl Code {
         Code::BudgetExhausted,
         Code::Unauthorized,
         Code::ShuttingDown,
+        Code::IdempotencyKeyReused,
+        Code::IdempotencyKeyInterrupted,
+        Code::IdempotencyStoreFull,
     ];
 
     /// The wire form, e.g. `invalid_input`.
@@ -88,6 +99,9 @@ impl Code {
             Code::BudgetExhausted => "budget_exhausted",
             Code::Unauthorized => "unauthorized",
             Code::ShuttingDown => "shutting_down",
+            Code::IdempotencyKeyReused => "idempotency_key_reused",
+            Code::IdempotencyKeyInterrupted => "idempotency_key_interrupted",
+            Code::IdempotencyStoreFull => "idempotency_store_full",
         }
     }
 
@@ -101,6 +115,9 @@ impl Code {
             Code::QueueFull => "the generation queue is full; nothing was started, retry later",
             Code::ShuttingDown => {
                 "the server is shutting down and starts no new run; retry after Retry-After"
+            }
+            Code::IdempotencyStoreFull => {
+                "every idempotency slot is taken; nothing was started, retry after Retry-After"
             }
             _ => "internal error; the server log has the details under this request id",
         }
@@ -120,10 +137,16 @@ impl Code {
             | Code::ArtifactMissing
             | Code::DatabaseVersionUnavailable
             | Code::NotFound => 404,
-            Code::RegenerationRefused | Code::DatabaseHashMismatch => 409,
+            Code::RegenerationRefused
+            | Code::DatabaseHashMismatch
+            | Code::IdempotencyKeyInterrupted => 409,
+            Code::IdempotencyKeyReused => 422,
             Code::BudgetExhausted => 402,
             Code::Unauthorized => 401,
-            Code::ProviderUnavailable | Code::QueueFull | Code::ShuttingDown => 503,
+            Code::ProviderUnavailable
+            | Code::QueueFull
+            | Code::ShuttingDown
+            | Code::IdempotencyStoreFull => 503,
             Code::ProviderFailed => 502,
             Code::StorageFull => 507,
             Code::DatabaseManifestInvalid | Code::MetadataInvalid | Code::Internal => 500,
@@ -219,6 +242,13 @@ mod tests {
             (Code::BudgetExhausted, "budget_exhausted", 402),
             (Code::Unauthorized, "unauthorized", 401),
             (Code::ShuttingDown, "shutting_down", 503),
+            (Code::IdempotencyKeyReused, "idempotency_key_reused", 422),
+            (
+                Code::IdempotencyKeyInterrupted,
+                "idempotency_key_interrupted",
+                409,
+            ),
+            (Code::IdempotencyStoreFull, "idempotency_store_full", 503),
         ];
         assert_eq!(table.len(), Code::ALL.len());
         for ((code, text, status), listed) in table.into_iter().zip(Code::ALL) {

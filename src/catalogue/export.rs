@@ -19,8 +19,10 @@ use crate::attributes::series::normalize_name;
 
 /// What to export; JSON keys match case-insensitively (`dir`, `Dir`, `includePrompt`,
 /// `IncludePrompt`, `includeprompt`…) because upstream's options had Go field names and no
-/// JSON tags. Unknown keys are ignored.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// JSON tags. Unknown keys are ignored. Serialised (camelCase) as the options understood,
+/// for an idempotent export's fingerprint.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ExportOptions {
     /// The directory, relative to `<data>/exports/`: `/`-separated names, none of them empty,
     /// `.` or `..` (an absolute path is refused too). Blank or absent:

@@ -53,6 +53,10 @@ pub fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
         AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
     };
     let request_id = HeaderName::from_static("x-request-id");
+    let (idempotency_key, replayed) = (
+        super::idempotent::IDEMPOTENCY_KEY,
+        super::idempotent::REPLAYED,
+    );
     Some(
         CorsLayer::new()
             .allow_origin(allow)
@@ -63,8 +67,13 @@ pub fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
                 Method::PUT,
                 Method::DELETE,
             ])
-            .allow_headers([AUTHORIZATION, CONTENT_TYPE, request_id.clone()])
-            .expose_headers([request_id, RETRY_AFTER, LINK, WWW_AUTHENTICATE])
+            .allow_headers([
+                AUTHORIZATION,
+                CONTENT_TYPE,
+                request_id.clone(),
+                idempotency_key,
+            ])
+            .expose_headers([request_id, RETRY_AFTER, LINK, WWW_AUTHENTICATE, replayed])
             .max_age(std::time::Duration::from_secs(600)),
     )
 }

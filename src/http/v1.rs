@@ -20,6 +20,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::extract::{JsonBody, Path};
+use super::idempotent;
 use super::{ApiError, Envelope, RequestId};
 use crate::app::AppState;
 use crate::attributes::series::Series;
@@ -236,8 +237,8 @@ pub async fn estimate(State(state): State<AppState>, rid: RequestId, body: JsonB
     ok(data, &rid)
 }
 
-/// `POST /v1/images/preview`.
 /// `POST /v1/images/generate`. A hit needs no key; a request that would start a run does.
+/// With `Idempotency-Key`, a retry answers the first request's result ([`idempotent`]).
 pub async fn generate(
     State(state): State<AppState>,
     rid: RequestId,
@@ -246,8 +247,43 @@ pub async fn generate(
 ) -> V1Result {
     let authorized = super::auth::authorized(&state, &headers);
     let request = decode::<GenerateBody>(&body)?.parse(authorized)?;
-    let result = catalogue(&state)?.generate(request, rid.as_str()).await;
-    ok(result.map_err(|e| or_refused(&state, e))?, &rid)
+    let what = idempotent::Request {
+        route: "generate",
+        target: None,
+        body: understood(&request),
+    };
+    let (catalogue, s, id) = (catalogue(&state)?.clone(), state.clone(), rid.to_string());
+    let work = async move {
+        let result = catalogue.generate(request, &id).await;
+        data(result.map_err(|e| or_refused(&s, e)))
+    };
+    idempotent::answer(&state, &headers, &rid, what, work).await
+}
+
+/// A generate request as the server understood it, for its idempotency fingerprint:
+/// defaults filled, the series normalised and the seed derived, so two bodies that ask for
+/// the same thing are one request. Whether the caller holds a key is not part of it.
+fn understood(r: &GenerateRequest) -> serde_json::Value {
+    serde_json::json!({
+        "input": r.input,
+        "seed": r.seed.as_str(),
+        "series": r.series.as_str(),
+        "recipe": r.recipe,
+        "backstyle": r.backstyle,
+        "enhance": r.enhance,
+        "image": r.image,
+        "annotate": r.annotate,
+        "force": r.force,
+    })
+}
+
+/// A handler's answer as the envelope's `data`.
+fn data<T: Serialize>(result: Result<T, ApiError>) -> Result<serde_json::Value, ApiError> {
+    serde_json::to_value(result?).map_err(|e| {
+        CatalogueError::new(Code::Internal, "cannot encode the answer")
+            .with_cause(e)
+            .into()
+    })
 }
 
 /// `POST /v1/images/preview`: writes a record but never starts a run or calls OpenAI, so
@@ -330,7 +366,8 @@ pub async fn delete_image(
     ok(Deleted { deleted: true }, &rid)
 }
 
-/// `POST /v1/images/{id}/regenerate`.
+/// `POST /v1/images/{id}/regenerate`: always a new paid run, so a retry with the same
+/// `Idempotency-Key` answers the first one's result instead of paying again.
 pub async fn regenerate(
     State(state): State<AppState>,
     rid: RequestId,
@@ -338,13 +375,23 @@ pub async fn regenerate(
     Path(id): Path<String>,
 ) -> V1Result {
     let authorized = super::auth::authorized(&state, &headers);
-    let result = catalogue(&state)?
-        .regenerate(&image_ref(&id)?, authorized, rid.as_str())
-        .await;
-    ok(result.map_err(|e| or_refused(&state, e))?, &rid)
+    let image = image_ref(&id)?;
+    let what = idempotent::Request {
+        route: "regenerate",
+        target: Some(image.as_str()),
+        body: serde_json::Value::Null,
+    };
+    let (catalogue, s, rid_text) = (catalogue(&state)?.clone(), state.clone(), rid.to_string());
+    let target = image.clone();
+    let work = async move {
+        let result = catalogue.regenerate(&target, authorized, &rid_text).await;
+        data(result.map_err(|e| or_refused(&s, e)))
+    };
+    idempotent::answer(&state, &headers, &rid, what, work).await
 }
 
-/// `POST /v1/images/{id}/export` (an empty body means default options).
+/// `POST /v1/images/{id}/export` (an empty body means default options), idempotent with
+/// `Idempotency-Key` like generate.
 pub async fn export(
     State(state): State<AppState>,
     rid: RequestId,
@@ -353,15 +400,22 @@ pub async fn export(
     body: JsonBody,
 ) -> V1Result {
     super::auth::require(&state, &headers, true)?;
-    let options = if body.is_empty() {
+    let options: serde_json::Value = if body.is_empty() {
         serde_json::Value::Object(Default::default())
     } else {
         decode(&body)?
     };
-    ok(
-        catalogue(&state)?.export(&image_ref(&id)?, options).await?,
-        &rid,
-    )
+    let image = image_ref(&id)?;
+    // Fingerprinted as understood: key case and unknown keys make no other request.
+    let understood = crate::catalogue::export::ExportOptions::from_json(&options)?;
+    let what = idempotent::Request {
+        route: "export",
+        target: Some(image.as_str()),
+        body: serde_json::to_value(understood).unwrap_or_default(),
+    };
+    let (catalogue, target) = (catalogue(&state)?.clone(), image.clone());
+    let work = async move { data(catalogue.export(&target, options).await.map_err(Into::into)) };
+    idempotent::answer(&state, &headers, &rid, what, work).await
 }
 
 #[derive(Debug, Serialize)]

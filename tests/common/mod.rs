@@ -31,6 +31,9 @@ pub struct Options {
     pub env: Vec<(String, String)>,
     /// Written to `.env` in the working directory ([`Process`] only).
     pub dotenv: Option<String>,
+    /// The clock dating budget periods and idempotency keys ([`Server`] only: a spawned
+    /// binary reads the system clock).
+    pub clock: Option<std::sync::Arc<dyn dalleserver::budget::Clock>>,
 }
 
 /// What a test needs from either kind of server, for helpers that work with both.

@@ -13,6 +13,9 @@
 //! - no SIGINT/SIGTERM handling and no periodic status printer on stderr: dropping the
 //!   [`Server`] is the shutdown signal.
 //!
+//! A test may also hand it a clock ([`Options::clock`]), built in with
+//! [`App::build_with_clock`], to move the server's day on without waiting.
+//!
 //! Tests that need any of those — exit codes, signals, `kill -9`, `.env`, log lines — use
 //! [`super::Process`], which spawns the binary.
 
@@ -90,12 +93,13 @@ impl Server {
             .prepare_data_dir()
             .unwrap_or_else(|err| panic!("the server refuses its data dir: {err}"));
         let data_dir = config.data_dir.clone();
+        let clock = opts.clock;
 
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
         let thread = std::thread::Builder::new()
             .name("server-under-test".into())
-            .spawn(move || run(config, ready_tx, stop_rx))
+            .spawn(move || run(config, clock, ready_tx, stop_rx))
             .unwrap();
         let local = match ready_rx.recv_timeout(Duration::from_secs(20)) {
             Ok(Ok(local)) => local,
@@ -135,6 +139,7 @@ impl Drop for Server {
 /// The binary's `run`, with a channel instead of a log line to say where it listens.
 fn run(
     config: Config,
+    clock: Option<Arc<dyn dalleserver::budget::Clock>>,
     ready: std::sync::mpsc::Sender<Result<SocketAddr, String>>,
     stop: tokio::sync::oneshot::Receiver<()>,
 ) {
@@ -154,7 +159,11 @@ fn run(
             }
         };
         let local = listener.local_addr().unwrap();
-        let app = match App::build(config) {
+        let built = match clock {
+            Some(clock) => App::build_with_clock(config, clock),
+            None => App::build(config),
+        };
+        let app = match built {
             Ok(app) => app,
             Err(err) => {
                 let _ = ready.send(Err(err.to_string()));
