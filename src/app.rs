@@ -11,6 +11,7 @@ use crate::attributes::database::{BACKSTYLES, SELECTION_DATABASES, Source};
 use crate::budget::{self, Budget, Caps, LocalBudget, Prices, SystemClock};
 use crate::catalogue::service::Catalogue;
 use crate::config::Config;
+use crate::limits::{LocalLimiter, MonotonicTicker, Ticker};
 use crate::metrics::Metrics;
 use crate::openai::breaker::Breakers;
 use crate::openai::{OpenAiClient, RetryPolicy};
@@ -72,9 +73,32 @@ pub enum BuildError {
     Prices(#[from] crate::budget::prices::PricesError),
 }
 
+/// Where the components read the time: the wall clock for budget periods, a monotonic one
+/// for rate-limit buckets. Tests give both a clock they move.
+#[derive(Debug, Clone)]
+pub struct Clocks {
+    pub wall: Arc<dyn budget::Clock>,
+    pub ticker: Arc<dyn Ticker>,
+}
+
+impl Clocks {
+    /// The system's clocks.
+    pub fn system() -> Clocks {
+        Clocks {
+            wall: Arc::new(SystemClock),
+            ticker: Arc::new(MonotonicTicker::default()),
+        }
+    }
+}
+
 impl App {
     /// Builds every component from a configuration whose data dir is already prepared.
     pub fn build(config: Config) -> Result<App, BuildError> {
+        App::build_with(config, Clocks::system())
+    }
+
+    /// [`App::build`], reading the time from `clocks`.
+    pub fn build_with(config: Config, clocks: Clocks) -> Result<App, BuildError> {
         let data = DataDir::new(config.data_dir.clone());
         for dir in [data.output(), data.user_series(), data.metrics()] {
             std::fs::create_dir_all(&dir)
@@ -142,14 +166,20 @@ impl App {
             daily_images: config.budget.daily_images,
         };
         let spending: Arc<dyn Budget> = Arc::new(
-            LocalBudget::open(data.root().join(BUDGET_FILE), caps, Arc::new(SystemClock))
+            LocalBudget::open(data.root().join(BUDGET_FILE), caps, clocks.wall)
                 .map_err(BuildError::Budget)?,
         );
+        let limiter = Arc::new(LocalLimiter::new(
+            config.limits.key,
+            config.limits.anonymous,
+            clocks.ticker,
+        ));
         let generator = attributes.clone().map(|attributes| {
             Arc::new(
                 Generator::new(attributes, backends, source, metrics.clone(), settings)
                     .with_journal(journal.clone())
-                    .with_budget(spending, prices),
+                    .with_budget(spending, prices)
+                    .with_limiter(limiter),
             )
         });
         let catalogue = match (&attributes, &generator) {
@@ -284,6 +314,12 @@ impl App {
             monthly_usd = %cap(self.config.budget.monthly_usd),
             daily_images = %self.config.budget.daily_images.map_or_else(|| "none".to_string(), |n| n.to_string()),
             "spending caps"
+        );
+        tracing::info!(
+            per_key = %self.config.limits.key,
+            anonymous = %self.config.limits.anonymous,
+            trusted_proxies = self.config.limits.trusted_proxies.len(),
+            "rate limits on run starts"
         );
         tracing::info!(lock_ttl = ?self.config.lock_ttl, max_concurrent = self.config.max_concurrent, max_queue = self.config.max_queue, "generation limits");
         let host = if local.ip().is_unspecified() {

@@ -14,6 +14,7 @@
 
 mod auth;
 mod chunks;
+pub mod client;
 pub mod dalle;
 pub mod error;
 mod errors;

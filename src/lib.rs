@@ -18,9 +18,11 @@
 //! - [`domain`], [`attributes`], [`prompts`]: identifiers parsed at the edge, and the pure
 //!   domain — databases, series, selection, prompts.
 //! - [`budget`]: spending caps on paid images, behind a narrow trait.
+//! - [`limits`]: rate limits on run starts (token buckets), behind a narrow trait.
 //! - [`storage`]: the data directory, atomic writes and the file cache.
 //! - [`config`], [`telemetry`]: flags, environment, `.env`; logging.
-//! - [`auth`]: the API keys file and bearer tokens (the router decides what needs one).
+//! - [`auth`]: the API keys file, bearer tokens and the [`auth::Caller`] a run is admitted
+//!   for (the router decides what needs a key).
 
 pub mod annotate;
 pub mod app;
@@ -33,6 +35,7 @@ pub mod domain;
 pub mod gallery;
 pub mod health;
 pub mod http;
+pub mod limits;
 pub mod metrics;
 pub mod openai;
 pub mod progress;

@@ -37,6 +37,9 @@ pub enum Code {
     BudgetExhausted,
     /// Ours: a valid API key is required (401 with `WWW-Authenticate: Bearer`).
     Unauthorized,
+    /// Ours: the caller's rate limit on run starts is reached; nothing was started (429 with
+    /// `Retry-After` and the `RateLimit-*` fields).
+    RateLimited,
     /// Ours: the server is draining for a shutdown and starts no run; retry after
     /// `Retry-After`.
     ShuttingDown,
@@ -44,7 +47,7 @@ pub enum Code {
 
 impl Code {
     /// Every code, for exhaustive tests and documentation.
-    pub const ALL: [Code; 19] = [
+    pub const ALL: [Code; 20] = [
         Code::InvalidInput,
         Code::SeriesNotFound,
         Code::SeriesInvalid,
@@ -63,6 +66,7 @@ impl Code {
         Code::QueueFull,
         Code::BudgetExhausted,
         Code::Unauthorized,
+        Code::RateLimited,
         Code::ShuttingDown,
     ];
 
@@ -87,6 +91,7 @@ impl Code {
             Code::QueueFull => "queue_full",
             Code::BudgetExhausted => "budget_exhausted",
             Code::Unauthorized => "unauthorized",
+            Code::RateLimited => "rate_limited",
             Code::ShuttingDown => "shutting_down",
         }
     }
@@ -123,6 +128,7 @@ impl Code {
             Code::RegenerationRefused | Code::DatabaseHashMismatch => 409,
             Code::BudgetExhausted => 402,
             Code::Unauthorized => 401,
+            Code::RateLimited => 429,
             Code::ProviderUnavailable | Code::QueueFull | Code::ShuttingDown => 503,
             Code::ProviderFailed => 502,
             Code::StorageFull => 507,
@@ -147,6 +153,8 @@ pub struct CatalogueError {
     pub cause: Option<String>,
     /// When the client may try again (sent as `Retry-After`).
     pub retry_after: Option<std::time::Duration>,
+    /// The rate limit that refused the run (sent as the `RateLimit-*` fields).
+    pub rate_limited: Option<crate::limits::Limited>,
 }
 
 impl CatalogueError {
@@ -157,12 +165,20 @@ impl CatalogueError {
             message: message.into(),
             cause: None,
             retry_after: None,
+            rate_limited: None,
         }
     }
 
     /// Says when the client may try again.
     pub fn with_retry_after(mut self, wait: std::time::Duration) -> CatalogueError {
         self.retry_after = Some(wait);
+        self
+    }
+
+    /// Says which rate limit refused the run, and when the client may try again.
+    pub fn with_rate_limit(mut self, limited: crate::limits::Limited) -> CatalogueError {
+        self.retry_after = Some(limited.retry_after);
+        self.rate_limited = Some(limited);
         self
     }
 
@@ -218,6 +234,7 @@ mod tests {
             (Code::QueueFull, "queue_full", 503),
             (Code::BudgetExhausted, "budget_exhausted", 402),
             (Code::Unauthorized, "unauthorized", 401),
+            (Code::RateLimited, "rate_limited", 429),
             (Code::ShuttingDown, "shutting_down", 503),
         ];
         assert_eq!(table.len(), Code::ALL.len());

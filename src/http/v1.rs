@@ -19,10 +19,12 @@ use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use super::auth::Identified;
 use super::extract::{JsonBody, Path};
 use super::{ApiError, Envelope, RequestId};
 use crate::app::AppState;
 use crate::attributes::series::Series;
+use crate::auth::Caller;
 use crate::catalogue::error::{CatalogueError, Code};
 use crate::catalogue::service::{Catalogue, DEFAULT_PAGE, GenerateRequest, MAX_PAGE, MAX_TEXT};
 use crate::domain::{ImageRef, Seed, SeriesName};
@@ -92,9 +94,9 @@ struct GenerateBody {
 
 impl GenerateBody {
     /// The request, or `400 invalid_input` for a text over [`MAX_TEXT`] bytes (each is kept in
-    /// the record) or a seed that cannot be used. `series` defaults to `empty`. `authorized`
-    /// is whether the caller may start a run, which only the catalogue knows it would.
-    fn parse(self, authorized: bool) -> Result<GenerateRequest, ApiError> {
+    /// the record) or a seed that cannot be used. `series` defaults to `empty`. `caller` is
+    /// who asks, for the run the catalogue may start.
+    fn parse(self, caller: Caller) -> Result<GenerateRequest, ApiError> {
         let texts = [
             ("input", Some(&self.input)),
             ("recipe", self.recipe.as_ref()),
@@ -130,7 +132,7 @@ impl GenerateBody {
             image: self.image,
             annotate: self.annotate,
             force: self.force,
-            authorized,
+            caller,
         })
     }
 }
@@ -149,12 +151,19 @@ fn tally(t: crate::budget::Tally) -> serde_json::Value {
     serde_json::json!({"usd": crate::budget::usd(t.usd_micros), "images": t.images})
 }
 
-/// `GET /v1/usage`: spend and images today and this month (UTC), in total and by key (every
-/// caller is `anonymous` until API keys exist), with the caps and what remains of them.
-pub async fn usage(State(state): State<AppState>, rid: RequestId) -> V1Result {
+/// `GET /v1/usage`: spend and images today and this month (UTC), in total and by key, with
+/// the caps and what remains of them. With API keys configured a caller sees the usage of
+/// its own key only (and its own caps, under `key`); without, every key's.
+pub async fn usage(
+    State(state): State<AppState>,
+    rid: RequestId,
+    Identified(caller): Identified,
+) -> V1Result {
     use crate::budget::{Period, usd};
     let generator = state.generator().map_err(ApiError::databases_unavailable)?;
     let u = generator.budget().usage();
+    let own = caller.key_name();
+    let shown = |name: &str| state.config.api_keys.is_none() || own == Some(name);
     // Whole seconds: the periods start on a second, and `*_ends_in` is rounded up to one.
     let now = std::time::UNIX_EPOCH
         + std::time::Duration::from_secs(
@@ -165,13 +174,28 @@ pub async fn usage(State(state): State<AppState>, rid: RequestId) -> V1Result {
     let keys: serde_json::Map<String, serde_json::Value> = u
         .by_key
         .iter()
+        .filter(|(name, _)| shown(name))
         .map(|(name, k)| {
-            (
-                name.clone(),
-                serde_json::json!({"today": tally(k.day), "month": tally(k.month)}),
-            )
+            let usage = serde_json::json!({
+                "today": tally(k.day),
+                "month": tally(k.month),
+                "reserved": tally(k.reserved),
+            });
+            (name.clone(), usage)
         })
         .collect();
+    let key = match &caller {
+        Caller::Key { name, limits } => {
+            let (caps, mine) = (limits.caps(), u.key(name));
+            let (left_usd, left_images) = mine.remaining(caps);
+            serde_json::json!({
+                "name": &**name,
+                "caps": {"dailyUsd": caps.daily_usd.map(usd), "dailyImages": caps.daily_images},
+                "remaining": {"dailyUsd": left_usd.map(usd), "dailyImages": left_images},
+            })
+        }
+        _ => serde_json::Value::Null,
+    };
     let models: serde_json::Map<String, serde_json::Value> = u
         .models
         .iter()
@@ -190,7 +214,7 @@ pub async fn usage(State(state): State<AppState>, rid: RequestId) -> V1Result {
         },
         "today": tally(u.total.day),
         "thisMonth": tally(u.total.month),
-        "reserved": tally(u.reserved),
+        "reserved": tally(u.total.reserved),
         "remaining": {
             "dailyUsd": u.remaining_usd(Period::Day).map(usd),
             "monthlyUsd": u.remaining_usd(Period::Month).map(usd),
@@ -198,15 +222,21 @@ pub async fn usage(State(state): State<AppState>, rid: RequestId) -> V1Result {
         },
         "monthByModel": models,
         "keys": keys,
+        "key": key,
     });
     ok(data, &rid)
 }
 
 /// `POST /v1/images/estimate`: the generate body, answered with what a new run for it would
 /// cost and whether a spending cap would refuse it; nothing is run or reserved.
-pub async fn estimate(State(state): State<AppState>, rid: RequestId, body: JsonBody) -> V1Result {
-    // Runs nothing, so it needs no key: `authorized` only matters to a request that starts one.
-    let request = decode::<GenerateBody>(&body)?.parse(true)?;
+pub async fn estimate(
+    State(state): State<AppState>,
+    rid: RequestId,
+    Identified(caller): Identified,
+    body: JsonBody,
+) -> V1Result {
+    // Runs nothing, so it needs no key; the caller's own caps are checked with the others.
+    let request = decode::<GenerateBody>(&body)?.parse(caller)?;
     let generator = state.generator().map_err(ApiError::databases_unavailable)?;
     let options = crate::run::JobOptions {
         artifacts: if request.image {
@@ -217,14 +247,17 @@ pub async fn estimate(State(state): State<AppState>, rid: RequestId, body: JsonB
         ..crate::run::JobOptions::default()
     };
     let price = generator.estimate(&options);
-    let refusal = generator.check_budget(&options).err().map(|e| {
-        serde_json::json!({
-            "code": Code::BudgetExhausted.as_str(),
-            "cap": e.cap,
-            "message": e.to_string(),
-            "retryAfterSeconds": e.retry_after.as_secs().max(1),
-        })
-    });
+    let refusal = generator
+        .check_budget(&options, &request.caller)
+        .err()
+        .map(|e| {
+            serde_json::json!({
+                "code": Code::BudgetExhausted.as_str(),
+                "cap": e.cap,
+                "message": e.to_string(),
+                "retryAfterSeconds": e.retry_after.as_secs().max(1),
+            })
+        });
     let data = serde_json::json!({
         "usd": price.map_or(0.0, crate::budget::usd),
         "images": u64::from(price.is_some()),
@@ -241,11 +274,10 @@ pub async fn estimate(State(state): State<AppState>, rid: RequestId, body: JsonB
 pub async fn generate(
     State(state): State<AppState>,
     rid: RequestId,
-    headers: HeaderMap,
+    Identified(caller): Identified,
     body: JsonBody,
 ) -> V1Result {
-    let authorized = super::auth::authorized(&state, &headers);
-    let request = decode::<GenerateBody>(&body)?.parse(authorized)?;
+    let request = decode::<GenerateBody>(&body)?.parse(caller)?;
     let result = catalogue(&state)?.generate(request, rid.as_str()).await;
     ok(result.map_err(|e| or_refused(&state, e))?, &rid)
 }
@@ -253,7 +285,7 @@ pub async fn generate(
 /// `POST /v1/images/preview`: writes a record but never starts a run or calls OpenAI, so
 /// it needs no key.
 pub async fn preview(State(state): State<AppState>, rid: RequestId, body: JsonBody) -> V1Result {
-    let request = decode::<GenerateBody>(&body)?.parse(true)?;
+    let request = decode::<GenerateBody>(&body)?.parse(Caller::READER)?;
     ok(catalogue(&state)?.preview(request).await?, &rid)
 }
 
@@ -334,12 +366,11 @@ pub async fn delete_image(
 pub async fn regenerate(
     State(state): State<AppState>,
     rid: RequestId,
-    headers: HeaderMap,
+    Identified(caller): Identified,
     Path(id): Path<String>,
 ) -> V1Result {
-    let authorized = super::auth::authorized(&state, &headers);
     let result = catalogue(&state)?
-        .regenerate(&image_ref(&id)?, authorized, rid.as_str())
+        .regenerate(&image_ref(&id)?, caller, rid.as_str())
         .await;
     ok(result.map_err(|e| or_refused(&state, e))?, &rid)
 }
