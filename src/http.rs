@@ -28,6 +28,7 @@ mod preview;
 pub mod request_id;
 mod root;
 mod series;
+mod usage;
 mod v1;
 
 use axum::Router;
@@ -77,7 +78,7 @@ fn v1_routes() -> Router<AppState> {
     let quick = Router::new()
         .route("/images/preview", post(v1::preview))
         .route("/images/estimate", post(v1::estimate))
-        .route("/usage", get(v1::usage))
+        .route("/usage", get(usage::usage))
         .route("/images", get(v1::list_images))
         .route(
             "/images/",

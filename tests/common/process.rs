@@ -50,6 +50,10 @@ impl Process {
 
     /// Starts a server and waits until it reports its listening address.
     pub fn start_with(opts: Options) -> Process {
+        assert!(
+            opts.clock.is_none(),
+            "a spawned binary reads the system clocks: use Server for a test clock"
+        );
         let tmp = tempfile::tempdir().unwrap();
         let data_dir = tmp.path().join("data");
         let cwd = tmp.path().join("cwd");
