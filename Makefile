@@ -2,7 +2,7 @@
 
 CARGO ?= cargo
 
-.PHONY: run build test test-tools lint fmt bench book chaos clean fuzz schemathesis slow-client load hit-pairs
+.PHONY: run build test test-tools lint fmt bench book chaos clean fuzz schemathesis slow-client load hit-pairs flood
 
 ## Run the server (mock mode when OPENAI_API_KEY is unset).
 run:
@@ -51,6 +51,12 @@ slow-client:
 ## LOAD_BIN=path/to/dalleserver measures another build (an older one, say) the same way.
 load:
 	bash scripts/load.sh $(LOAD_BIN)
+
+## 10 000 anonymous ?generate=1 for random addresses in 60 s against a live release server and
+## the mock OpenAI, one client then random clients, with a cached image timed meanwhile
+## (needs curl, jq; loopback only, about 3 minutes). Figures in book/src/reliability.md.
+flood:
+	bash scripts/flood.sh
 
 ## Goal 1 of the load benchmarks in many short paired rounds (needs nginx, wrk, curl); see
 ## book/src/benchmarks.md.

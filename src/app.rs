@@ -8,10 +8,11 @@ use std::time::{Instant, SystemTime};
 
 use crate::attributes::Attributes;
 use crate::attributes::database::{BACKSTYLES, SELECTION_DATABASES, Source};
-use crate::budget::{self, Budget, Caps, Clock, LocalBudget, Prices, SystemClock};
+use crate::budget::{self, Budget, Caps, LocalBudget, Prices, SystemClock};
 use crate::catalogue::service::Catalogue;
 use crate::config::Config;
 use crate::idempotency::{self, IdempotencyStore, LocalStore};
+use crate::limits::{LocalLimiter, MonotonicTicker, Ticker};
 use crate::metrics::Metrics;
 use crate::openai::breaker::Breakers;
 use crate::openai::{OpenAiClient, RetryPolicy};
@@ -77,15 +78,33 @@ pub enum BuildError {
     Prices(#[from] crate::budget::prices::PricesError),
 }
 
+/// Where the components read the time: the wall clock for budget periods and idempotency
+/// keys, a monotonic one
+/// for rate-limit buckets. Tests give both a clock they move.
+#[derive(Debug, Clone)]
+pub struct Clocks {
+    pub wall: Arc<dyn budget::Clock>,
+    pub ticker: Arc<dyn Ticker>,
+}
+
+impl Clocks {
+    /// The system's clocks.
+    pub fn system() -> Clocks {
+        Clocks {
+            wall: Arc::new(SystemClock),
+            ticker: Arc::new(MonotonicTicker::default()),
+        }
+    }
+}
+
 impl App {
     /// Builds every component from a configuration whose data dir is already prepared.
     pub fn build(config: Config) -> Result<App, BuildError> {
-        App::build_with_clock(config, Arc::new(SystemClock))
+        App::build_with(config, Clocks::system())
     }
 
-    /// [`App::build`] with the clock that dates budget periods and idempotency keys, so a
-    /// test can move a running server a day on.
-    pub fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<App, BuildError> {
+    /// [`App::build`], reading the time from `clocks`.
+    pub fn build_with(config: Config, clocks: Clocks) -> Result<App, BuildError> {
         let data = DataDir::new(config.data_dir.clone());
         for dir in [data.output(), data.user_series(), data.metrics()] {
             std::fs::create_dir_all(&dir)
@@ -153,7 +172,7 @@ impl App {
             daily_images: config.budget.daily_images,
         };
         let spending: Arc<dyn Budget> = Arc::new(
-            LocalBudget::open(data.root().join(BUDGET_FILE), caps, clock.clone())
+            LocalBudget::open(data.root().join(BUDGET_FILE), caps, clocks.wall.clone())
                 .map_err(BuildError::Budget)?,
         );
         let idempotency: Arc<dyn IdempotencyStore> = Arc::new(
@@ -161,15 +180,21 @@ impl App {
                 data.root().join(idempotency::DIR),
                 config.idempotency.ttl,
                 config.idempotency.max_keys,
-                clock,
+                clocks.wall,
             )
             .map_err(BuildError::Idempotency)?,
         );
+        let limiter = Arc::new(LocalLimiter::new(
+            config.limits.key,
+            config.limits.anonymous,
+            clocks.ticker,
+        ));
         let generator = attributes.clone().map(|attributes| {
             Arc::new(
                 Generator::new(attributes, backends, source, metrics.clone(), settings)
                     .with_journal(journal.clone())
-                    .with_budget(spending, prices),
+                    .with_budget(spending, prices)
+                    .with_limiter(limiter),
             )
         });
         let catalogue = match (&attributes, &generator) {
@@ -305,6 +330,12 @@ impl App {
             monthly_usd = %cap(self.config.budget.monthly_usd),
             daily_images = %self.config.budget.daily_images.map_or_else(|| "none".to_string(), |n| n.to_string()),
             "spending caps"
+        );
+        tracing::info!(
+            per_key = %self.config.limits.key,
+            anonymous = %self.config.limits.anonymous,
+            trusted_proxies = self.config.limits.trusted_proxies.len(),
+            "rate limits on run starts"
         );
         tracing::info!(lock_ttl = ?self.config.lock_ttl, max_concurrent = self.config.max_concurrent, max_queue = self.config.max_queue, "generation limits");
         let host = if local.ip().is_unspecified() {

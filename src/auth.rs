@@ -11,9 +11,9 @@
 //! - a name (`A-Z a-z 0-9 . _ -`, at most 64), unique in the file;
 //! - `sha256:` and the 64 hex digits of the SHA-256 of the token: the token itself is never
 //!   stored, so a leaked file spends nothing;
-//! - optional `key=value` fields: `rate=<n>/<sec|min|hour|day>`, `daily_usd=<dollars>`,
-//!   `daily_images=<n>`. They are parsed and kept on the key's record
-//!   ([`KeyLimits`]) but **reserved, not enforced yet**;
+//! - optional `key=value` fields ([`KeyLimits`]): `rate=<n>/<sec|min|hour|day>` (or `none`)
+//!   replaces `--rate-limit` for the key; `daily_usd=<dollars>` and `daily_images=<n>` cap
+//!   the key's own spend per UTC day, beside the server-wide caps;
 //! - `#` starts a comment (a whole line, or the rest of one after a blank); blank lines are
 //!   skipped.
 //!
@@ -27,7 +27,11 @@
 //! already loaded stay in force, so a typo never locks every client out.
 //!
 //! This module knows nothing of HTTP: the router's glue (`http::auth`) reads the header and
-//! decides what a request may do.
+//! builds the request's [`Caller`], which the run core admits a new run with.
+
+mod caller;
+
+pub use caller::Caller;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -38,6 +42,9 @@ use base64::Engine as _;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use crate::budget::{ANONYMOUS, KeyCaps, Micros};
+use crate::limits::Limit;
+
 /// The prefix of every token `keys new` prints, so a leaked one is recognisable in a log or
 /// a repository scan.
 pub const TOKEN_PREFIX: &str = "dsk_";
@@ -47,16 +54,25 @@ pub const TOKEN_BYTES: usize = 32;
 pub const RECHECK_INTERVAL: Duration = Duration::from_secs(1);
 const MAX_NAME: usize = 64;
 
-/// Per-key limits from the keys file. Reserved, not enforced yet: they are parsed (so a typo
-/// is an error today, not a surprise later) and kept for the rate limiter and budgets.
-#[derive(Debug, Clone, Default, PartialEq)]
+/// Per-key limits from the keys file, enforced by the run core when the key starts a run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct KeyLimits {
-    /// `rate=<n>/<unit>` as written, e.g. `30/min`.
-    pub rate: Option<String>,
-    /// `daily_usd=<dollars>`.
-    pub daily_usd: Option<f64>,
-    /// `daily_images=<n>`.
+    /// `rate=<n>/<unit>` or `rate=none`: replaces `--rate-limit` for this key.
+    pub rate: Option<Limit>,
+    /// `daily_usd=<dollars>`, in micro-dollars: the key's own cap per UTC day.
+    pub daily_usd: Option<Micros>,
+    /// `daily_images=<n>`: the key's own image cap per UTC day.
     pub daily_images: Option<u64>,
+}
+
+impl KeyLimits {
+    /// The key's own spending caps.
+    pub fn caps(&self) -> KeyCaps {
+        KeyCaps {
+            daily_usd: self.daily_usd,
+            daily_images: self.daily_images,
+        }
+    }
 }
 
 /// One key of the file: its name, the hash of its token, its limits.
@@ -123,6 +139,11 @@ fn parse_line(name: &str, rest: &[&str]) -> Result<KeyRecord, String> {
             "bad key name {name:?}: use 1 to {MAX_NAME} of A-Z a-z 0-9 . _ -"
         ));
     }
+    if name == ANONYMOUS {
+        return Err(format!(
+            "the key name {ANONYMOUS:?} is taken: usage reports callers without a key under it"
+        ));
+    }
     let Some((hash, fields)) = rest.split_first() else {
         return Err(format!(
             "key {name:?} has no hash: expected `{name} sha256:<64 hex digits>`"
@@ -145,18 +166,14 @@ fn parse_line(name: &str, rest: &[&str]) -> Result<KeyRecord, String> {
             .split_once('=')
             .ok_or_else(|| format!("expected key=value, found {field:?}"))?;
         match key {
-            "rate" if valid_rate(value) => limits.rate = Some(value.to_string()),
-            "rate" => {
-                return Err(format!(
-                    "bad rate {value:?}: expected <n>/<sec|min|hour|day>"
-                ));
-            }
+            "rate" => limits.rate = Some(value.parse::<Limit>().map_err(|e| e.to_string())?),
             "daily_usd" => {
                 limits.daily_usd = Some(
                     value
                         .parse::<f64>()
                         .ok()
                         .filter(|v| v.is_finite() && *v >= 0.0)
+                        .map(crate::budget::micros)
                         .ok_or_else(|| format!("bad daily_usd {value:?}: expected dollars"))?,
                 )
             }
@@ -188,12 +205,6 @@ pub fn valid_name(name: &str) -> bool {
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-}
-
-fn valid_rate(value: &str) -> bool {
-    value.split_once('/').is_some_and(|(n, unit)| {
-        n.parse::<u32>().is_ok_and(|n| n > 0) && matches!(unit, "sec" | "min" | "hour" | "day")
-    })
 }
 
 /// A fresh token: [`TOKEN_PREFIX`] and [`TOKEN_BYTES`] bytes from the operating system's
@@ -325,24 +336,24 @@ impl ApiKeys {
         result
     }
 
-    /// The name of the key whose token this is, or `None`. Every stored hash is compared,
-    /// in constant time, whatever matched first.
-    pub fn verify(&self, token: &str) -> Option<String> {
+    /// The key whose token this is (its name and limits as the file says now), or `None`.
+    /// Every stored hash is compared, in constant time, whatever matched first.
+    pub fn verify(&self, token: &str) -> Option<KeyRecord> {
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let keys = self.keys();
         let mut found = None;
         for key in keys.iter() {
             if bool::from(key.hash.ct_eq(&digest)) && found.is_none() {
-                found = Some(key.name.clone());
+                found = Some(key);
             }
         }
-        found
+        found.cloned()
     }
 
     /// The key named by an `Authorization` header value, after looking at the file again if
     /// the last look was over [`RECHECK_INTERVAL`] ago. A missing header, another scheme and
     /// an unknown token are all `None`: callers cannot tell them apart, nor can clients.
-    pub fn authenticate(&self, authorization: Option<&str>) -> Option<String> {
+    pub fn authenticate(&self, authorization: Option<&str>) -> Option<KeyRecord> {
         let due = lock(&self.loaded).checked.elapsed() >= RECHECK_INTERVAL;
         if due {
             let _ = self.recheck();
@@ -376,21 +387,24 @@ mod tests {
     fn lines_parse_with_comments_blanks_and_fields() {
         let token = "dsk_secret";
         let text = format!(
-            "# keys\n\n{}\n  {} rate=30/min daily_usd=5.5 daily_images=100 # alice\n",
+            "# keys\n\n{}\n  {} rate=30/min daily_usd=5.5 daily_images=100 # alice\n{} rate=none\n",
             key_line("ci", token),
             key_line("alice", "other"),
+            key_line("free", "third"),
         );
         let keys = parse(&text).unwrap();
-        assert_eq!(keys.len(), 2);
+        assert_eq!(keys.len(), 3);
         assert_eq!(keys[0].limits, KeyLimits::default());
         assert_eq!(
             keys[1].limits,
             KeyLimits {
-                rate: Some("30/min".into()),
-                daily_usd: Some(5.5),
+                rate: Some("30/min".parse().unwrap()),
+                daily_usd: Some(5_500_000),
                 daily_images: Some(100),
             }
         );
+        assert_eq!(keys[1].limits.caps().daily_images, Some(100));
+        assert_eq!(keys[2].limits.rate, Some(Limit::Unlimited));
         assert!(!format!("{:?}", keys[0]).contains(&hex::encode(keys[0].hash)));
     }
 
@@ -402,6 +416,8 @@ mod tests {
             (format!("# c\n\n{good}\nbob\n"), 4),
             ("bob sha256:abcd\n".to_string(), 1),
             (format!("{good} rate=fast\n"), 1),
+            (format!("{good} rate=0/min\n"), 1),
+            (format!("{}\n", key_line("anonymous", "t2")), 1),
             (format!("{good} colour=red\n"), 1),
             (format!("{good} daily_usd=-1\n"), 1),
             (format!("{good}\n{good}\n"), 2),
@@ -427,12 +443,17 @@ mod tests {
         let path = dir.path().join("keys");
         std::fs::write(&path, key_line("me", &a)).unwrap();
         let keys = ApiKeys::load(&path).unwrap();
-        assert_eq!(keys.verify(&a).as_deref(), Some("me"));
+        assert_eq!(keys.verify(&a).map(|k| k.name).as_deref(), Some("me"));
         assert_eq!(keys.verify(&b), None);
         let header = format!("bearer {a}");
-        assert_eq!(keys.authenticate(Some(&header)).as_deref(), Some("me"));
+        let me = keys.authenticate(Some(&header)).map(|k| k.name);
+        assert_eq!(me.as_deref(), Some("me"));
         assert_eq!(keys.authenticate(Some(&format!("Basic {a}"))), None);
         assert_eq!(keys.authenticate(None), None);
+    }
+
+    fn name(keys: &ApiKeys, token: &str) -> Option<String> {
+        keys.verify(token).map(|k| k.name)
     }
 
     #[test]
@@ -444,7 +465,7 @@ mod tests {
         assert!(!keys.recheck().unwrap(), "unchanged");
         std::fs::write(&path, format!("{}\n# more\n", key_line("two", "t2"))).unwrap();
         assert!(keys.recheck().unwrap());
-        assert_eq!(keys.verify("t2").as_deref(), Some("two"));
+        assert_eq!(name(&keys, "t2").as_deref(), Some("two"));
         assert_eq!(keys.verify("t1"), None);
         std::fs::write(
             &path,
@@ -453,11 +474,11 @@ mod tests {
         .unwrap();
         let err = keys.recheck().unwrap_err();
         assert!(err.to_string().contains("line 2"), "{err}");
-        assert_eq!(keys.verify("t2").as_deref(), Some("two"), "old set kept");
+        assert_eq!(name(&keys, "t2").as_deref(), Some("two"), "old set kept");
         assert_eq!(keys.verify("t3"), None);
         std::fs::remove_file(&path).unwrap();
         assert!(keys.recheck().is_err());
-        assert_eq!(keys.verify("t2").as_deref(), Some("two"));
+        assert_eq!(name(&keys, "t2").as_deref(), Some("two"));
     }
 
     #[test]

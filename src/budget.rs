@@ -10,8 +10,10 @@
 //!
 //! The state sits behind the narrow [`Budget`] trait, like the run core's coordination
 //! traits, so it can move to a shared store; [`LocalBudget`] keeps it in memory and in one
-//! atomically written file under the data directory. Usage is kept by key name (`None` is
-//! the anonymous caller) so per-key accounting plugs in; the caps apply to the total.
+//! atomically written file under the data directory. Usage is kept by API key name (`None` is
+//! the anonymous caller). The server-wide caps apply to the total; a key's own caps (from the
+//! keys file, [`KeyCaps`]) come with each admission ([`Payer`]), so a reload of the file
+//! changes them at once.
 
 mod local;
 pub mod prices;
@@ -79,21 +81,61 @@ pub enum Cap {
     DailyUsd,
     MonthlyUsd,
     DailyImages,
+    /// The key's own `daily_usd=` from the keys file.
+    KeyDailyUsd,
+    /// The key's own `daily_images=` from the keys file.
+    KeyDailyImages,
 }
 
 impl Cap {
     pub fn period(self) -> Period {
         match self {
-            Cap::DailyUsd | Cap::DailyImages => Period::Day,
+            Cap::DailyUsd | Cap::DailyImages | Cap::KeyDailyUsd | Cap::KeyDailyImages => {
+                Period::Day
+            }
             Cap::MonthlyUsd => Period::Month,
         }
     }
+
+    /// Whether the cap counts images rather than dollars.
+    fn counts_images(self) -> bool {
+        matches!(self, Cap::DailyImages | Cap::KeyDailyImages)
+    }
+}
+
+/// A key's own caps (`daily_usd=`, `daily_images=` in the keys file); `None` is no cap of
+/// its own (the server-wide caps still apply).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KeyCaps {
+    pub daily_usd: Option<Micros>,
+    pub daily_images: Option<u64>,
+}
+
+/// Who a run is paid for: an API key's name with its own caps, or the anonymous caller.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Payer<'a> {
+    /// `None`: a caller without a key (reported as [`ANONYMOUS`]).
+    pub key: Option<&'a str>,
+    pub caps: KeyCaps,
+}
+
+impl Payer<'_> {
+    /// A caller without a key: only the server-wide caps apply.
+    pub const ANONYMOUS: Payer<'static> = Payer {
+        key: None,
+        caps: KeyCaps {
+            daily_usd: None,
+            daily_images: None,
+        },
+    };
 }
 
 /// A run refused because it would exceed a cap; nothing was started or spent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Exhausted {
     pub cap: Cap,
+    /// The key whose own cap it is ([`Cap::KeyDailyUsd`], [`Cap::KeyDailyImages`]).
+    pub key: Option<String>,
     /// The cap (micro-dollars or images).
     pub limit: u64,
     /// Spent and reserved in the period (micro-dollars or images).
@@ -107,24 +149,28 @@ pub struct Exhausted {
 impl fmt::Display for Exhausted {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let secs = self.retry_after.as_secs();
-        match self.cap {
-            Cap::DailyImages => write!(
+        let whose = match &self.key {
+            Some(key) => format!("key {key}'s "),
+            None => String::new(),
+        };
+        let period = match self.cap.period() {
+            Period::Day => "daily",
+            Period::Month => "monthly",
+        };
+        if self.cap.counts_images() {
+            write!(
                 f,
-                "the daily budget of {} images is used ({} spent or reserved); it resets in {secs} s",
+                "the {whose}{period} budget of {} images is used ({} spent or reserved); it resets in {secs} s",
                 self.limit, self.used
-            ),
-            cap => write!(
+            )
+        } else {
+            write!(
                 f,
-                "the {} budget of ${:.2} cannot cover this image (${:.3} spent or reserved, ${:.3} needed); it resets in {secs} s",
-                if cap == Cap::DailyUsd {
-                    "daily"
-                } else {
-                    "monthly"
-                },
+                "the {whose}{period} budget of ${:.2} cannot cover this image (${:.3} spent or reserved, ${:.3} needed); it resets in {secs} s",
                 usd(self.limit),
                 usd(self.used),
                 usd(self.needed)
-            ),
+            )
         }
     }
 }
@@ -145,11 +191,27 @@ impl Tally {
     }
 }
 
-/// One key's usage.
+/// One key's usage (or everyone's, in [`Usage::total`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct KeyUsage {
+    /// Spent today and this month.
     pub day: Tally,
     pub month: Tally,
+    /// Reserved by its runs in flight (not spent yet).
+    pub reserved: Tally,
+}
+
+impl KeyUsage {
+    /// What is left under a key's own caps today, after spend and reservations.
+    pub fn remaining(&self, caps: KeyCaps) -> (Option<Micros>, Option<u64>) {
+        (
+            caps.daily_usd.map(|c| {
+                c.saturating_sub(self.day.usd_micros.saturating_add(self.reserved.usd_micros))
+            }),
+            caps.daily_images
+                .map(|c| c.saturating_sub(self.day.images.saturating_add(self.reserved.images))),
+        )
+    }
 }
 
 /// Everything `/v1/usage`, `/health` and `/metrics` report.
@@ -160,11 +222,9 @@ pub struct Usage {
     /// `YYYY-MM` (UTC).
     pub month: String,
     pub caps: Caps,
-    /// Spent, all keys together.
+    /// Spent and reserved, all keys together.
     pub total: KeyUsage,
-    /// Reserved by runs in flight (not spent yet).
-    pub reserved: Tally,
-    /// Spent, by key name ([`ANONYMOUS`] for callers without a key).
+    /// Spent and reserved, by key name ([`ANONYMOUS`] for callers without a key).
     pub by_key: Vec<(String, KeyUsage)>,
     /// Spent this month, by image model.
     pub models: Vec<(String, Micros)>,
@@ -180,14 +240,28 @@ impl Usage {
             Period::Day => (self.caps.daily_usd, self.total.day.usd_micros),
             Period::Month => (self.caps.monthly_usd, self.total.month.usd_micros),
         };
-        cap.map(|c| c.saturating_sub(spent.saturating_add(self.reserved.usd_micros)))
+        cap.map(|c| c.saturating_sub(spent.saturating_add(self.total.reserved.usd_micros)))
+    }
+
+    /// The usage of the key `name` (zero when it has none).
+    pub fn key(&self, name: &str) -> KeyUsage {
+        self.by_key
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, usage)| *usage)
+            .unwrap_or_default()
     }
 
     /// Images left today under the image cap.
     pub fn remaining_images(&self) -> Option<u64> {
-        self.caps
-            .daily_images
-            .map(|c| c.saturating_sub(self.total.day.images.saturating_add(self.reserved.images)))
+        self.caps.daily_images.map(|c| {
+            c.saturating_sub(
+                self.total
+                    .day
+                    .images
+                    .saturating_add(self.total.reserved.images),
+            )
+        })
     }
 
     /// The largest share of any cap spent (0 without caps): `/health` degrades above
@@ -214,12 +288,12 @@ pub type ReservationId = u64;
 /// Budget state: admission, spend and usage. Implementations keep the totals of every
 /// process sharing them; the caps are theirs to enforce atomically with the reservation.
 pub trait Budget: Send + Sync + fmt::Debug {
-    /// Admits a run of `key` (`None`: anonymous) that will cost about `price`, reserving it;
-    /// refused when spend plus reservations plus `price` (or one more image) would exceed a
-    /// cap.
-    fn reserve(&self, key: Option<&str>, price: Micros) -> Result<ReservationId, Exhausted>;
+    /// Admits a run paid by `payer` that will cost about `price`, reserving it; refused when
+    /// spend plus reservations plus `price` (or one more image) would exceed a server-wide
+    /// cap or one of the payer's own.
+    fn reserve(&self, payer: Payer<'_>, price: Micros) -> Result<ReservationId, Exhausted>;
     /// Whether [`Budget::reserve`] would admit `price` now, reserving nothing.
-    fn check(&self, key: Option<&str>, price: Micros) -> Result<(), Exhausted>;
+    fn check(&self, payer: Payer<'_>, price: Micros) -> Result<(), Exhausted>;
     /// Records one image sent for `key` at `price`, settling reservation `id` if given;
     /// durable when it returns (blocking I/O). A failure to persist is logged, never lost in
     /// memory.
@@ -240,17 +314,17 @@ pub struct Reservation {
 }
 
 impl Reservation {
-    /// Reserves `price` for a run of `key` on `budget`.
+    /// Reserves `price` for a run paid by `payer` on `budget`.
     pub fn take(
         budget: &Arc<dyn Budget>,
-        key: Option<&str>,
+        payer: Payer<'_>,
         price: Micros,
     ) -> Result<Reservation, Exhausted> {
-        let id = budget.reserve(key, price)?;
+        let id = budget.reserve(payer, price)?;
         Ok(Reservation {
             budget: Arc::clone(budget),
             id: Some(id),
-            key: key.map(str::to_string),
+            key: payer.key.map(str::to_string),
         })
     }
 
@@ -355,6 +429,7 @@ mod tests {
     fn refusals_say_which_cap_and_when_it_resets() {
         let e = Exhausted {
             cap: Cap::DailyUsd,
+            key: None,
             limit: micros(1.0),
             used: micros(0.9),
             needed: micros(0.25),
@@ -365,5 +440,17 @@ mod tests {
             "the daily budget of $1.00 cannot cover this image ($0.900 spent or reserved, $0.250 needed); it resets in 60 s"
         );
         assert_eq!(Cap::MonthlyUsd.period(), Period::Month);
+        let e = Exhausted {
+            cap: Cap::KeyDailyImages,
+            key: Some("alice".into()),
+            limit: 3,
+            used: 3,
+            needed: 1,
+            retry_after: Duration::from_secs(5),
+        };
+        assert_eq!(
+            e.to_string(),
+            "the key alice's daily budget of 3 images is used (3 spent or reserved); it resets in 5 s"
+        );
     }
 }

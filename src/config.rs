@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use crate::limits::Limit;
+
 /// Default per-key lock TTL (also the fallback for an unparsable `--lock-ttl`).
 pub const DEFAULT_LOCK_TTL: Duration = Duration::from_secs(300);
 
@@ -147,6 +149,15 @@ pub struct Flags {
     /// Idempotency-Keys remembered at once; a new key beyond them gets 503 [env: TB_DALLE_IDEMPOTENCY_MAX_KEYS] [default: 10000]
     #[arg(long)]
     pub idempotency_max_keys: Option<String>,
+    /// New runs an API key may start, as <n>/<sec|min|hour|day> or none; a key's rate= overrides it [env: TB_DALLE_RATE_LIMIT] [default: 60/min]
+    #[arg(long)]
+    pub rate_limit: Option<String>,
+    /// New runs an anonymous client address (IPv6: its /64) may start, as <n>/<sec|min|hour|day> or none [env: TB_DALLE_ANON_RATE_LIMIT] [default: 10/min]
+    #[arg(long)]
+    pub anon_rate_limit: Option<String>,
+    /// A proxy (IP or CIDR) whose X-Forwarded-For / Forwarded is believed (repeatable) [env: TB_DALLE_TRUSTED_PROXIES, comma-separated]
+    #[arg(long = "trusted-proxy")]
+    pub trusted_proxies: Vec<String>,
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -272,6 +283,8 @@ pub struct Config {
     pub cors_origins: Vec<String>,
     /// How long `Idempotency-Key`s are kept, and how many.
     pub idempotency: IdempotencyConfig,
+    /// Rate limits on run starts, and whose forwarding headers are believed.
+    pub limits: LimitsConfig,
     /// Non-fatal problems found while resolving (logged once tracing is up).
     pub warnings: Vec<String>,
 }
@@ -325,6 +338,56 @@ impl IdempotencyConfig {
         };
         Ok(IdempotencyConfig { ttl, max_keys })
     }
+}
+
+/// Rate limits on run starts ([`crate::limits`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LimitsConfig {
+    /// `--rate-limit`: per API key, unless the key's `rate=` says otherwise.
+    pub key: Limit,
+    /// `--anon-rate-limit`: per anonymous client address (IPv6: per /64).
+    pub anonymous: Limit,
+    /// `--trusted-proxy`: peers whose `X-Forwarded-For` / `Forwarded` name the client.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> LimitsConfig {
+        LimitsConfig {
+            key: crate::limits::DEFAULT_KEY_LIMIT,
+            anonymous: crate::limits::DEFAULT_ANON_LIMIT,
+            trusted_proxies: Vec::new(),
+        }
+    }
+}
+
+/// A rate limit flag or variable.
+fn limit_var(
+    name: &'static str,
+    value: Option<String>,
+    default: Limit,
+) -> Result<Limit, ConfigError> {
+    match value {
+        None => Ok(default),
+        Some(v) => v.parse::<Limit>().map_err(|e| ConfigError::Invalid {
+            name,
+            reason: e.to_string(),
+            value: v,
+        }),
+    }
+}
+
+/// A trusted proxy: a CIDR (`10.0.0.0/8`, `fd00::/8`) or one address.
+fn trusted_proxy(value: &str) -> Result<ipnet::IpNet, ConfigError> {
+    let value = value.trim();
+    value
+        .parse::<ipnet::IpNet>()
+        .or_else(|_| value.parse::<IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| ConfigError::Invalid {
+            name: "--trusted-proxy / TB_DALLE_TRUSTED_PROXIES",
+            value: value.to_string(),
+            reason: "expected an IP address or a CIDR such as 10.0.0.0/8 or fd00::/8".into(),
+        })
 }
 
 /// The daily cap a live-mode server gets unless told otherwise (`none` lifts it).
@@ -483,6 +546,35 @@ impl Config {
                 });
             }
         }
+        let mut proxies = flags.trusted_proxies;
+        if proxies.is_empty()
+            && let Some(list) = var("TB_DALLE_TRUSTED_PROXIES")
+        {
+            proxies = list
+                .split(',')
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .map(String::from)
+                .collect();
+        }
+        let limits = LimitsConfig {
+            key: limit_var(
+                "--rate-limit / TB_DALLE_RATE_LIMIT",
+                flags.rate_limit.or_else(|| var("TB_DALLE_RATE_LIMIT")),
+                crate::limits::DEFAULT_KEY_LIMIT,
+            )?,
+            anonymous: limit_var(
+                "--anon-rate-limit / TB_DALLE_ANON_RATE_LIMIT",
+                flags
+                    .anon_rate_limit
+                    .or_else(|| var("TB_DALLE_ANON_RATE_LIMIT")),
+                crate::limits::DEFAULT_ANON_LIMIT,
+            )?,
+            trusted_proxies: proxies
+                .iter()
+                .map(|p| trusted_proxy(p))
+                .collect::<Result<_, _>>()?,
+        };
         let databases = flags
             .databases
             .or_else(|| var("TB_DALLE_DATABASES").map(PathBuf::from));
@@ -579,6 +671,7 @@ impl Config {
             max_body,
             api_keys,
             cors_origins,
+            limits,
             warnings,
         })
     }
@@ -1003,7 +1096,59 @@ mod tests {
             ("TB_DALLE_API_KEYS_FILE", path.to_str().unwrap()),
         ];
         let cfg = Config::from_sources(flags(&[]), &env).unwrap();
-        assert_eq!(cfg.api_keys.unwrap().verify("t").as_deref(), Some("ci"));
+        let key = cfg.api_keys.unwrap().verify("t").map(|k| k.name);
+        assert_eq!(key.as_deref(), Some("ci"));
+    }
+
+    #[test]
+    fn rate_limits_default_parse_and_name_their_source() {
+        let env = [("HOME", "/h")];
+        let cfg = Config::from_sources(flags(&[]), &env).unwrap();
+        assert_eq!(cfg.limits, LimitsConfig::default());
+        assert_eq!(cfg.limits.key.to_string(), "60/min");
+        assert_eq!(cfg.limits.anonymous.to_string(), "10/min");
+        let env = [
+            ("HOME", "/h"),
+            ("TB_DALLE_RATE_LIMIT", "5/sec"),
+            ("TB_DALLE_ANON_RATE_LIMIT", "none"),
+            ("TB_DALLE_TRUSTED_PROXIES", "10.0.0.0/8, ::1,192.0.2.7"),
+        ];
+        let cfg = Config::from_sources(flags(&[]), &env).unwrap();
+        assert_eq!(cfg.limits.key.to_string(), "5/sec");
+        assert_eq!(cfg.limits.anonymous, Limit::Unlimited);
+        let proxies: Vec<String> = cfg
+            .limits
+            .trusted_proxies
+            .iter()
+            .map(|p| p.to_string())
+            .collect();
+        assert_eq!(proxies, ["10.0.0.0/8", "::1/128", "192.0.2.7/32"]);
+        let args = [
+            "--anon-rate-limit",
+            "3/hour",
+            "--trusted-proxy",
+            "127.0.0.1",
+            "--trusted-proxy=fd00::/8",
+        ];
+        let cfg = Config::from_sources(flags(&args), &env).unwrap();
+        assert_eq!(cfg.limits.anonymous.to_string(), "3/hour", "the flag wins");
+        assert_eq!(
+            cfg.limits.trusted_proxies.len(),
+            2,
+            "flags replace the list"
+        );
+        for (args, name) in [
+            (["--rate-limit", "fast"], "TB_DALLE_RATE_LIMIT"),
+            (["--anon-rate-limit", "0/min"], "TB_DALLE_ANON_RATE_LIMIT"),
+            (
+                ["--trusted-proxy", "proxy.example"],
+                "TB_DALLE_TRUSTED_PROXIES",
+            ),
+        ] {
+            let err = Config::from_sources(flags(&args), &[("HOME", "/h")]).unwrap_err();
+            assert!(err.to_string().contains(name), "{err}");
+            assert_eq!(err.exit_code(), 2);
+        }
     }
 
     #[test]

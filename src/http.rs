@@ -14,6 +14,7 @@
 
 mod auth;
 mod chunks;
+pub mod client;
 pub mod dalle;
 pub mod error;
 mod errors;
@@ -28,6 +29,7 @@ mod preview;
 pub mod request_id;
 mod root;
 mod series;
+mod usage;
 mod v1;
 
 use axum::Router;
@@ -77,7 +79,7 @@ fn v1_routes() -> Router<AppState> {
     let quick = Router::new()
         .route("/images/preview", post(v1::preview))
         .route("/images/estimate", post(v1::estimate))
-        .route("/usage", get(v1::usage))
+        .route("/usage", get(usage::usage))
         .route("/images", get(v1::list_images))
         .route(
             "/images/",

@@ -19,9 +19,11 @@
 //!   domain — databases, series, selection, prompts.
 //! - [`budget`]: spending caps on paid images, behind a narrow trait.
 //! - [`idempotency`]: `Idempotency-Key` slots and kept answers, behind a narrow trait.
+//! - [`limits`]: rate limits on run starts (token buckets), behind a narrow trait.
 //! - [`storage`]: the data directory, atomic writes and the file cache.
 //! - [`config`], [`telemetry`]: flags, environment, `.env`; logging.
-//! - [`auth`]: the API keys file and bearer tokens (the router decides what needs one).
+//! - [`auth`]: the API keys file, bearer tokens and the [`auth::Caller`] a run is admitted
+//!   for (the router decides what needs a key).
 
 pub mod annotate;
 pub mod app;
@@ -35,6 +37,7 @@ pub mod gallery;
 pub mod health;
 pub mod http;
 pub mod idempotency;
+pub mod limits;
 pub mod metrics;
 pub mod openai;
 pub mod progress;

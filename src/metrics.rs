@@ -58,6 +58,8 @@ pub struct Metrics {
     budget_remaining: GaugeVec,
     /// Requests refused 401 for want of a valid API key (missing and wrong alike).
     pub auth_failures: IntCounter,
+    /// Runs refused 429 by a rate limit, by `scope` (`key`, `anonymous`).
+    rate_limited: IntCounterVec,
     ledger: Mutex<Ledger>,
 }
 
@@ -248,6 +250,15 @@ impl Metrics {
                 "auth_failures_total",
                 "Requests refused 401 because they needed an API key and had no valid one",
             )?,
+            rate_limited: labelled(
+                counter_vec(
+                    &r,
+                    "rate_limited_total",
+                    "Runs refused 429 because the caller's rate limit on run starts was reached, by scope (key or anonymous)",
+                    &["scope"],
+                )?,
+                &crate::limits::Scope::ALL.map(crate::limits::Scope::as_str),
+            ),
             generations_in_flight,
             breaker_state,
             ledger: Mutex::new(Ledger::new()),
@@ -343,6 +354,11 @@ impl Metrics {
         self.spend
             .with_label_values(&[model])
             .inc_by(crate::budget::usd(micros));
+    }
+
+    /// Counts a run refused by a rate limit.
+    pub fn record_rate_limited(&self, scope: crate::limits::Scope) {
+        self.rate_limited.with_label_values(&[scope.as_str()]).inc();
     }
 
     /// Brings the remaining-budget gauges up to date; a period without a cap has `+Inf` left.

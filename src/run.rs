@@ -18,8 +18,10 @@ use tokio::sync::{Semaphore, watch};
 
 use crate::attributes::Attributes;
 use crate::attributes::dress::DalleDress;
+use crate::auth::Caller;
 use crate::budget::{self, Budget, Exhausted, Micros, Prices, Reservation};
 use crate::domain::SeriesName;
+use crate::limits::{Limited, RateLimiter};
 use crate::metrics::Metrics;
 use crate::openai::OpenAiClient;
 use crate::openai::retry;
@@ -240,6 +242,8 @@ pub struct Generator {
     /// The spending caps every new paid run is admitted against, and the image prices.
     pub(crate) budget: Arc<dyn Budget>,
     pub(crate) prices: Prices,
+    /// The buckets every new run takes a start from ([`crate::limits`]).
+    limiter: Arc<dyn RateLimiter>,
 }
 
 /// What a new run was admitted with: its place in the queue, and what it reserved of the
@@ -259,6 +263,9 @@ pub enum Refused {
     /// The run's image would exceed a spending cap.
     #[error("{0}")]
     Budget(Exhausted),
+    /// The caller's rate-limit bucket is empty.
+    #[error("{0}")]
+    RateLimited(Limited),
 }
 
 /// What a `/dalle` request resolved to.
@@ -278,7 +285,9 @@ pub enum Outcome {
     QueueFull(QueueFull),
     /// No run was started: its image would exceed a spending cap.
     BudgetExhausted(Exhausted),
-    /// Nothing was started or removed: the request needs a key ([`Flags::authorized`]).
+    /// No run was started: the caller started too many lately.
+    RateLimited(Limited),
+    /// Nothing was started or removed: the request needs a key ([`Caller::authorized`]).
     Unauthorized,
     /// A new run was asked for while the server drains for a shutdown.
     ShuttingDown,
@@ -289,10 +298,6 @@ pub enum Outcome {
 pub struct Flags {
     pub generate: bool,
     pub remove: bool,
-    /// The caller may start a run and remove images: it sent a valid API key, or no keys
-    /// are configured. Checked here, where a run would start, so a cache hit, a poll and
-    /// joining a run in flight never need one.
-    pub authorized: bool,
 }
 
 /// Settings the generator takes from the configuration.
@@ -337,6 +342,11 @@ impl Generator {
                 Arc::new(budget::SystemClock),
             )),
             prices: Prices::built_in(),
+            limiter: Arc::new(crate::limits::LocalLimiter::new(
+                crate::limits::Limit::Unlimited,
+                crate::limits::Limit::Unlimited,
+                Arc::new(crate::limits::MonotonicTicker::default()),
+            )),
             journal: Arc::new(Journal::in_memory()),
         }
     }
@@ -377,7 +387,10 @@ impl Generator {
                 enhanced: entry.enhanced,
                 ..JobOptions::dalle()
             };
-            match self.start_job(key, options, &entry.request_id) {
+            let caller = Caller::Resumed {
+                key: entry.key.as_deref().map(Into::into),
+            };
+            match self.start_job(key, options, &caller, &entry.request_id) {
                 Ok((_, _, true)) => started += 1,
                 Ok(_) => {}
                 // Kept in the journal: the next start tries again.
@@ -397,11 +410,20 @@ impl Generator {
     /// | any | in flight | its snapshot | its snapshot (joins it) | its snapshot |
     /// | present | — | the PNG | a cache-hit snapshot | removes the image |
     /// | absent | failed | its snapshot | its snapshot (no retry) | forgets the run |
-    /// | absent | none or completed | `{}` | starts a run (refused when the queue is full) | `{}` |
-    pub async fn handle(self: &Arc<Self>, key: RunKey, flags: Flags, request_id: &str) -> Outcome {
+    /// | absent | none or completed | `{}` | starts a run (see [`Generator::start_job`]) | `{}` |
+    ///
+    /// `caller` is asked about only where a run would start or an image be removed, so a
+    /// cache hit, a poll and joining a run in flight never need a key or a token.
+    pub async fn handle(
+        self: &Arc<Self>,
+        key: RunKey,
+        flags: Flags,
+        caller: &Caller,
+        request_id: &str,
+    ) -> Outcome {
         // Removing changes data whatever is stored, so it needs a key before anything is
         // looked at (an answer must not tell an anonymous caller what exists).
-        if flags.remove && !flags.authorized {
+        if flags.remove && !caller.authorized() {
             return Outcome::Unauthorized;
         }
         // A run in flight answers its snapshot whatever is stored, so a poll (the most
@@ -448,17 +470,18 @@ impl Generator {
             // The run completed between the check above and this poll (the store was not
             // asked): its final snapshot is the answer, not `{}` and never a second run.
             Some(polled) if in_flight && !flags.remove => Outcome::Progress(polled.json),
-            // A new run needs a key ([`Flags::authorized`]); everything above answers without.
-            _ if flags.generate && !flags.remove && !flags.authorized => Outcome::Unauthorized,
+            // A new run needs a key ([`Caller::authorized`]); everything above answers without.
+            _ if flags.generate && !flags.remove && !caller.authorized() => Outcome::Unauthorized,
             // A drain starts no new run (it would be lost or stopped at once).
             _ if flags.generate && !flags.remove && self.journal.is_draining() => {
                 Outcome::ShuttingDown
             }
             // Completed but the file is gone (removed behind our back): as if there were no run.
-            _ if flags.generate && !flags.remove => match self.start(key, request_id) {
+            _ if flags.generate && !flags.remove => match self.start(key, caller, request_id) {
                 Ok(snapshot) => Outcome::Snapshot(Box::new(snapshot)),
                 Err(Refused::QueueFull(full)) => Outcome::QueueFull(full),
                 Err(Refused::Budget(exhausted)) => Outcome::BudgetExhausted(exhausted),
+                Err(Refused::RateLimited(limited)) => Outcome::RateLimited(limited),
             },
             _ => {
                 if flags.remove {
@@ -482,6 +505,12 @@ impl Generator {
         &self.budget
     }
 
+    /// Sets the rate limiter new runs take a start from (by default: no limits).
+    pub fn with_limiter(mut self, limiter: Arc<dyn RateLimiter>) -> Generator {
+        self.limiter = limiter;
+        self
+    }
+
     /// What a new run with `options` is reserved at: `None` when it pays for nothing (mock
     /// mode, or no image), else the dearest image its model may be asked for.
     pub fn estimate(&self, options: &JobOptions) -> Option<Micros> {
@@ -493,10 +522,11 @@ impl Generator {
         }
     }
 
-    /// Whether the budget would admit a new run with `options` now (nothing is reserved).
-    pub fn check_budget(&self, options: &JobOptions) -> Result<(), Exhausted> {
+    /// Whether the budget would admit a new run with `options` for `caller` now (nothing
+    /// is reserved).
+    pub fn check_budget(&self, options: &JobOptions, caller: &Caller) -> Result<(), Exhausted> {
         match self.estimate(options) {
-            Some(price) => self.budget.check(None, price),
+            Some(price) => self.budget.check(caller.payer(), price),
             None => Ok(()),
         }
     }
@@ -563,17 +593,26 @@ impl Generator {
     }
 
     /// Starts a legacy `/dalle` run for `key` unless one is in flight (then its snapshot is
-    /// the answer); refused when the queue is full or the budget cannot cover its image.
-    pub fn start(self: &Arc<Self>, key: RunKey, request_id: &str) -> Result<Snapshot, Refused> {
-        self.start_job(key, JobOptions::dalle(), request_id)
+    /// the answer); refused as [`Generator::start_job`] says.
+    pub fn start(
+        self: &Arc<Self>,
+        key: RunKey,
+        caller: &Caller,
+        request_id: &str,
+    ) -> Result<Snapshot, Refused> {
+        self.start_job(key, JobOptions::dalle(), caller, request_id)
             .map(|(snapshot, _, _)| snapshot)
     }
 
-    /// Starts a run (or joins the one in flight for `key`, whatever its options) and returns
-    /// its first snapshot and a channel that receives the outcome; `true` when a new run was
-    /// started. A new run is refused when the queue is full, or when its image would exceed
-    /// a spending cap: it is admitted against the budget here, before any OpenAI call, and
-    /// reserves its estimated price until its image request settles it.
+    /// Starts a run for `caller` (or joins the one in flight for `key`, whatever its
+    /// options, which takes nothing) and returns its first snapshot and a channel that
+    /// receives the outcome; `true` when a new run was started.
+    ///
+    /// A new run is admitted here, before any OpenAI call, in this order, each refusal
+    /// giving back what the steps before it took: the budget (its image must fit under the
+    /// caller's and the server's caps; it reserves its estimated price until its image
+    /// request settles it), the queue (refused when full), then the caller's rate-limit
+    /// bucket — last, so only a run that does start takes a token.
     ///
     /// A new run takes its place in the queue here but no lease: it takes the lease when its
     /// slot is granted, and holds it for as long as it works ([`Generator::run`]).
@@ -581,6 +620,7 @@ impl Generator {
         self: &Arc<Self>,
         key: RunKey,
         options: JobOptions,
+        caller: &Caller,
         request_id: &str,
     ) -> Result<(Snapshot, watch::Receiver<Option<RunResult>>, bool), Refused> {
         let (outcome, admission) = {
@@ -589,16 +629,23 @@ impl Generator {
                 Some((rx, _)) => (rx.clone(), None),
                 None => {
                     let reservation = match self.estimate(&options) {
-                        Some(price) => Some(Reservation::take(&self.budget, None, price).map_err(
-                            |exhausted| {
-                                self.metrics.budget_refusals.inc();
-                                Refused::Budget(exhausted)
-                            },
-                        )?),
+                        Some(price) => Some(
+                            Reservation::take(&self.budget, caller.payer(), price).map_err(
+                                |exhausted| {
+                                    self.metrics.budget_refusals.inc();
+                                    Refused::Budget(exhausted)
+                                },
+                            )?,
+                        ),
                         None => None,
                     };
-                    // A refusal here drops the reservation, which gives it back.
+                    // A refusal here drops the reservation, which gives it back; one by the
+                    // limiter drops the place in the queue too.
                     let admission = self.queue.admit(&key).map_err(Refused::QueueFull)?;
+                    self.limiter.take(caller).map_err(|limited| {
+                        self.metrics.record_rate_limited(limited.scope);
+                        Refused::RateLimited(limited)
+                    })?;
                     // Under the registry lock, so a joiner sees this run's progress from the
                     // start.
                     self.progress.restart(&key, request_id);
@@ -617,7 +664,9 @@ impl Generator {
         let snapshot = self.snapshot_of(&key);
         let this = Arc::clone(self);
         // Admitted before the task is spawned, so a drain starting now already waits for it.
-        let ticket = self.journal.admit(&key, options.is_detached(), request_id);
+        let ticket = self
+            .journal
+            .admit(&key, options.is_detached(), request_id, caller.key_name());
         let request_id = request_id.to_string();
         tokio::spawn(async move {
             let admitted = Admitted {
@@ -644,6 +693,7 @@ impl Generator {
         self: &Arc<Self>,
         key: RunKey,
         options: JobOptions,
+        caller: &Caller,
         request_id: &str,
     ) -> RunResult {
         loop {
@@ -657,7 +707,7 @@ impl Generator {
                     return Err(Arc::new(RunError::ShuttingDown));
                 }
                 None => {
-                    let started = self.start_job(key.clone(), options.clone(), request_id);
+                    let started = self.start_job(key.clone(), options.clone(), caller, request_id);
                     match started {
                         Ok((_, rx, true)) => (rx, true),
                         // Lost a race with another start: decide again on what is running now.
@@ -667,6 +717,9 @@ impl Generator {
                         }
                         Err(Refused::Budget(exhausted)) => {
                             return Err(Arc::new(RunError::BudgetExhausted(exhausted)));
+                        }
+                        Err(Refused::RateLimited(limited)) => {
+                            return Err(Arc::new(RunError::RateLimited(limited)));
                         }
                     }
                 }
@@ -1010,18 +1063,18 @@ mod lease_tests {
         let busy = backends.queue.admit(&key(B)).unwrap().turn.await.unwrap();
 
         let (snapshot, rx, started) = generator
-            .start_job(key(A), JobOptions::dalle(), "queued")
+            .start_job(key(A), JobOptions::dalle(), &Caller::READER, "queued")
             .unwrap();
         assert!(started);
         assert_eq!(snapshot.queue_position, Some(1));
         assert_eq!(backends.queue.waiting(), 1);
         assert!(!leases.is_held(&key(A)), "a queued run holds no lease");
         let (_, _, again) = generator
-            .start_job(key(A), JobOptions::dalle(), "joins")
+            .start_job(key(A), JobOptions::dalle(), &Caller::READER, "joins")
             .unwrap();
         assert!(!again, "a second request joins the queued run");
         let other = key("0x0000000000000000000000000000000000000003");
-        let refused = generator.start_job(other, JobOptions::dalle(), "refused");
+        let refused = generator.start_job(other, JobOptions::dalle(), &Caller::READER, "refused");
         assert_eq!(
             refused.unwrap_err(),
             Refused::QueueFull(QueueFull { waiting: 1 })
@@ -1111,7 +1164,7 @@ mod lease_tests {
             .await
             .unwrap();
         let (_, rx, _) = generator
-            .start_job(key(A), JobOptions::dalle(), "paid")
+            .start_job(key(A), JobOptions::dalle(), &Caller::READER, "paid")
             .unwrap();
         let in_image = async {
             let phase = || {

@@ -12,11 +12,10 @@
 mod common;
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+
+use std::time::{Duration, Instant};
 
 use common::{Options, Process, Running, Server, image_requests};
-use dalleserver::budget::Clock;
 use serde_json::Value;
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer};
@@ -299,26 +298,10 @@ async fn keys_are_scoped_per_api_key() {
     assert_eq!(image_requests(&mock).await, 2);
 }
 
-/// A clock the test moves.
-#[derive(Debug)]
-struct Manual(Mutex<SystemTime>);
-
-impl Clock for Manual {
-    fn now(&self) -> SystemTime {
-        *self.0.lock().unwrap()
-    }
-}
-
-impl Manual {
-    fn advance(&self, by: Duration) {
-        *self.0.lock().unwrap() += by;
-    }
-}
-
 #[tokio::test]
 async fn keys_expire_after_a_day_and_a_full_store_refuses_new_ones_until_then() {
     let mock = mock_openai(Duration::ZERO).await;
-    let clock = Arc::new(Manual(Mutex::new(SystemTime::now())));
+    let clock = common::ManualClock::now();
     let server = Server::start_with(Options {
         clock: Some(clock.clone()),
         ..live(&mock, &["--idempotency-max-keys", "1"])

@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    ANONYMOUS, Budget, Cap, Caps, Clock, Exhausted, KeyUsage, Micros, ReservationId, Tally, Usage,
-    calendar, day_key, month_key,
+    ANONYMOUS, Budget, Cap, Caps, Clock, Exhausted, KeyUsage, Micros, Payer, ReservationId, Tally,
+    Usage, calendar, day_key, month_key,
 };
 
 /// The file's layout.
@@ -33,10 +33,17 @@ struct StoredKey {
     month: Tally,
 }
 
+/// A run's reservation: the key it is for ([`ANONYMOUS`] without one) and its price.
+#[derive(Debug)]
+struct Reserved {
+    key: String,
+    price: Micros,
+}
+
 #[derive(Debug, Default)]
 struct State {
     stored: Stored,
-    reservations: HashMap<ReservationId, Micros>,
+    reservations: HashMap<ReservationId, Reserved>,
     next_id: ReservationId,
 }
 
@@ -59,7 +66,10 @@ impl State {
     }
 
     fn total(&self) -> KeyUsage {
-        let mut total = KeyUsage::default();
+        let mut total = KeyUsage {
+            reserved: self.reserved(None),
+            ..KeyUsage::default()
+        };
         for key in self.stored.keys.values() {
             total.day.add(key.day);
             total.month.add(key.month);
@@ -67,10 +77,27 @@ impl State {
         total
     }
 
-    fn reserved(&self) -> Tally {
-        Tally {
-            usd_micros: self.reservations.values().sum(),
-            images: self.reservations.len() as u64,
+    /// What runs in flight have reserved: all of them, or those of one key.
+    fn reserved(&self, key: Option<&str>) -> Tally {
+        let mut tally = Tally::default();
+        for reserved in self.reservations.values() {
+            if key.is_none_or(|k| k == reserved.key) {
+                tally.add(Tally {
+                    usd_micros: reserved.price,
+                    images: 1,
+                });
+            }
+        }
+        tally
+    }
+
+    /// One key's spend and reservations.
+    fn key(&self, name: &str) -> KeyUsage {
+        let stored = self.stored.keys.get(name).copied().unwrap_or_default();
+        KeyUsage {
+            day: stored.day,
+            month: stored.month,
+            reserved: self.reserved(Some(name)),
         }
     }
 }
@@ -151,34 +178,55 @@ impl LocalBudget {
         (state, day_left, month_left)
     }
 
+    /// Whether a run of `price` fits under the payer's own caps (checked first: they say
+    /// what the caller can change) and the server-wide ones.
     fn admit(
         &self,
         state: &State,
+        payer: Payer<'_>,
         price: Micros,
         day_left: std::time::Duration,
         month_left: std::time::Duration,
     ) -> Result<(), Exhausted> {
-        let (total, reserved) = (state.total(), state.reserved());
-        let checks = [
+        let total = state.total();
+        let own = payer.key.map(|name| (name, state.key(name)));
+        let mut checks = Vec::with_capacity(5);
+        if let Some((_, own)) = own {
+            checks.extend([
+                (
+                    Cap::KeyDailyUsd,
+                    payer.caps.daily_usd,
+                    own.day.usd_micros + own.reserved.usd_micros,
+                    price,
+                ),
+                (
+                    Cap::KeyDailyImages,
+                    payer.caps.daily_images,
+                    own.day.images + own.reserved.images,
+                    1,
+                ),
+            ]);
+        }
+        checks.extend([
             (
                 Cap::DailyUsd,
                 self.caps.daily_usd,
-                total.day.usd_micros + reserved.usd_micros,
+                total.day.usd_micros + total.reserved.usd_micros,
                 price,
             ),
             (
                 Cap::MonthlyUsd,
                 self.caps.monthly_usd,
-                total.month.usd_micros + reserved.usd_micros,
+                total.month.usd_micros + total.reserved.usd_micros,
                 price,
             ),
             (
                 Cap::DailyImages,
                 self.caps.daily_images,
-                total.day.images + reserved.images,
+                total.day.images + total.reserved.images,
                 1,
             ),
-        ];
+        ]);
         for (cap, limit, used, needed) in checks {
             if let Some(limit) = limit
                 && used.saturating_add(needed) > limit
@@ -187,8 +235,12 @@ impl LocalBudget {
                     super::Period::Day => day_left,
                     super::Period::Month => month_left,
                 };
+                let key = matches!(cap, Cap::KeyDailyUsd | Cap::KeyDailyImages)
+                    .then(|| own.map(|(name, _)| name.to_string()))
+                    .flatten();
                 return Err(Exhausted {
                     cap,
+                    key,
                     limit,
                     used,
                     needed,
@@ -201,18 +253,19 @@ impl LocalBudget {
 }
 
 impl Budget for LocalBudget {
-    fn reserve(&self, _key: Option<&str>, price: Micros) -> Result<ReservationId, Exhausted> {
+    fn reserve(&self, payer: Payer<'_>, price: Micros) -> Result<ReservationId, Exhausted> {
         let (mut state, day_left, month_left) = self.current();
-        self.admit(&state, price, day_left, month_left)?;
+        self.admit(&state, payer, price, day_left, month_left)?;
         state.next_id += 1;
         let id = state.next_id;
-        state.reservations.insert(id, price);
+        let key = payer.key.unwrap_or(ANONYMOUS).to_string();
+        state.reservations.insert(id, Reserved { key, price });
         Ok(id)
     }
 
-    fn check(&self, _key: Option<&str>, price: Micros) -> Result<(), Exhausted> {
+    fn check(&self, payer: Payer<'_>, price: Micros) -> Result<(), Exhausted> {
         let (state, day_left, month_left) = self.current();
-        self.admit(&state, price, day_left, month_left)
+        self.admit(&state, payer, price, day_left, month_left)
     }
 
     fn spend(&self, id: Option<ReservationId>, key: Option<&str>, model: &str, price: Micros) {
@@ -255,25 +308,19 @@ impl Budget for LocalBudget {
 
     fn usage(&self) -> Usage {
         let (state, day_ends_in, month_ends_in) = self.current();
+        // Every key with spend this month or a run in flight, in name order.
+        let mut names: Vec<&String> = state.stored.keys.keys().collect();
+        names.extend(state.reservations.values().map(|r| &r.key));
+        names.sort();
+        names.dedup();
         Usage {
             day: state.stored.day.clone(),
             month: state.stored.month.clone(),
             caps: self.caps,
             total: state.total(),
-            reserved: state.reserved(),
-            by_key: state
-                .stored
-                .keys
-                .iter()
-                .map(|(name, k)| {
-                    (
-                        name.clone(),
-                        KeyUsage {
-                            day: k.day,
-                            month: k.month,
-                        },
-                    )
-                })
+            by_key: names
+                .into_iter()
+                .map(|name| (name.clone(), state.key(name)))
                 .collect(),
             models: state.stored.models.clone().into_iter().collect(),
             day_ends_in,
@@ -321,18 +368,18 @@ mod tests {
         };
         let budget: Arc<dyn Budget> = Arc::new(LocalBudget::in_memory(caps, clock.clone()));
         let price = micros(0.25);
-        let first = Reservation::take(&budget, None, price).unwrap();
+        let first = Reservation::take(&budget, Payer::ANONYMOUS, price).unwrap();
         // Reserved, not spent: a second run fits, a third does not (no overshoot by runs
         // admitted together).
-        let second = Reservation::take(&budget, None, price).unwrap();
-        let refused = Reservation::take(&budget, None, price).unwrap_err();
+        let second = Reservation::take(&budget, Payer::ANONYMOUS, price).unwrap();
+        let refused = Reservation::take(&budget, Payer::ANONYMOUS, price).unwrap_err();
         assert_eq!(refused.cap, Cap::DailyUsd);
         assert_eq!(refused.retry_after, Duration::from_secs(60));
         first.settle("gpt-image-1", price);
         drop(second); // ended before its image: its reservation is given back
-        let third = Reservation::take(&budget, None, price).unwrap();
+        let third = Reservation::take(&budget, Payer::ANONYMOUS, price).unwrap();
         third.settle("gpt-image-1", price);
-        assert!(budget.check(None, price).is_err());
+        assert!(budget.check(Payer::ANONYMOUS, price).is_err());
         let usage = budget.usage();
         assert_eq!(
             usage.total.day,
@@ -346,7 +393,7 @@ mod tests {
 
         clock.advance(Duration::from_secs(60));
         assert!(
-            budget.check(None, price).is_ok(),
+            budget.check(Payer::ANONYMOUS, price).is_ok(),
             "a new day starts from zero"
         );
         let usage = budget.usage();
@@ -368,13 +415,82 @@ mod tests {
         };
         let budget = LocalBudget::in_memory(caps, clock.clone());
         budget.spend(None, None, "dall-e-2", micros(0.9));
-        let refused = budget.check(None, micros(0.2)).unwrap_err();
+        let refused = budget.check(Payer::ANONYMOUS, micros(0.2)).unwrap_err();
         assert_eq!(refused.cap, Cap::MonthlyUsd);
         assert_eq!(refused.retry_after, Duration::from_secs(60));
-        let refused = budget.check(None, micros(0.05)).unwrap_err();
+        let refused = budget.check(Payer::ANONYMOUS, micros(0.05)).unwrap_err();
         assert_eq!(refused.cap, Cap::DailyImages);
         clock.advance(Duration::from_secs(60));
-        assert!(budget.check(None, micros(0.9)).is_ok());
+        assert!(budget.check(Payer::ANONYMOUS, micros(0.9)).is_ok());
+    }
+
+    #[test]
+    fn a_keys_own_caps_refuse_it_alone_and_count_its_reservations() {
+        use super::super::KeyCaps;
+        let clock = new_years_eve();
+        let caps = Caps {
+            daily_images: Some(10),
+            ..Caps::default()
+        };
+        let budget: Arc<dyn Budget> = Arc::new(LocalBudget::in_memory(caps, clock.clone()));
+        let alice = Payer {
+            key: Some("alice"),
+            caps: KeyCaps {
+                daily_usd: Some(micros(0.07)),
+                daily_images: Some(2),
+            },
+        };
+        let price = micros(0.02);
+        let first = Reservation::take(&budget, alice, price).unwrap();
+        let second = Reservation::take(&budget, alice, price).unwrap();
+        // Both in flight: the third would be the key's third image today.
+        let refused = Reservation::take(&budget, alice, price).unwrap_err();
+        assert_eq!(refused.cap, Cap::KeyDailyImages);
+        assert_eq!(refused.key.as_deref(), Some("alice"));
+        assert_eq!((refused.limit, refused.used), (2, 2));
+        assert_eq!(refused.retry_after, Duration::from_secs(60));
+        // Another key and the anonymous caller are not held back by alice's caps.
+        let bob = Payer {
+            key: Some("bob"),
+            caps: KeyCaps::default(),
+        };
+        assert!(budget.check(bob, price).is_ok());
+        assert!(budget.check(Payer::ANONYMOUS, price).is_ok());
+        first.settle("dall-e-2", price);
+        drop(second);
+        let usage = budget.usage();
+        let own = usage.key("alice");
+        assert_eq!(own.day.images, 1);
+        assert_eq!(own.reserved, Tally::default());
+        assert_eq!(own.remaining(alice.caps), (Some(micros(0.05)), Some(1)));
+        // $0.02 spent: another $0.02 fits the key's $0.07, a $0.06 image does not.
+        let dear = budget.check(alice, micros(0.06)).unwrap_err();
+        assert_eq!(dear.cap, Cap::KeyDailyUsd);
+        assert!(
+            dear.to_string()
+                .contains("key alice's daily budget of $0.07"),
+            "{dear}"
+        );
+        assert!(budget.check(alice, price).is_ok());
+        // The server-wide cap still applies to a key.
+        let roomy = Payer {
+            key: Some("carol"),
+            caps: KeyCaps::default(),
+        };
+        for _ in 0..9 {
+            budget.spend(None, Some("carol"), "dall-e-2", price);
+        }
+        assert_eq!(
+            budget.check(roomy, price).unwrap_err().cap,
+            Cap::DailyImages
+        );
+        let names: Vec<_> = budget.usage().by_key.into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names, ["alice", "carol"]);
+        clock.advance(Duration::from_secs(60));
+        assert!(
+            budget.check(alice, micros(0.07)).is_ok(),
+            "a new day resets the key's caps"
+        );
     }
 
     #[test]
@@ -388,11 +504,11 @@ mod tests {
         };
         let budget = LocalBudget::open(path.clone(), caps, clock.clone()).unwrap();
         budget.spend(None, Some("alice"), "dall-e-3", micros(0.12));
-        let _held = budget.reserve(None, micros(0.5)).unwrap();
+        let _held = budget.reserve(Payer::ANONYMOUS, micros(0.5)).unwrap();
         let reopened = LocalBudget::open(path.clone(), caps, clock.clone()).unwrap();
         let usage = reopened.usage();
         assert_eq!(usage.total.day.usd_micros, micros(0.12));
-        assert_eq!(usage.reserved, Tally::default());
+        assert_eq!(usage.total.reserved, Tally::default());
         assert_eq!(usage.by_key[0].0, "alice");
         std::fs::write(&path, b"{torn").unwrap();
         assert!(LocalBudget::open(path, caps, clock).is_err());

@@ -37,6 +37,9 @@ pub enum Code {
     BudgetExhausted,
     /// Ours: a valid API key is required (401 with `WWW-Authenticate: Bearer`).
     Unauthorized,
+    /// Ours: the caller's rate limit on run starts is reached; nothing was started (429 with
+    /// `Retry-After` and the `RateLimit-*` fields).
+    RateLimited,
     /// Ours: the server is draining for a shutdown and starts no run; retry after
     /// `Retry-After`.
     ShuttingDown,
@@ -52,7 +55,7 @@ pub enum Code {
 
 impl Code {
     /// Every code, for exhaustive tests and documentation.
-    pub const ALL: [Code; 22] = [
+    pub const ALL: [Code; 23] = [
         Code::InvalidInput,
         Code::SeriesNotFound,
         Code::SeriesInvalid,
@@ -71,6 +74,7 @@ impl Code {
         Code::QueueFull,
         Code::BudgetExhausted,
         Code::Unauthorized,
+        Code::RateLimited,
         Code::ShuttingDown,
         Code::IdempotencyKeyReused,
         Code::IdempotencyKeyInterrupted,
@@ -98,6 +102,7 @@ impl Code {
             Code::QueueFull => "queue_full",
             Code::BudgetExhausted => "budget_exhausted",
             Code::Unauthorized => "unauthorized",
+            Code::RateLimited => "rate_limited",
             Code::ShuttingDown => "shutting_down",
             Code::IdempotencyKeyReused => "idempotency_key_reused",
             Code::IdempotencyKeyInterrupted => "idempotency_key_interrupted",
@@ -143,6 +148,7 @@ impl Code {
             Code::IdempotencyKeyReused => 422,
             Code::BudgetExhausted => 402,
             Code::Unauthorized => 401,
+            Code::RateLimited => 429,
             Code::ProviderUnavailable
             | Code::QueueFull
             | Code::ShuttingDown
@@ -170,6 +176,8 @@ pub struct CatalogueError {
     pub cause: Option<String>,
     /// When the client may try again (sent as `Retry-After`).
     pub retry_after: Option<std::time::Duration>,
+    /// The rate limit that refused the run (sent as the `RateLimit-*` fields).
+    pub rate_limited: Option<crate::limits::Limited>,
 }
 
 impl CatalogueError {
@@ -180,12 +188,20 @@ impl CatalogueError {
             message: message.into(),
             cause: None,
             retry_after: None,
+            rate_limited: None,
         }
     }
 
     /// Says when the client may try again.
     pub fn with_retry_after(mut self, wait: std::time::Duration) -> CatalogueError {
         self.retry_after = Some(wait);
+        self
+    }
+
+    /// Says which rate limit refused the run, and when the client may try again.
+    pub fn with_rate_limit(mut self, limited: crate::limits::Limited) -> CatalogueError {
+        self.retry_after = Some(limited.retry_after);
+        self.rate_limited = Some(limited);
         self
     }
 
@@ -241,6 +257,7 @@ mod tests {
             (Code::QueueFull, "queue_full", 503),
             (Code::BudgetExhausted, "budget_exhausted", 402),
             (Code::Unauthorized, "unauthorized", 401),
+            (Code::RateLimited, "rate_limited", 429),
             (Code::ShuttingDown, "shutting_down", 503),
             (Code::IdempotencyKeyReused, "idempotency_key_reused", 422),
             (

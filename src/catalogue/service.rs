@@ -16,6 +16,7 @@ use super::metadata::{
 use super::{records, series_admin};
 use crate::attributes::Attributes;
 use crate::attributes::series::{Series, normalize_name};
+use crate::auth::Caller;
 use crate::domain::{ImageRef, Seed, SeriesName};
 use crate::progress::{RunKey, Snapshot};
 use crate::run::{self, Artifact, Generator, JobOptions, RunError, RunOutput};
@@ -35,9 +36,10 @@ pub struct GenerateRequest {
     pub image: bool,
     pub annotate: bool,
     pub force: bool,
-    /// The caller may start a run (a valid API key, or no keys configured). Without it a
-    /// request that would start work is refused `unauthorized`; a hit is still answered.
-    pub authorized: bool,
+    /// Who asks. A caller that may not start runs ([`Caller::authorized`]) is refused
+    /// `unauthorized` by a request that would start work; a hit is still answered. A new
+    /// run is admitted with the caller's rate limit and budget.
+    pub caller: Caller,
 }
 
 /// The longest `input`, `recipe` or `backstyle` a request may carry, in bytes. Each is kept in
@@ -281,7 +283,7 @@ impl Catalogue {
                 return Ok(self.result(hit, &path));
             }
         }
-        if !req.authorized {
+        if !req.caller.authorized() {
             return Err(CatalogueError::new(
                 Code::Unauthorized,
                 "a valid API key is required",
@@ -306,7 +308,7 @@ impl Catalogue {
                 .filter(|e| !e.is_empty()),
         };
         let key = RunKey::new(SeriesName::normalize(&series.suffix), req.seed.clone());
-        let output = self.run(key, options, request_id).await?;
+        let output = self.run(key, options, &req.caller, request_id).await?;
         self.save_record(&req, &series, &output, path).await
     }
 
@@ -334,10 +336,11 @@ impl Catalogue {
         &self,
         key: RunKey,
         options: JobOptions,
+        caller: &Caller,
         request_id: &str,
     ) -> Result<Arc<RunOutput>, CatalogueError> {
         self.generator
-            .run_to_end(key, options, request_id)
+            .run_to_end(key, options, caller, request_id)
             .await
             .map_err(|err| run_failure(&err))
     }
@@ -414,11 +417,11 @@ impl Catalogue {
     }
 
     /// `POST /v1/images/{id}/regenerate`: the record's request again, with `force` and an image.
-    /// It always starts a run, so `authorized` is the caller's right to start one.
+    /// It always starts a run, for `caller`.
     pub async fn regenerate(
         &self,
         id: &ImageRef,
-        authorized: bool,
+        caller: Caller,
         request_id: &str,
     ) -> Result<GenerateResult, CatalogueError> {
         let meta = self.get_image(id).await?.metadata;
@@ -438,7 +441,7 @@ impl Catalogue {
             image: true,
             annotate: !meta.artifacts.annotated.is_empty(),
             force: true,
-            authorized,
+            caller,
         };
         self.generate(req, request_id).await
     }
@@ -577,6 +580,7 @@ fn run_failure(err: &RunError) -> CatalogueError {
         "storage_full" => Code::StorageFull,
         "queue_full" => Code::QueueFull,
         "budget_exhausted" => Code::BudgetExhausted,
+        "rate_limited" => Code::RateLimited,
         "shutting_down" => Code::ShuttingDown,
         _ => Code::Internal,
     };
@@ -586,12 +590,14 @@ fn run_failure(err: &RunError) -> CatalogueError {
         Code::StorageFull => "the server's disk is full; nothing was saved",
         Code::QueueFull => "the generation queue is full; retry later",
         Code::BudgetExhausted => "the spending cap is reached; nothing was started",
+        Code::RateLimited => "nothing was started",
         Code::ShuttingDown => "the server is shutting down; retry after Retry-After",
         _ => "the generation failed",
     };
     let failure = CatalogueError::new(code, message).with_cause(err);
     match err {
         RunError::BudgetExhausted(exhausted) => failure.with_retry_after(exhausted.retry_after),
+        RunError::RateLimited(limited) => failure.with_rate_limit(limited.clone()),
         _ => failure,
     }
 }

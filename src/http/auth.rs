@@ -1,17 +1,68 @@
-//! What needs an API key, and CORS for browser callers.
+//! Who a request comes from, what needs an API key, and CORS for browser callers.
 //!
 //! With `--api-keys-file`, a request that spends money or changes data needs
 //! `Authorization: Bearer <token>` with a key of the file ([`crate::auth::ApiKeys`]); the
-//! handlers ask [`require`] (or pass [`authorized`] on to the run core, which decides
-//! whether a `/dalle` request would start a run). Reading never needs one. Without a keys
-//! file every request is authorised, as upstream.
+//! handlers ask [`require`], or pass the request's [`Caller`] on to the run core, which
+//! decides whether a request would start a run and admits it with the caller's rate limit
+//! and budget. Reading never needs one. Without a keys file every request is authorised, as
+//! upstream, and callers are told apart by their client address ([`super::client`]).
 
+use std::convert::Infallible;
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::header::{AUTHORIZATION, CONTENT_TYPE, LINK, RETRY_AFTER, WWW_AUTHENTICATE};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use super::ApiError;
 use crate::app::AppState;
+use crate::auth::Caller;
+
+/// The caller of a request from `peer` with these headers: its API key when it sent a
+/// valid one, else an anonymous caller at its client address (authorised only when no keys
+/// file is configured).
+pub fn caller(state: &AppState, headers: &HeaderMap, peer: Option<SocketAddr>) -> Caller {
+    let anonymous = |authorized| Caller::Anonymous {
+        address: super::client::address(peer, headers, &state.config.limits.trusted_proxies),
+        authorized,
+    };
+    let Some(keys) = &state.config.api_keys else {
+        return anonymous(true);
+    };
+    let header = headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok());
+    match keys.authenticate(header) {
+        Some(key) => Caller::key(&key),
+        None => anonymous(false),
+    }
+}
+
+/// The request's TCP peer, when it came over TCP (the server adds it to every request).
+pub fn peer(extensions: &axum::http::Extensions) -> Option<SocketAddr> {
+    extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(peer)| *peer)
+}
+
+/// The request's [`Caller`], as an extractor.
+#[derive(Debug, Clone)]
+pub struct Identified(pub Caller);
+
+impl FromRequestParts<AppState> for Identified {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Identified, Infallible> {
+        Ok(Identified(caller(
+            state,
+            &parts.headers,
+            peer(&parts.extensions),
+        )))
+    }
+}
 
 /// Whether the request may start runs and change data: no keys are configured, or its
 /// bearer token is one of them.
@@ -73,7 +124,17 @@ pub fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
                 request_id.clone(),
                 idempotency_key,
             ])
-            .expose_headers([request_id, RETRY_AFTER, LINK, WWW_AUTHENTICATE, replayed])
+            .expose_headers([
+                request_id,
+                RETRY_AFTER,
+                LINK,
+                WWW_AUTHENTICATE,
+                replayed,
+                HeaderName::from_static("ratelimit-limit"),
+                HeaderName::from_static("ratelimit-remaining"),
+                HeaderName::from_static("ratelimit-reset"),
+                HeaderName::from_static("ratelimit-policy"),
+            ])
             .max_age(std::time::Duration::from_secs(600)),
     )
 }

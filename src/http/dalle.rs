@@ -16,6 +16,7 @@ use serde::Serialize;
 use super::extract::Path;
 use super::{ApiError, Envelope, ErrorCode, RequestId};
 use crate::app::AppState;
+use crate::auth::Caller;
 use crate::domain::{Address, SeriesName};
 use crate::progress::RunKey;
 use crate::run::{Flags, Outcome};
@@ -41,13 +42,17 @@ pub async fn dalle(
     )?;
     super::series::refuse_new_run_if_hidden(generator, &key, flags)?;
     let headers = request.headers();
-    // Only a request that could start a run or remove one looks at the key (a hash and a
-    // lock): polls and image reads, the most frequent requests, start nothing.
-    let flags = Flags {
-        authorized: (flags.generate || flags.remove) && super::auth::authorized(&state, headers),
-        ..flags
+    // Only a request that could start a run or remove one looks at who is asking (a hash and
+    // a lock): polls and image reads, the most frequent requests, start nothing.
+    let caller = if flags.generate || flags.remove {
+        let peer = super::auth::peer(request.extensions());
+        super::auth::caller(&state, headers, peer)
+    } else {
+        Caller::READER
     };
-    let outcome = Arc::clone(generator).handle(key, flags, rid.as_str()).await;
+    let outcome = Arc::clone(generator)
+        .handle(key, flags, &caller, rid.as_str())
+        .await;
     Ok(match outcome {
         Outcome::Snapshot(snapshot) => Envelope::ok(snapshot, &rid).into_response(),
         Outcome::Progress(json) => Envelope::ok_json(json, &rid),
@@ -60,6 +65,7 @@ pub async fn dalle(
         Outcome::Image(file) => super::file::respond(&file, headers, "image/png"),
         Outcome::QueueFull(full) => return Err(ApiError::QueueFull(full)),
         Outcome::BudgetExhausted(exhausted) => return Err(ApiError::BudgetExhausted(exhausted)),
+        Outcome::RateLimited(limited) => return Err(ApiError::RateLimited(limited)),
         Outcome::Unauthorized => return Err(super::auth::refuse(&state, false)),
         Outcome::ShuttingDown => {
             let mut response = ApiError::Unavailable {
@@ -150,11 +156,9 @@ pub use crate::domain::is_address;
 /// answer as if all were well. `remove` is set by its presence with any value, as the Go
 /// server documented it.
 fn parse_flags(query: Option<&str>) -> Result<Flags, ApiError> {
-    // `authorized` is the handler's to set, from the request's key.
     let mut flags = Flags {
         generate: false,
         remove: false,
-        authorized: false,
     };
     for (key, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
         match &*key {

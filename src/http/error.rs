@@ -79,6 +79,8 @@ pub enum ErrorCode {
     BudgetExhausted,
     /// No valid API key for a request that needs one (401).
     Unauthorized,
+    /// The caller's rate limit on run starts refused a new run (429).
+    RateLimited,
 }
 
 impl ErrorCode {
@@ -96,6 +98,7 @@ impl ErrorCode {
             ErrorCode::V1InvalidInput => "invalid_input",
             ErrorCode::BudgetExhausted => "BUDGET_EXHAUSTED",
             ErrorCode::Unauthorized => "UNAUTHORIZED",
+            ErrorCode::RateLimited => "RATE_LIMITED",
         }
     }
 }
@@ -129,6 +132,10 @@ pub enum ApiError {
     /// `Retry-After` to the start of the next period).
     #[error("{0}")]
     BudgetExhausted(crate::budget::Exhausted),
+    /// No run was started because the caller started too many lately (429 with
+    /// `Retry-After` and the `RateLimit-*` fields).
+    #[error("{0}")]
+    RateLimited(crate::limits::Limited),
     /// The request would start a run or change data, and no valid API key came with it
     /// (401 with `WWW-Authenticate: Bearer`). A missing and a wrong key answer the same.
     #[error("A valid API key is required")]
@@ -198,6 +205,7 @@ impl ApiError {
             ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::BudgetExhausted(_) => StatusCode::PAYMENT_REQUIRED,
+            ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable { .. } | ApiError::QueueFull(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -221,6 +229,7 @@ impl ApiError {
                 ErrorCode::ServiceUnavailable.as_str()
             }
             ApiError::BudgetExhausted(_) => ErrorCode::BudgetExhausted.as_str(),
+            ApiError::RateLimited(_) => ErrorCode::RateLimited.as_str(),
             ApiError::Template(_) => ErrorCode::TemplateError.as_str(),
             ApiError::Internal(_) => ErrorCode::InternalServerError.as_str(),
             ApiError::Catalogue(e) => e.code.as_str(),
@@ -239,6 +248,7 @@ impl ApiError {
             ),
             ApiError::MethodNotAllowed { .. }
             | ApiError::BudgetExhausted(_)
+            | ApiError::RateLimited(_)
             | ApiError::Template(_)
             | ApiError::Internal(_)
             | ApiError::Catalogue(_) => None,
@@ -260,6 +270,42 @@ impl ApiError {
             }
             other => other.to_string(),
         }
+    }
+}
+
+/// `Retry-After` and the `RateLimit-Limit`, `RateLimit-Remaining`, `RateLimit-Reset` and
+/// `RateLimit-Policy` fields of draft-ietf-httpapi-ratelimit-headers-06 (the last draft
+/// with separate fields) on a run refused by a rate limit: the bucket's size, nothing left,
+/// the seconds until it is full again, and the policy (`<n>;w=<period in seconds>`).
+fn add_rate_limit_fields(response: &mut Response, limited: &crate::limits::Limited) {
+    use crate::limits::whole_seconds;
+    use axum::http::{HeaderName, HeaderValue};
+    let count = limited.rate.count.get();
+    let fields = [
+        (
+            axum::http::header::RETRY_AFTER,
+            HeaderValue::from(whole_seconds(limited.retry_after)),
+        ),
+        (
+            HeaderName::from_static("ratelimit-limit"),
+            HeaderValue::from(count),
+        ),
+        (
+            HeaderName::from_static("ratelimit-remaining"),
+            HeaderValue::from(0u32),
+        ),
+        (
+            HeaderName::from_static("ratelimit-reset"),
+            HeaderValue::from(whole_seconds(limited.reset)),
+        ),
+    ];
+    let headers = response.headers_mut();
+    for (name, value) in fields {
+        headers.insert(name, value);
+    }
+    let window = limited.rate.per.duration().as_secs();
+    if let Ok(policy) = HeaderValue::from_str(&format!("{count};w={window}")) {
+        headers.insert(HeaderName::from_static("ratelimit-policy"), policy);
     }
 }
 
@@ -353,6 +399,15 @@ impl IntoResponse for ApiError {
                 axum::http::header::RETRY_AFTER,
                 axum::http::HeaderValue::from(crate::run::QUEUE_FULL_RETRY_AFTER.as_secs()),
             );
+        }
+        let limited = match &self {
+            ApiError::RateLimited(limited) => Some(limited),
+            ApiError::Catalogue(e) => e.rate_limited.as_ref(),
+            _ => None,
+        };
+        // After the plain `Retry-After`: rounded up, like `RateLimit-Reset`.
+        if let Some(limited) = limited {
+            add_rate_limit_fields(&mut response, limited);
         }
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(

@@ -75,7 +75,7 @@ where
                 .get(axum::http::header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok());
             match keys.authenticate(auth) {
-                Some(name) => Scope::Key(name),
+                Some(record) => Scope::Key(record.name),
                 None => {
                     return work
                         .await

@@ -19,11 +19,13 @@ use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use super::auth::Identified;
 use super::extract::{JsonBody, Path};
 use super::idempotent;
 use super::{ApiError, Envelope, RequestId};
 use crate::app::AppState;
 use crate::attributes::series::Series;
+use crate::auth::Caller;
 use crate::catalogue::error::{CatalogueError, Code};
 use crate::catalogue::service::{Catalogue, DEFAULT_PAGE, GenerateRequest, MAX_PAGE, MAX_TEXT};
 use crate::domain::{ImageRef, Seed, SeriesName};
@@ -93,9 +95,9 @@ struct GenerateBody {
 
 impl GenerateBody {
     /// The request, or `400 invalid_input` for a text over [`MAX_TEXT`] bytes (each is kept in
-    /// the record) or a seed that cannot be used. `series` defaults to `empty`. `authorized`
-    /// is whether the caller may start a run, which only the catalogue knows it would.
-    fn parse(self, authorized: bool) -> Result<GenerateRequest, ApiError> {
+    /// the record) or a seed that cannot be used. `series` defaults to `empty`. `caller` is
+    /// who asks, for the run the catalogue may start.
+    fn parse(self, caller: Caller) -> Result<GenerateRequest, ApiError> {
         let texts = [
             ("input", Some(&self.input)),
             ("recipe", self.recipe.as_ref()),
@@ -131,7 +133,7 @@ impl GenerateBody {
             image: self.image,
             annotate: self.annotate,
             force: self.force,
-            authorized,
+            caller,
         })
     }
 }
@@ -145,69 +147,16 @@ fn or_refused(state: &AppState, e: CatalogueError) -> ApiError {
     }
 }
 
-/// Spend and images of one period, in dollars.
-fn tally(t: crate::budget::Tally) -> serde_json::Value {
-    serde_json::json!({"usd": crate::budget::usd(t.usd_micros), "images": t.images})
-}
-
-/// `GET /v1/usage`: spend and images today and this month (UTC), in total and by key (every
-/// caller is `anonymous` until API keys exist), with the caps and what remains of them.
-pub async fn usage(State(state): State<AppState>, rid: RequestId) -> V1Result {
-    use crate::budget::{Period, usd};
-    let generator = state.generator().map_err(ApiError::databases_unavailable)?;
-    let u = generator.budget().usage();
-    // Whole seconds: the periods start on a second, and `*_ends_in` is rounded up to one.
-    let now = std::time::UNIX_EPOCH
-        + std::time::Duration::from_secs(
-            crate::telemetry::unix_seconds(std::time::SystemTime::now())
-                .max(0)
-                .unsigned_abs(),
-        );
-    let keys: serde_json::Map<String, serde_json::Value> = u
-        .by_key
-        .iter()
-        .map(|(name, k)| {
-            (
-                name.clone(),
-                serde_json::json!({"today": tally(k.day), "month": tally(k.month)}),
-            )
-        })
-        .collect();
-    let models: serde_json::Map<String, serde_json::Value> = u
-        .models
-        .iter()
-        .map(|(model, m)| (model.clone(), serde_json::json!(usd(*m))))
-        .collect();
-    let data = serde_json::json!({
-        "day": u.day,
-        "month": u.month,
-        "dayResetsAt": crate::telemetry::rfc3339(now + u.day_ends_in),
-        "monthResetsAt": crate::telemetry::rfc3339(now + u.month_ends_in),
-        "mock": state.config.openai.mock_mode(),
-        "caps": {
-            "dailyUsd": u.caps.daily_usd.map(usd),
-            "monthlyUsd": u.caps.monthly_usd.map(usd),
-            "dailyImages": u.caps.daily_images,
-        },
-        "today": tally(u.total.day),
-        "thisMonth": tally(u.total.month),
-        "reserved": tally(u.reserved),
-        "remaining": {
-            "dailyUsd": u.remaining_usd(Period::Day).map(usd),
-            "monthlyUsd": u.remaining_usd(Period::Month).map(usd),
-            "dailyImages": u.remaining_images(),
-        },
-        "monthByModel": models,
-        "keys": keys,
-    });
-    ok(data, &rid)
-}
-
 /// `POST /v1/images/estimate`: the generate body, answered with what a new run for it would
 /// cost and whether a spending cap would refuse it; nothing is run or reserved.
-pub async fn estimate(State(state): State<AppState>, rid: RequestId, body: JsonBody) -> V1Result {
-    // Runs nothing, so it needs no key: `authorized` only matters to a request that starts one.
-    let request = decode::<GenerateBody>(&body)?.parse(true)?;
+pub async fn estimate(
+    State(state): State<AppState>,
+    rid: RequestId,
+    Identified(caller): Identified,
+    body: JsonBody,
+) -> V1Result {
+    // Runs nothing, so it needs no key; the caller's own caps are checked with the others.
+    let request = decode::<GenerateBody>(&body)?.parse(caller)?;
     let generator = state.generator().map_err(ApiError::databases_unavailable)?;
     let options = crate::run::JobOptions {
         artifacts: if request.image {
@@ -218,14 +167,17 @@ pub async fn estimate(State(state): State<AppState>, rid: RequestId, body: JsonB
         ..crate::run::JobOptions::default()
     };
     let price = generator.estimate(&options);
-    let refusal = generator.check_budget(&options).err().map(|e| {
-        serde_json::json!({
-            "code": Code::BudgetExhausted.as_str(),
-            "cap": e.cap,
-            "message": e.to_string(),
-            "retryAfterSeconds": e.retry_after.as_secs().max(1),
-        })
-    });
+    let refusal = generator
+        .check_budget(&options, &request.caller)
+        .err()
+        .map(|e| {
+            serde_json::json!({
+                "code": Code::BudgetExhausted.as_str(),
+                "cap": e.cap,
+                "message": e.to_string(),
+                "retryAfterSeconds": e.retry_after.as_secs().max(1),
+            })
+        });
     let data = serde_json::json!({
         "usd": price.map_or(0.0, crate::budget::usd),
         "images": u64::from(price.is_some()),
@@ -242,11 +194,11 @@ pub async fn estimate(State(state): State<AppState>, rid: RequestId, body: JsonB
 pub async fn generate(
     State(state): State<AppState>,
     rid: RequestId,
+    Identified(caller): Identified,
     headers: HeaderMap,
     body: JsonBody,
 ) -> V1Result {
-    let authorized = super::auth::authorized(&state, &headers);
-    let request = decode::<GenerateBody>(&body)?.parse(authorized)?;
+    let request = decode::<GenerateBody>(&body)?.parse(caller)?;
     let what = idempotent::Request {
         route: "generate",
         target: None,
@@ -289,7 +241,7 @@ fn data<T: Serialize>(result: Result<T, ApiError>) -> Result<serde_json::Value, 
 /// `POST /v1/images/preview`: writes a record but never starts a run or calls OpenAI, so
 /// it needs no key.
 pub async fn preview(State(state): State<AppState>, rid: RequestId, body: JsonBody) -> V1Result {
-    let request = decode::<GenerateBody>(&body)?.parse(true)?;
+    let request = decode::<GenerateBody>(&body)?.parse(Caller::READER)?;
     ok(catalogue(&state)?.preview(request).await?, &rid)
 }
 
@@ -371,10 +323,10 @@ pub async fn delete_image(
 pub async fn regenerate(
     State(state): State<AppState>,
     rid: RequestId,
+    Identified(caller): Identified,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> V1Result {
-    let authorized = super::auth::authorized(&state, &headers);
     let image = image_ref(&id)?;
     let what = idempotent::Request {
         route: "regenerate",
@@ -384,7 +336,7 @@ pub async fn regenerate(
     let (catalogue, s, rid_text) = (catalogue(&state)?.clone(), state.clone(), rid.to_string());
     let target = image.clone();
     let work = async move {
-        let result = catalogue.regenerate(&target, authorized, &rid_text).await;
+        let result = catalogue.regenerate(&target, caller, &rid_text).await;
         data(result.map_err(|e| or_refused(&s, e)))
     };
     idempotent::answer(&state, &headers, &rid, what, work).await

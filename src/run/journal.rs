@@ -56,6 +56,9 @@ pub struct Entry {
     /// The image request was sent: after a crash this run is not resumed.
     #[serde(default)]
     pub image_requested: bool,
+    /// The API key that started the run: a resumed run is charged to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
 }
 
 /// Where a live run is.
@@ -280,7 +283,13 @@ impl Journal {
     }
 
     /// Admits a new run for `key`; `durable` runs get a queue entry (see [`Ticket::record`]).
-    pub fn admit(self: &Arc<Self>, key: &RunKey, durable: bool, request_id: &str) -> Ticket {
+    pub fn admit(
+        self: &Arc<Self>,
+        key: &RunKey,
+        durable: bool,
+        request_id: &str,
+        api_key: Option<&str>,
+    ) -> Ticket {
         let id = self.next_id.fetch_add(1, Ordering::SeqCst);
         lock(&self.live).insert(
             id,
@@ -304,6 +313,7 @@ impl Journal {
                 seq: id,
                 enhanced: None,
                 image_requested: false,
+                key: api_key.map(str::to_string),
             },
         }
     }
@@ -461,11 +471,11 @@ mod tests {
         let (journal, found) = Journal::open(dir.clone()).unwrap();
         assert!(found.pending.is_empty());
         let journal = Arc::new(journal);
-        let mut done = journal.admit(&key(1), true, "r1");
+        let mut done = journal.admit(&key(1), true, "r1", None);
         done.record().await;
-        let mut stopped = journal.admit(&key(2), true, "r2");
+        let mut stopped = journal.admit(&key(2), true, "r2", Some("ci"));
         stopped.record().await;
-        let mut paid = journal.admit(&key(3), true, "r3");
+        let mut paid = journal.admit(&key(3), true, "r3", None);
         paid.record().await;
         assert_eq!(files(&dir).len(), 3);
         assert!(paid.before_image_request(true).await);
@@ -490,6 +500,11 @@ mod tests {
             Some("an enhanced prompt")
         );
         assert_eq!(
+            found.pending[0].key.as_deref(),
+            Some("ci"),
+            "a resumed run is charged to the key that started it"
+        );
+        assert_eq!(
             found.lost.len(),
             1,
             "a sent image request is never repeated"
@@ -501,9 +516,9 @@ mod tests {
     #[tokio::test]
     async fn a_drain_waits_for_live_runs_and_counts_them() {
         let journal = Arc::new(Journal::in_memory());
-        let mut paid = journal.admit(&key(1), true, "r1");
+        let mut paid = journal.admit(&key(1), true, "r1", None);
         assert!(paid.before_image_request(false).await);
-        let queued = journal.admit(&key(2), false, "r2");
+        let queued = journal.admit(&key(2), false, "r2", None);
         journal.begin_drain();
         assert_eq!(journal.live(), (2, 1));
         let waiter = {
@@ -541,6 +556,7 @@ mod tests {
                 seq: 0,
                 enhanced: None,
                 image_requested: false,
+                key: None,
             };
             let path = Journal::path(&dir, &entry.series, &entry.subject);
             std::fs::write(path, serde_json::to_vec(&entry).unwrap()).unwrap();

@@ -33,6 +33,9 @@ pub enum RunError {
     /// The run was not started: its image would exceed a spending cap.
     #[error("{0}")]
     BudgetExhausted(crate::budget::Exhausted),
+    /// The run was not started: the caller's rate-limit bucket is empty.
+    #[error("{0}")]
+    RateLimited(crate::limits::Limited),
     #[error("{0}")]
     Attributes(#[from] crate::attributes::DressError),
     #[error("{0}")]
@@ -66,6 +69,7 @@ impl RunError {
             RunError::Superseded => "superseded",
             RunError::QueueFull(_) => "queue_full",
             RunError::BudgetExhausted(_) => "budget_exhausted",
+            RunError::RateLimited(_) => "rate_limited",
             RunError::Attributes(_) => "invalid_input",
             RunError::OpenAi(OpenAiError::BreakerOpen(_)) => "provider_unavailable",
             RunError::OpenAi(_) => "provider_failed",

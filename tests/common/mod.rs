@@ -20,7 +20,8 @@ pub use server::Server;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 /// How to start a [`Server`] or a [`Process`].
 #[derive(Default)]
@@ -31,9 +32,57 @@ pub struct Options {
     pub env: Vec<(String, String)>,
     /// Written to `.env` in the working directory ([`Process`] only).
     pub dotenv: Option<String>,
-    /// The clock dating budget periods and idempotency keys ([`Server`] only: a spawned
-    /// binary reads the system clock).
-    pub clock: Option<std::sync::Arc<dyn dalleserver::budget::Clock>>,
+    /// The clock the budget and the rate limiter read ([`Server`] only): the test moves it
+    /// instead of waiting.
+    pub clock: Option<Arc<ManualClock>>,
+}
+
+/// A clock a test moves: wall time from a start the test picks, and the monotonic time the
+/// rate limiter reads, both advanced together by [`ManualClock::advance`].
+#[derive(Debug)]
+pub struct ManualClock {
+    start: SystemTime,
+    offset: Mutex<Duration>,
+}
+
+impl ManualClock {
+    /// A clock reading `start` until it is moved.
+    pub fn at(start: SystemTime) -> Arc<ManualClock> {
+        Arc::new(ManualClock {
+            start,
+            offset: Mutex::new(Duration::ZERO),
+        })
+    }
+
+    /// A clock reading the real time now until it is moved.
+    pub fn now() -> Arc<ManualClock> {
+        ManualClock::at(SystemTime::now())
+    }
+
+    /// Moves both readings forward.
+    pub fn advance(&self, by: Duration) {
+        *self.offset.lock().unwrap() += by;
+    }
+
+    /// The clocks to build the app with.
+    pub fn clocks(self: &Arc<Self>) -> dalleserver::app::Clocks {
+        dalleserver::app::Clocks {
+            wall: self.clone(),
+            ticker: self.clone(),
+        }
+    }
+}
+
+impl dalleserver::budget::Clock for ManualClock {
+    fn now(&self) -> SystemTime {
+        self.start + *self.offset.lock().unwrap()
+    }
+}
+
+impl dalleserver::limits::Ticker for ManualClock {
+    fn elapsed(&self) -> Duration {
+        *self.offset.lock().unwrap()
+    }
 }
 
 /// What a test needs from either kind of server, for helpers that work with both.

@@ -52,7 +52,7 @@ impl Process {
     pub fn start_with(opts: Options) -> Process {
         assert!(
             opts.clock.is_none(),
-            "a spawned binary reads the system clock: use Server to inject one"
+            "a spawned binary reads the system clocks: use Server for a test clock"
         );
         let tmp = tempfile::tempdir().unwrap();
         let data_dir = tmp.path().join("data");

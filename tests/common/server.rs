@@ -93,13 +93,16 @@ impl Server {
             .prepare_data_dir()
             .unwrap_or_else(|err| panic!("the server refuses its data dir: {err}"));
         let data_dir = config.data_dir.clone();
-        let clock = opts.clock;
+        let clocks = opts
+            .clock
+            .as_ref()
+            .map_or_else(dalleserver::app::Clocks::system, |clock| clock.clocks());
 
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
         let thread = std::thread::Builder::new()
             .name("server-under-test".into())
-            .spawn(move || run(config, clock, ready_tx, stop_rx))
+            .spawn(move || run(config, clocks, ready_tx, stop_rx))
             .unwrap();
         let local = match ready_rx.recv_timeout(Duration::from_secs(20)) {
             Ok(Ok(local)) => local,
@@ -139,7 +142,7 @@ impl Drop for Server {
 /// The binary's `run`, with a channel instead of a log line to say where it listens.
 fn run(
     config: Config,
-    clock: Option<Arc<dyn dalleserver::budget::Clock>>,
+    clocks: dalleserver::app::Clocks,
     ready: std::sync::mpsc::Sender<Result<SocketAddr, String>>,
     stop: tokio::sync::oneshot::Receiver<()>,
 ) {
@@ -159,11 +162,7 @@ fn run(
             }
         };
         let local = listener.local_addr().unwrap();
-        let built = match clock {
-            Some(clock) => App::build_with_clock(config, clock),
-            None => App::build(config),
-        };
-        let app = match built {
+        let app = match App::build_with(config, clocks) {
             Ok(app) => app,
             Err(err) => {
                 let _ = ready.send(Err(err.to_string()));
