@@ -19,6 +19,7 @@
 //!   domain — databases, series, selection, prompts.
 //! - [`budget`]: spending caps on paid images, behind a narrow trait.
 //! - [`storage`]: the data directory, atomic writes and the file cache.
+//! - [`cid`]: content ids (CIDv1, raw codec, SHA-256).
 //! - [`config`], [`telemetry`]: flags, environment, `.env`; logging.
 //! - [`auth`]: the API keys file and bearer tokens (the router decides what needs one).
 
@@ -28,6 +29,7 @@ pub mod attributes;
 pub mod auth;
 pub mod budget;
 pub mod catalogue;
+pub mod cid;
 pub mod config;
 pub mod domain;
 pub mod gallery;
