@@ -24,6 +24,7 @@ mod health;
 mod metrics;
 pub mod observe;
 mod preview;
+mod provenance;
 pub mod request_id;
 mod root;
 mod series;
@@ -51,6 +52,7 @@ pub fn router(state: AppState) -> Router {
         .route("/preview.js", get(preview::script))
         .route("/preview.css", get(preview::style))
         .route("/openapi.json", get(v1::openapi))
+        .route("/provenance.schema.json", get(provenance::schema))
         .route("/health", get(health::health))
         .route("/livez", get(health::livez))
         .route("/readyz", get(health::readyz))

@@ -19,7 +19,8 @@
 //!   domain — databases, series, selection, prompts.
 //! - [`budget`]: spending caps on paid images, behind a narrow trait.
 //! - [`storage`]: the data directory, atomic writes and the file cache.
-//! - [`cid`]: content ids (CIDv1, raw codec, SHA-256).
+//! - [`cid`], [`provenance`]: content ids (CIDv1, raw codec, SHA-256), and the record of
+//!   how each image was made.
 //! - [`config`], [`telemetry`]: flags, environment, `.env`; logging.
 //! - [`auth`]: the API keys file and bearer tokens (the router decides what needs one).
 
@@ -39,6 +40,7 @@ pub mod metrics;
 pub mod openai;
 pub mod progress;
 pub mod prompts;
+pub mod provenance;
 pub mod run;
 pub mod server;
 pub mod storage;

@@ -20,6 +20,7 @@ Endpoints:
   /errors[?clear|format=json] - error report
   /v1/images, /v1/series, /v1/databases, /v1/validate, /v1/progress, /v1/usage - management API
   /openapi.json - OpenAPI 3.1 description of every route
+  /provenance.schema.json - JSON Schema of the provenance records
 ";
 
 /// `GET /`.
