@@ -11,6 +11,9 @@
 //!
 //! Pure data and formatting: the pipeline fills it in, `verify` and the routes read it.
 
+pub mod index;
+pub mod verify;
+
 use serde::{Deserialize, Serialize};
 
 use crate::annotate::{self, PngText};

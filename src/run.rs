@@ -242,6 +242,8 @@ pub struct Generator {
     /// The spending caps every new paid run is admitted against, and the image prices.
     pub(crate) budget: Arc<dyn Budget>,
     pub(crate) prices: Prices,
+    /// CID → stored names, from the provenance records (for `/cache/{cid}`).
+    pub(crate) contents: Arc<crate::provenance::index::ContentIndex>,
 }
 
 /// What a new run was admitted with: its place in the queue, and what it reserved of the
@@ -340,6 +342,7 @@ impl Generator {
             )),
             prices: Prices::built_in(),
             journal: Arc::new(Journal::in_memory()),
+            contents: Arc::default(),
         }
     }
 

@@ -428,3 +428,296 @@ mod needs_python3 {
         );
     }
 }
+
+#[tokio::test]
+async fn content_is_served_by_cid_and_says_who_refers_to_it() {
+    let server = Server::start();
+    let annotated = generate(&server, "simple").await;
+    let out = server.data_dir.join("output/simple");
+    let record_bytes = read(&out, "provenance", "json");
+    let record: Value = serde_json::from_slice(&record_bytes).unwrap();
+    let c = client();
+
+    // The PNG on /dalle and /files has the CID as its strong ETag.
+    let cid_annotated = Cid::of(&annotated);
+    for route in [
+        format!("/dalle/simple/{A}"),
+        format!("/files/simple/annotated/{A}.png"),
+    ] {
+        let resp = c.get(server.url(&route)).send().await.unwrap();
+        assert_eq!(
+            resp.headers()["etag"],
+            format!("\"{cid_annotated}\""),
+            "{route}"
+        );
+    }
+
+    for (cid, bytes, content_type) in [
+        (cid_annotated, annotated.clone(), "image/png"),
+        (
+            cid(&record["raw_cid"]),
+            read(&out, "generated", "png"),
+            "image/png",
+        ),
+        (
+            cid(&record["dress_cid"]),
+            read(&out, "selector", "json"),
+            "application/json",
+        ),
+        (
+            cid(&record["prompts"][0]["cid"]),
+            read(&out, "data", "txt"),
+            "text/plain; charset=utf-8",
+        ),
+        (
+            Cid::of(&record_bytes),
+            record_bytes.clone(),
+            "application/json",
+        ),
+    ] {
+        let resp = c
+            .get(server.url(&format!("/cache/{cid}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{cid}");
+        assert_eq!(resp.headers()["content-type"], content_type);
+        assert_eq!(resp.headers()["etag"], format!("\"{cid}\""));
+        assert_eq!(
+            resp.headers()["cache-control"],
+            "public, max-age=31536000, immutable"
+        );
+        assert_eq!(resp.bytes().await.unwrap(), bytes);
+    }
+
+    let meta: Value = c
+        .get(server.url(&format!("/cache/{cid_annotated}/meta")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let data = &meta["data"];
+    assert_eq!(data["cid"], cid_annotated.to_string());
+    assert_eq!(data["size"], annotated.len());
+    assert_eq!(data["content_type"], "image/png");
+    assert_eq!(
+        data["names"],
+        serde_json::json!([format!("simple/annotated/{A}.png")])
+    );
+    let run = &data["runs"][0];
+    assert_eq!(run["record"], format!("simple/provenance/{A}.json"));
+    assert_eq!(cid(&run["record_cid"]), Cid::of(&record_bytes));
+
+    // 400 for what is not a CID, 404 for one nothing here has.
+    let bad = c.get(server.url("/cache/not-a-cid")).send().await.unwrap();
+    assert_eq!(bad.status(), 400);
+    let body: Value = bad.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "INVALID_REQUEST");
+    let absent = Cid::of(b"nothing stored has these bytes");
+    for route in [format!("/cache/{absent}"), format!("/cache/{absent}/meta")] {
+        let resp = c.get(server.url(&route)).send().await.unwrap();
+        assert_eq!(resp.status(), 404, "{route}");
+    }
+
+    // The record by address; removing the image drops it, and its CID is no longer served.
+    let by_address = c
+        .get(server.url(&format!("/dalle/simple/{A}/provenance")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(by_address.status(), 200);
+    assert_eq!(
+        by_address.headers()["etag"],
+        format!("\"{}\"", Cid::of(&record_bytes))
+    );
+    assert_eq!(by_address.bytes().await.unwrap(), record_bytes);
+    let removed = c
+        .get(server.url(&format!("/dalle/simple/{A}?remove")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(removed.status(), 200);
+    for route in [
+        format!("/dalle/simple/{A}/provenance"),
+        format!("/cache/{cid_annotated}"),
+        format!("/cache/{}", Cid::of(&record_bytes)),
+    ] {
+        let resp = c.get(server.url(&route)).send().await.unwrap();
+        assert_eq!(resp.status(), 404, "{route}");
+    }
+    let unknown_series = c
+        .get(server.url(&format!("/dalle/nosuch/{A}/provenance")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown_series.status(), 400);
+}
+
+#[tokio::test]
+async fn a_restarted_server_indexes_the_records_it_finds() {
+    let first = Server::start();
+    let annotated = generate(&first, "simple").await;
+    let data = first.data_dir.clone();
+    let copy = tempfile::tempdir().unwrap();
+    copy_dir(&data, copy.path());
+    drop(first);
+    let second = Server::start_with(common::Options {
+        args: vec!["--data-dir".into(), copy.path().display().to_string()],
+        ..Default::default()
+    });
+    let resp = client()
+        .get(second.url(&format!("/cache/{}", Cid::of(&annotated))))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.bytes().await.unwrap(), annotated);
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn v1_images_have_their_provenance() {
+    let server = Server::start();
+    let c = client();
+    let made: Value = c
+        .post(server.url("/v1/images/generate"))
+        .json(&serde_json::json!({"input": "provenance of a v1 image", "series": "simple", "image": true, "annotate": true}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(made["success"], true, "{made:#}");
+    let id = made["data"]["metadata"]["imageId"].as_str().unwrap();
+    let seed = made["data"]["metadata"]["seed"].as_str().unwrap();
+    let resp = c
+        .get(server.url(&format!("/v1/images/{id}/provenance")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let record: Value = resp.json().await.unwrap();
+    assert_eq!(record["subject"], seed);
+    let annotated = std::fs::read(
+        server
+            .data_dir
+            .join(format!("output/simple/annotated/{seed}.png")),
+    )
+    .unwrap();
+    assert_eq!(cid(&record["annotated_cid"]), Cid::of(&annotated));
+    // Prompts only: no image, so no record.
+    let preview: Value = c
+        .post(server.url("/v1/images/preview"))
+        .json(&serde_json::json!({"input": "only prompts", "series": "simple"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = preview["data"]["metadata"]["imageId"].as_str().unwrap();
+    let resp = c
+        .get(server.url(&format!("/v1/images/{id}/provenance")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "not_found", "{body:#}");
+}
+
+/// `dalleserver verify …` run as the real binary: (exit code, stdout, stderr).
+async fn verify_cli(args: Vec<String>) -> (i32, String, String) {
+    tokio::task::spawn_blocking(move || {
+        let dir = tempfile::tempdir().unwrap();
+        let out = common::command(dir.path(), dir.path())
+            .arg("verify")
+            .args(&args)
+            .stdout(std::process::Stdio::piped())
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn verify_accepts_a_good_file_and_names_the_first_difference_otherwise() {
+    let server = Server::start();
+    let annotated = generate(&server, "simple").await;
+    let out = server.data_dir.join("output/simple");
+    let (good, raw) = (
+        out.join(format!("annotated/{A}.png")),
+        out.join(format!("generated/{A}.png")),
+    );
+    let path = |p: &Path| p.display().to_string();
+
+    let (code, stdout, stderr) = verify_cli(vec![path(&good), "--raw".into(), path(&raw)]).await;
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    assert!(stdout.contains("ok  raw image: bafkrei"), "{stdout}");
+    assert!(stdout.contains("ok  pixels: all 1024x"), "{stdout}");
+    // The raw image fetched by its CID from the server instead.
+    let (code, stdout, stderr) =
+        verify_cli(vec![path(&good), "--server".into(), server.url("")]).await;
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+
+    let making = dalleserver::provenance::Making::from_png(&annotated).unwrap();
+    let text = making.png_text().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+
+    // One pixel changed, the chunks kept.
+    let mut pixels = image::load_from_memory(&annotated).unwrap().into_rgba8();
+    pixels.get_pixel_mut(500, 1100).0[2] ^= 0x10;
+    let tampered = dir.path().join("pixel.png");
+    std::fs::write(
+        &tampered,
+        dalleserver::annotate::encode_png_with_text(&pixels, Some(&text)).unwrap(),
+    )
+    .unwrap();
+    let (code, _, stderr) = verify_cli(vec![path(&tampered), "--raw".into(), path(&raw)]).await;
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("pixel (500, 1100)"), "{stderr}");
+
+    // Another caption drawn on the same raw image, the original record kept.
+    let raw_pixels = image::open(&raw).unwrap().into_rgba8();
+    let recaptioned =
+        dalleserver::annotate::annotate(&raw_pixels, "a caption nobody recorded").unwrap();
+    let forged = dir.path().join("caption.png");
+    std::fs::write(
+        &forged,
+        dalleserver::annotate::encode_png_with_text(&recaptioned, Some(&text)).unwrap(),
+    )
+    .unwrap();
+    let (code, _, stderr) = verify_cli(vec![path(&forged), "--raw".into(), path(&raw)]).await;
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.starts_with("MISMATCH "), "{stderr}");
+    assert!(
+        stderr.contains("pixel") || stderr.contains("pixels"),
+        "{stderr}"
+    );
+
+    // Without a way to get the raw image there is nothing to check.
+    let (code, _, stderr) = verify_cli(vec![path(&good)]).await;
+    assert_eq!(code, 1);
+    assert!(stderr.contains("--raw"), "{stderr}");
+}

@@ -477,11 +477,12 @@ pub async fn run(
     .await??;
     output.generated = Some(run.write("generated", "png", generated).await?);
     let record = run.trace.record(making, annotated.as_deref().map(Cid::of));
-    let record = record
+    let record_bytes = record
         .to_bytes()
         .map_err(|e| RunError::Task(e.to_string()))?;
     let (kind, ext) = provenance::RECORD_FILE;
-    run.write(kind, ext, record).await?;
+    let name = run.write(kind, ext, record_bytes.clone()).await?;
+    generator.contents.add(&name, &record_bytes, &record);
     finish(&mut run, output, annotated).await
 }
 
