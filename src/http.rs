@@ -25,6 +25,7 @@ mod metrics;
 pub mod observe;
 mod preview;
 mod provenance;
+mod provenance_page;
 pub mod request_id;
 mod root;
 mod series;
@@ -49,6 +50,7 @@ pub fn router(state: AppState) -> Router {
         .route("/dalle/{*rest}", get(dalle::dalle))
         .route("/files/{*path}", get(files::files))
         .route("/preview", get(preview::preview))
+        .route("/preview/provenance/{*rest}", get(provenance_page::page))
         .route("/preview.js", get(preview::script))
         .route("/preview.css", get(preview::style))
         .route("/openapi.json", get(v1::openapi))

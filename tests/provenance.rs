@@ -721,3 +721,56 @@ async fn verify_accepts_a_good_file_and_names_the_first_difference_otherwise() {
     assert_eq!(code, 1);
     assert!(stderr.contains("--raw"), "{stderr}");
 }
+
+#[tokio::test]
+async fn the_gallery_links_each_image_to_its_provenance_page() {
+    let server = Server::start();
+    let annotated = generate(&server, "simple").await;
+    let c = client();
+    let gallery = c
+        .get(server.url("/preview"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let link = format!("/preview/provenance/simple/{A}");
+    assert!(gallery.contains(&format!("href=\"{link}\"")), "{gallery}");
+    let resp = c.get(server.url(&link)).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers().contains_key("content-security-policy"));
+    let page = resp.text().await.unwrap();
+    let record: Value = serde_json::from_slice(
+        &std::fs::read(
+            server
+                .data_dir
+                .join(format!("output/simple/provenance/{A}.json")),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    for cid in [
+        Cid::of(&annotated).to_string(),
+        record["raw_cid"].as_str().unwrap().to_string(),
+        record["series_cid"].as_str().unwrap().to_string(),
+        record["prompts"][5]["cid"].as_str().unwrap().to_string(),
+    ] {
+        assert!(
+            page.contains(&format!("href=\"/cache/{cid}\"")),
+            "{cid} not linked"
+        );
+    }
+    assert!(page.contains(&format!("src=\"/files/simple/annotated/{A}.png\"")));
+    assert!(
+        page.contains("annotate</th><td>") && page.contains(" ms</td>"),
+        "{page}"
+    );
+    assert!(page.contains("skipped: mock mode"), "{page}");
+    let missing = c
+        .get(server.url("/preview/provenance/simple/0x0000000000000000000000000000000000000000"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+}

@@ -14,6 +14,7 @@ Endpoints:
   /series - list valid series
   /dalle/<series>/<address>?[generate=1|remove] - request, poll or remove an image
   /preview[?series=&page=&per_page=] - HTML gallery of generated annotated images
+  /preview/provenance/<series>/<address> - HTML page of an image's provenance
   /dalle/<series>/<address>/provenance - the provenance record of an image
   /files/<series>/annotated/<address>.png - generated files
   /cache/<cid>[/meta] - stored content by its CID, and what refers to it
