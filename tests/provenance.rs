@@ -51,8 +51,11 @@ async fn generate(server: &Server, series: &str) -> Vec<u8> {
     }
 }
 
+/// `(keyword, text)` of each text chunk of one kind.
+type Chunks = Vec<(String, String)>;
+
 /// The `tEXt` and `iTXt` chunks of a PNG, read with the `png` crate's own decoder.
-fn text_chunks(png_bytes: &[u8]) -> (Vec<(String, String)>, Vec<(String, String)>) {
+fn text_chunks(png_bytes: &[u8]) -> (Chunks, Chunks) {
     let reader = png::Decoder::new(Cursor::new(png_bytes))
         .read_info()
         .unwrap();

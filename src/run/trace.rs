@@ -21,6 +21,8 @@ pub(super) struct Trace {
     pub prompts: Vec<Prompt>,
     phases: Vec<PhaseTiming>,
     current: Option<(Phase, Instant)>,
+    /// Phases skipped while `current` runs: listed after it, in the order they were skipped.
+    skipped: Vec<PhaseTiming>,
 }
 
 impl Trace {
@@ -52,6 +54,7 @@ impl Trace {
             prompts: Vec::new(),
             phases: Vec::new(),
             current: None,
+            skipped: Vec::new(),
         }
     }
 
@@ -63,7 +66,7 @@ impl Trace {
 
     /// `phase` was not run.
     pub fn skip(&mut self, phase: Phase) {
-        self.phases.push(PhaseTiming {
+        self.skipped.push(PhaseTiming {
             phase: phase.as_str().to_string(),
             skipped: true,
             duration_ms: 0.0,
@@ -79,6 +82,7 @@ impl Trace {
                 duration_ms: since.elapsed().as_secs_f64() * 1000.0,
             });
         }
+        self.phases.append(&mut self.skipped);
     }
 
     /// Notes one prompt text.
@@ -130,4 +134,43 @@ pub(super) struct Inputs {
     pub subject: String,
     pub dress_cid: Option<Cid>,
     pub dress: serde_json::Value,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phases_are_listed_in_the_order_they_ran_or_were_skipped() {
+        let mut trace = Trace::new("r");
+        trace.enter(Phase::Setup);
+        trace.enter(Phase::BasePrompts);
+        trace.skip(Phase::EnhancePrompt);
+        trace.enter(Phase::ImagePrep);
+        trace.skip(Phase::ImageDownload);
+        let making = trace.making(Inputs {
+            series: "s".into(),
+            series_cid: Cid::of(b"s"),
+            databases_cid: Cid::of(b"d"),
+            subject: "x".into(),
+            dress_cid: None,
+            dress: serde_json::Value::Null,
+        });
+        let record = trace.record(making, None);
+        let listed: Vec<_> = record
+            .phases
+            .iter()
+            .map(|p| (p.phase.as_str(), p.skipped))
+            .collect();
+        assert_eq!(
+            listed,
+            [
+                ("setup", false),
+                ("base_prompts", false),
+                ("enhance_prompt", true),
+                ("image_prep", false),
+                ("image_download", true),
+            ]
+        );
+    }
 }
