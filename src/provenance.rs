@@ -28,6 +28,18 @@ pub const SCHEMA_JSON: &str = include_str!("provenance/schema.json");
 /// The store kind and extension of a run's record: `<series>/provenance/<subject>.json`.
 pub const RECORD_FILE: (&str, &str) = ("provenance", "json");
 
+/// The record name (`<series>/provenance/<seed>.json`) of the `/v1` record stored at
+/// `metadata_path` (`output/<series>/metadata/<seed>.json`, relative to the data dir).
+pub fn record_name_for_metadata(metadata_path: &str) -> Option<String> {
+    let (dir, seed) = metadata_path
+        .strip_prefix("output/")?
+        .strip_suffix(".json")?
+        .rsplit_once('/')?;
+    let series = dir.strip_suffix("/metadata")?;
+    let (kind, ext) = RECORD_FILE;
+    Some(format!("{series}/{kind}/{seed}.{ext}"))
+}
+
 /// Why a provenance document could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum ProvenanceError {

@@ -777,3 +777,63 @@ async fn the_gallery_links_each_image_to_its_provenance_page() {
         .unwrap();
     assert_eq!(missing.status(), 404);
 }
+
+#[tokio::test]
+async fn an_export_bundles_the_record_the_raw_image_and_a_manifest_of_cids() {
+    let server = Server::start();
+    let c = client();
+    let made: Value = c
+        .post(server.url("/v1/images/generate"))
+        .json(&serde_json::json!({"input": "an exported image", "series": "simple", "image": true, "annotate": true}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = made["data"]["metadata"]["imageId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let seed = made["data"]["metadata"]["seed"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let exported: Value = c
+        .post(server.url(&format!("/v1/images/{id}/export")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(exported["success"], true, "{exported:#}");
+    let files = exported["data"]["files"].as_object().unwrap();
+    let file =
+        |name: &str| std::fs::read(server.data_dir.join(files[name].as_str().unwrap())).unwrap();
+    let record: Value = serde_json::from_slice(&file("provenance")).unwrap();
+    assert_eq!(record["subject"], seed.as_str());
+    let raw = file("raw");
+    assert_eq!(cid(&record["raw_cid"]), Cid::of(&raw));
+    assert_eq!(
+        raw,
+        std::fs::read(
+            server
+                .data_dir
+                .join(format!("output/simple/generated/{seed}.png"))
+        )
+        .unwrap()
+    );
+    let manifest: Value = serde_json::from_slice(&file("manifest")).unwrap();
+    let cids = manifest["cids"].as_object().unwrap();
+    for (name, relative) in files {
+        if name == "manifest" {
+            continue;
+        }
+        let relative = relative.as_str().unwrap();
+        let bytes = std::fs::read(server.data_dir.join(relative)).unwrap();
+        let file_name = relative.rsplit('/').next().unwrap();
+        assert_eq!(cid(&cids[file_name]), Cid::of(&bytes), "{file_name}");
+    }
+    assert!(cids.contains_key("raw.png") && cids.contains_key("provenance.json"));
+}

@@ -202,16 +202,7 @@ pub async fn v1_image(
     let catalogue = super::v1::catalogue(&state)?;
     let found = catalogue.get_image(&super::v1::image_ref(&id)?).await?;
     let generator = state.generator().map_err(ApiError::databases_unavailable)?;
-    // `output/<series>/metadata/<seed>.json` → `<series>/provenance/<seed>.json`.
-    let name = found
-        .path
-        .strip_prefix("output/")
-        .and_then(|p| p.strip_suffix(".json"))
-        .and_then(|p| p.rsplit_once('/'))
-        .and_then(|(dir, seed)| {
-            let series = dir.strip_suffix("/metadata")?;
-            Some(format!("{series}/provenance/{seed}.json"))
-        });
+    let name = crate::provenance::record_name_for_metadata(&found.path);
     let missing = || {
         ApiError::Catalogue(crate::catalogue::error::CatalogueError::new(
             crate::catalogue::error::Code::NotFound,
