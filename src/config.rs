@@ -170,6 +170,18 @@ pub enum Command {
         #[command(subcommand)]
         action: KeysCommand,
     },
+    /// Check an annotated PNG against its embedded provenance: the raw image's CID, and that
+    /// captioning it again gives the same pixels. Exits 0 when all of it matches, else 1.
+    Verify {
+        /// The annotated PNG.
+        annotated: std::path::PathBuf,
+        /// The raw image (the `generated` artifact).
+        #[arg(long)]
+        raw: Option<std::path::PathBuf>,
+        /// Fetch the raw image from this server's `/cache/{cid}` instead.
+        #[arg(long)]
+        server: Option<String>,
+    },
 }
 
 /// `dalleserver keys …`.

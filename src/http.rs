@@ -26,6 +26,8 @@ mod idempotent;
 mod metrics;
 pub mod observe;
 mod preview;
+mod provenance;
+mod provenance_page;
 pub mod request_id;
 mod root;
 mod series;
@@ -51,9 +53,13 @@ pub fn router(state: AppState) -> Router {
         .route("/dalle/{*rest}", get(dalle::dalle))
         .route("/files/{*path}", get(files::files))
         .route("/preview", get(preview::preview))
+        .route("/preview/provenance/{*rest}", get(provenance_page::page))
         .route("/preview.js", get(preview::script))
         .route("/preview.css", get(preview::style))
         .route("/openapi.json", get(v1::openapi))
+        .route("/provenance.schema.json", get(provenance::schema))
+        .route("/cache/{cid}", get(provenance::cache))
+        .route("/cache/{cid}/meta", get(provenance::meta))
         .route("/health", get(health::health))
         .route("/livez", get(health::livez))
         .route("/readyz", get(health::readyz))
@@ -87,6 +93,7 @@ fn v1_routes() -> Router<AppState> {
         )
         .route("/images/{id}", get(v1::get_image).delete(v1::delete_image))
         .route("/images/{id}/export", post(v1::export))
+        .route("/images/{id}/provenance", get(provenance::v1_image))
         .route("/series", get(v1::list_series))
         .route("/series/{name}", get(v1::get_series).put(v1::save_series))
         .route("/series/{name}/hidden", post(v1::set_series_hidden))

@@ -21,6 +21,8 @@
 //! - [`idempotency`]: `Idempotency-Key` slots and kept answers, behind a narrow trait.
 //! - [`limits`]: rate limits on run starts (token buckets), behind a narrow trait.
 //! - [`storage`]: the data directory, atomic writes and the file cache.
+//! - [`cid`], [`provenance`]: content ids (CIDv1, raw codec, SHA-256), and the record of
+//!   how each image was made.
 //! - [`config`], [`telemetry`]: flags, environment, `.env`; logging.
 //! - [`auth`]: the API keys file, bearer tokens and the [`auth::Caller`] a run is admitted
 //!   for (the router decides what needs a key).
@@ -31,6 +33,7 @@ pub mod attributes;
 pub mod auth;
 pub mod budget;
 pub mod catalogue;
+pub mod cid;
 pub mod config;
 pub mod domain;
 pub mod gallery;
@@ -42,6 +45,7 @@ pub mod metrics;
 pub mod openai;
 pub mod progress;
 pub mod prompts;
+pub mod provenance;
 pub mod run;
 pub mod server;
 pub mod storage;

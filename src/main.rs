@@ -1,5 +1,6 @@
 //! The `dalleserver` binary: configuration, logging, then serve until SIGINT/SIGTERM;
-//! or, with `keys new <name>`, print a fresh API key and exit.
+//! or, with `keys new <name>`, print a fresh API key and exit; or, with `verify`, check an
+//! annotated PNG against its provenance.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -13,8 +14,14 @@ use dalleserver::server;
 
 fn main() -> ExitCode {
     let mut flags = Flags::parse();
-    if let Some(Command::Keys { action }) = flags.command.take() {
-        return keys(action);
+    match flags.command.take() {
+        Some(Command::Keys { action }) => return keys(action),
+        Some(Command::Verify {
+            annotated,
+            raw,
+            server,
+        }) => return verify(&annotated, raw.as_deref(), server.as_deref()),
+        None => {}
     }
     let mut config = match Config::load_with(flags) {
         Ok(config) => config,
@@ -74,6 +81,28 @@ fn keys(action: KeysCommand) -> ExitCode {
          The second line goes into the --api-keys-file; the server picks it up within a second."
     );
     ExitCode::SUCCESS
+}
+
+/// `dalleserver verify <annotated.png> [--raw <raw.png>] [--server URL]`.
+fn verify(
+    annotated: &std::path::Path,
+    raw: Option<&std::path::Path>,
+    server: Option<&str>,
+) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("dalleserver: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let status = runtime.block_on(dalleserver::provenance::verify::cli::run(
+        annotated, raw, server,
+    ));
+    ExitCode::from(status)
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {

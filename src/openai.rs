@@ -15,7 +15,7 @@ pub mod retry;
 
 use std::time::Duration;
 
-pub use client::{ImageAnswer, OpenAiClient};
+pub use client::{Enhanced, ImageAnswer, ImageReceipt, OpenAiClient};
 pub use retry::RetryPolicy;
 
 /// Our instruction appended to the author persona (upstream's intent, in our own words).

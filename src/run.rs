@@ -9,6 +9,7 @@ mod locks;
 mod pipeline;
 pub mod status;
 pub mod store;
+mod trace;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -82,7 +83,8 @@ impl Artifact {
                 ("prompt", "txt"),
             ],
             Artifact::EnhancedTexts => &[("enhanced", "txt"), ("technical", "txt")],
-            Artifact::Generated => &[("generated", "png")],
+            // The provenance record goes with the image it describes.
+            Artifact::Generated => &[("generated", "png"), ("provenance", "json")],
             Artifact::Selector => &[("selector", "json")],
             Artifact::Annotated => &[("annotated", "png")],
         }
@@ -244,6 +246,8 @@ pub struct Generator {
     pub(crate) prices: Prices,
     /// The buckets every new run takes a start from ([`crate::limits`]).
     limiter: Arc<dyn RateLimiter>,
+    /// CID → stored names, from the provenance records (for `/cache/{cid}`).
+    pub(crate) contents: Arc<crate::provenance::index::ContentIndex>,
 }
 
 /// What a new run was admitted with: its place in the queue, and what it reserved of the
@@ -348,6 +352,7 @@ impl Generator {
                 Arc::new(crate::limits::MonotonicTicker::default()),
             )),
             journal: Arc::new(Journal::in_memory()),
+            contents: Arc::default(),
         }
     }
 
@@ -584,7 +589,14 @@ impl Generator {
     async fn remove(&self, key: &RunKey) -> Outcome {
         let (kind, ext) = ANNOTATED;
         let (store, owned) = (self.store.clone(), key.clone());
-        let removed = tokio::task::spawn_blocking(move || store.remove(&owned, kind, ext)).await;
+        // The record goes with the image it describes (it is written before the image, so a
+        // record without an image is only ever a run that has not finished).
+        let removed = tokio::task::spawn_blocking(move || {
+            let (record_kind, record_ext) = crate::provenance::RECORD_FILE;
+            store.remove(&owned, record_kind, record_ext)?;
+            store.remove(&owned, kind, ext)
+        })
+        .await;
         let ok = matches!(removed, Ok(Ok(_)));
         self.metrics.record_file_op(ok);
         self.clear(key).await;
@@ -806,7 +818,15 @@ impl Generator {
         let work = tracing::Instrument::instrument(
             retry::reporting_retries(
                 listener,
-                pipeline::run(&self, &key, &lease, &options, &mut ticket, reservation),
+                pipeline::run(
+                    &self,
+                    &key,
+                    &lease,
+                    &options,
+                    &mut ticket,
+                    reservation,
+                    &request_id,
+                ),
             ),
             span.clone(),
         );

@@ -41,7 +41,9 @@ async fn settle(server: &Server, address: &str) -> Value {
             return json!({"png": true});
         }
         let body: Value = resp.json().await.unwrap();
-        if body["data"]["done"] == true {
+        // A poll that lands while a finished run is being retired answers its final
+        // snapshot; the image follows on the next one, so only a failure ends the wait here.
+        if body["data"]["done"] == true && body["data"]["currentPhase"] != "completed" {
             return body;
         }
         assert!(Instant::now() < deadline, "not done: {body:#}");

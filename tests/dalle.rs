@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 
 use common::{Options, Process, Running, Server, image_requests};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
@@ -138,7 +137,7 @@ async fn mock_mode_generates_a_captioned_png_end_to_end() {
     assert!(resp.headers().contains_key("last-modified"));
     let etag = resp.headers()["etag"].to_str().unwrap().to_string();
     let bytes = resp.bytes().await.unwrap();
-    assert_eq!(etag, format!("\"{}\"", hex::encode(Sha256::digest(&bytes))));
+    assert_eq!(etag, format!("\"{}\"", dalleserver::cid::Cid::of(&bytes)));
     let img = image::load_from_memory(&bytes).unwrap();
     assert_eq!(img.width(), 1024);
     assert!(

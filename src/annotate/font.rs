@@ -10,11 +10,19 @@ use image::{Rgba, RgbaImage};
 use super::AnnotateError;
 
 /// DejaVu Sans Mono 2.37, as shipped by Debian's `fonts-dejavu-core`.
-const FONT_BYTES: &[u8] = include_bytes!("../../assets/fonts/DejaVuSansMono.ttf");
+pub const BYTES: &[u8] = include_bytes!("../../assets/fonts/DejaVuSansMono.ttf");
+/// The font's name, as the provenance record gives it.
+pub const NAME: &str = "DejaVu Sans Mono 2.37";
+
+/// The CID of [`BYTES`], hashed once.
+pub fn cid() -> crate::cid::Cid {
+    static CID: std::sync::OnceLock<crate::cid::Cid> = std::sync::OnceLock::new();
+    *CID.get_or_init(|| crate::cid::Cid::of(BYTES))
+}
 
 /// The parsed embedded font (parsing is lazy in `ab_glyph`, so this is cheap per call).
 pub fn load() -> Result<FontRef<'static>, AnnotateError> {
-    FontRef::try_from_slice(FONT_BYTES).map_err(|_| AnnotateError::Font)
+    FontRef::try_from_slice(BYTES).map_err(|_| AnnotateError::Font)
 }
 
 /// The `ab_glyph` scale whose em square is `em_px` pixels.

@@ -1,5 +1,6 @@
 //! Export of a record's prompt texts as `<name>.txt` files into a directory under
-//! `<data>/exports/`. Blocking file I/O.
+//! `<data>/exports/`, with the run's provenance record (`provenance.json`), its raw image
+//! (`raw.png`) and `manifest.json`, the CID of every file of the bundle. Blocking file I/O.
 //!
 //! Differences from upstream, on purpose: the directory is relative to `<data>/exports/` and
 //! can never leave it, symlinks included (upstream wrote wherever a client asked, even onto the
@@ -134,10 +135,67 @@ pub(super) fn export_record(
             .map_err(|e| io_error(format!("cannot write {}", path.display()), e))?;
         files.insert(name.to_string(), display_relative(data_root, &path));
     }
+    bundle_provenance(data_root, record, &dir, &mut files)?;
     Ok(ExportResult {
         dir: display_relative(data_root, &dir),
         files,
     })
+}
+
+/// Adds the run's provenance record and its raw image (only if its bytes still have the
+/// recorded CID) to the export, then `manifest.json`: the CID of every file the export wrote.
+fn bundle_provenance(
+    data_root: &Path,
+    record: &Record,
+    dir: &Path,
+    files: &mut BTreeMap<String, String>,
+) -> Result<(), CatalogueError> {
+    let write = |name: &str, bytes: &[u8], files: &mut BTreeMap<String, String>| {
+        let path = dir.join(name);
+        crate::storage::write_atomic(&path, bytes)
+            .map_err(|e| io_error(format!("cannot write {}", path.display()), e))?;
+        let key = name.split('.').next().unwrap_or(name).to_string();
+        files.insert(key, display_relative(data_root, &path));
+        Ok::<_, CatalogueError>(())
+    };
+    let output = data_root.join("output");
+    let provenance = crate::provenance::record_name_for_metadata(&record.path)
+        .and_then(|name| std::fs::read(output.join(name)).ok())
+        .and_then(|bytes| {
+            let parsed = crate::provenance::Record::from_bytes(&bytes).ok()?;
+            Some((bytes, parsed))
+        });
+    if let Some((bytes, parsed)) = provenance {
+        write("provenance.json", &bytes, files)?;
+        let making = &parsed.making;
+        let stem = valid_filename(&making.subject);
+        let raw = std::fs::read(
+            output
+                .join(&making.series)
+                .join("generated")
+                .join(format!("{stem}.png")),
+        );
+        if let Ok(raw) = raw.as_ref().map(Vec::as_slice)
+            && crate::cid::Cid::of(raw) == making.raw_cid
+        {
+            write("raw.png", raw, files)?;
+        }
+    }
+    let mut manifest = BTreeMap::new();
+    for (name, relative) in files.iter() {
+        let bytes = std::fs::read(data_root.join(relative))
+            .map_err(|e| io_error(format!("cannot read {relative}"), e))?;
+        let file = Path::new(relative)
+            .file_name()
+            .map_or_else(|| name.clone(), |f| f.to_string_lossy().into_owned());
+        manifest.insert(file, crate::cid::Cid::of(&bytes));
+    }
+    let manifest = serde_json::json!({ "schema": 1, "cids": manifest });
+    let mut bytes = serde_json::to_vec_pretty(&manifest).map_err(|e| {
+        CatalogueError::new(Code::Internal, "cannot encode the manifest").with_cause(e)
+    })?;
+    bytes.push(b'\n');
+    write("manifest.json", &bytes, files)
 }
 
 /// Where every export goes, under the data directory.

@@ -33,6 +33,11 @@ pub async fn dalle(
     rest: Option<Path<String>>,
     request: Request,
 ) -> Result<Response, ApiError> {
+    let rest_path = rest.as_ref().map_or("", |Path(rest)| rest.as_str());
+    if let Some(base) = rest_path.strip_suffix("/provenance") {
+        let path = request.uri().path();
+        return super::provenance::dalle(&state, path, base, request.headers()).await;
+    }
     let generator = state.generator().map_err(ApiError::databases_unavailable)?;
     let (key, flags) = parse_request(
         request.uri().path(),

@@ -43,7 +43,7 @@ pub async fn files(
     Ok(super::file::respond(&file, &headers, content_type(&rest)))
 }
 
-fn content_type(path: &str) -> &'static str {
+pub(super) fn content_type(path: &str) -> &'static str {
     match path
         .rsplit('.')
         .next()

@@ -50,6 +50,8 @@ struct Group {
 
 struct Figure {
     src: String,
+    /// The figure's provenance page.
+    provenance: String,
     address: String,
     time: String,
 }
@@ -169,6 +171,10 @@ fn render(
     for entry in page.entries {
         let figure = Figure {
             src: format!("/files/{}", encode_path(&entry.rel_path)),
+            provenance: format!(
+                "/preview/provenance/{}",
+                encode_path(&format!("{}/{}", entry.series, entry.stem))
+            ),
             address: checksum_address(&entry.stem),
             time: clock(entry.modified),
         };

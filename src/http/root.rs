@@ -14,12 +14,16 @@ Endpoints:
   /series - list valid series
   /dalle/<series>/<address>?[generate=1|remove] - request, poll or remove an image
   /preview[?series=&page=&per_page=] - HTML gallery of generated annotated images
+  /preview/provenance/<series>/<address> - HTML page of an image's provenance
+  /dalle/<series>/<address>/provenance - the provenance record of an image
   /files/<series>/annotated/<address>.png - generated files
+  /cache/<cid>[/meta] - stored content by its CID, and what refers to it
   /health[?check=liveness|readiness] | /livez | /readyz - health probes
   /metrics[?format=json] - Prometheus metrics
   /errors[?clear|format=json] - error report
-  /v1/images, /v1/series, /v1/databases, /v1/validate, /v1/progress, /v1/usage - management API
+  /v1/images[/<id>/provenance], /v1/series, /v1/databases, /v1/validate, /v1/progress, /v1/usage - management API
   /openapi.json - OpenAPI 3.1 description of every route
+  /provenance.schema.json - JSON Schema of the provenance records
 ";
 
 /// `GET /`.

@@ -35,7 +35,7 @@ pub const OPENAPI: &str = include_str!("openapi.json");
 
 type V1Result = Result<Response, ApiError>;
 
-fn catalogue(state: &AppState) -> Result<&std::sync::Arc<Catalogue>, ApiError> {
+pub(super) fn catalogue(state: &AppState) -> Result<&std::sync::Arc<Catalogue>, ApiError> {
     state.catalogue().map_err(ApiError::databases_unavailable)
 }
 
@@ -288,7 +288,7 @@ fn next_link(series: Option<&SeriesName>, limit: usize, after: &str) -> Option<H
 }
 
 /// An image id from the path.
-fn image_ref(raw: &str) -> Result<ImageRef, ApiError> {
+pub(super) fn image_ref(raw: &str) -> Result<ImageRef, ApiError> {
     ImageRef::parse(raw).map_err(|e| invalid(&e.to_string()))
 }
 

@@ -38,6 +38,30 @@ pub enum ImageAnswer {
     Bytes(Vec<u8>),
 }
 
+/// What an image request produced, with what the provider said about it (for provenance).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageReceipt {
+    pub answer: ImageAnswer,
+    pub model: String,
+    pub size: Option<&'static str>,
+    pub quality: Option<&'static str>,
+    /// `data[0].revised_prompt`, when the model rewrote the prompt.
+    pub revised_prompt: Option<String>,
+    /// The answer's `id`, when it has one.
+    pub response_id: Option<String>,
+    /// The answer's `created` (Unix seconds).
+    pub created: Option<i64>,
+}
+
+/// An enhanced prompt and the chat completion that wrote it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Enhanced {
+    pub text: String,
+    pub model: String,
+    /// The completion's `id`.
+    pub request_id: Option<String>,
+}
+
 /// Whether an attempt goes through a circuit breaker, and which.
 #[derive(Debug, Clone, Copy)]
 enum Guard<'a> {
@@ -146,6 +170,11 @@ impl OpenAiClient {
     /// Rewrites `user` (the base prompt) with the chat model; `system` is the persona and
     /// instruction ([`enhancement_system_prompt`]). An empty answer returns `user` unchanged.
     pub async fn enhance(&self, system: &str, user: &str) -> Result<String, OpenAiError> {
+        self.enhance_traced(system, user).await.map(|e| e.text)
+    }
+
+    /// [`OpenAiClient::enhance`], with the model and the completion's id.
+    pub async fn enhance_traced(&self, system: &str, user: &str) -> Result<Enhanced, OpenAiError> {
         let key = self.key.as_ref().ok_or(OpenAiError::NoKey)?;
         let mut body = json!({
             "model": self.chat_model,
@@ -179,7 +208,11 @@ impl OpenAiClient {
             .pointer("/choices/0/message/content")
             .and_then(Value::as_str)
             .filter(|content| !content.trim().is_empty());
-        Ok(content.unwrap_or(user).to_string())
+        Ok(Enhanced {
+            text: content.unwrap_or(user).to_string(),
+            model: self.chat_model.clone(),
+            request_id: reply.get("id").and_then(Value::as_str).map(str::to_string),
+        })
     }
 
     /// Asks for one image of `prompt`; size follows the orientation of `orientation_text`
@@ -189,6 +222,17 @@ impl OpenAiClient {
         prompt: &str,
         orientation_text: &str,
     ) -> Result<ImageAnswer, OpenAiError> {
+        self.request_image_traced(prompt, orientation_text)
+            .await
+            .map(|r| r.answer)
+    }
+
+    /// [`OpenAiClient::request_image`], with what was asked and what the answer said.
+    pub async fn request_image_traced(
+        &self,
+        prompt: &str,
+        orientation_text: &str,
+    ) -> Result<ImageReceipt, OpenAiError> {
         let key = self.key.as_ref().ok_or(OpenAiError::NoKey)?;
         let model = self.image_model.as_str();
         let params = image_params(model, orientation_text);
@@ -229,7 +273,16 @@ impl OpenAiClient {
                 )
             })
             .await?;
-        image_answer(&bytes)
+        let (answer, about) = image_answer(&bytes)?;
+        Ok(ImageReceipt {
+            answer,
+            model: model.to_string(),
+            size: params.size,
+            quality: params.quality,
+            revised_prompt: about.revised_prompt,
+            response_id: about.id,
+            created: about.created,
+        })
     }
 
     /// Fetches a generated image. The API key is not sent: the URL is already signed and may
@@ -421,8 +474,16 @@ fn to_json(body: &Value) -> Result<Vec<u8>, OpenAiError> {
     serde_json::to_vec(body).map_err(|e| OpenAiError::Setup(format!("cannot encode request: {e}")))
 }
 
+/// What an image answer says besides the image.
+#[derive(Debug, Default)]
+struct AboutImage {
+    revised_prompt: Option<String>,
+    id: Option<String>,
+    created: Option<i64>,
+}
+
 /// The first image of an image-generation answer.
-fn image_answer(bytes: &[u8]) -> Result<ImageAnswer, OpenAiError> {
+fn image_answer(bytes: &[u8]) -> Result<(ImageAnswer, AboutImage), OpenAiError> {
     // The usual answer is read in place: its multi-megabyte `b64_json` borrowed from the body,
     // not copied into a `Value` first. Any other shape takes the general path below.
     if let Ok(reply) = serde_json::from_slice::<ImageReply<'_>>(bytes) {
@@ -430,14 +491,24 @@ fn image_answer(bytes: &[u8]) -> Result<ImageAnswer, OpenAiError> {
             .data
             .and_then(|data| data.into_iter().next())
             .ok_or_else(|| OpenAiError::Decode("no images returned".into()))?;
-        return image_fields(first.url, first.b64_json);
+        let about = AboutImage {
+            revised_prompt: first.revised_prompt.map(|p| p.into_owned()),
+            id: reply.id,
+            created: reply.created,
+        };
+        return Ok((image_fields(first.url, first.b64_json)?, about));
     }
     let reply = parse(bytes, "image generation")?;
     let first = reply
         .pointer("/data/0")
         .ok_or_else(|| OpenAiError::Decode("no images returned".into()))?;
     let field = |name| first.get(name).and_then(Value::as_str);
-    image_fields(field("url"), field("b64_json"))
+    let about = AboutImage {
+        revised_prompt: field("revised_prompt").map(str::to_string),
+        id: reply.get("id").and_then(Value::as_str).map(str::to_string),
+        created: reply.get("created").and_then(Value::as_i64),
+    };
+    Ok((image_fields(field("url"), field("b64_json"))?, about))
 }
 
 /// The answer's `data[0]` as far as it is read.
@@ -445,6 +516,10 @@ fn image_answer(bytes: &[u8]) -> Result<ImageAnswer, OpenAiError> {
 struct ImageReply<'a> {
     #[serde(default, borrow)]
     data: Option<Vec<ImageDatum<'a>>>,
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    created: Option<i64>,
 }
 
 /// Strings borrowed from the body: one with escapes fails this parse and takes the general
@@ -455,6 +530,9 @@ struct ImageDatum<'a> {
     url: Option<&'a str>,
     #[serde(default, borrow)]
     b64_json: Option<&'a str>,
+    /// Free text, so it may have escapes: borrowed when it has none.
+    #[serde(default, borrow)]
+    revised_prompt: Option<std::borrow::Cow<'a, str>>,
 }
 
 /// A URL when there is one, else the decoded `b64_json`.
@@ -546,7 +624,7 @@ mod tests {
             ImageAnswer::Bytes(b) => b.clone(),
             ImageAnswer::Url(u) => u.as_bytes().to_vec(),
         };
-        let ok = |body: &str| image_answer(body.as_bytes()).map(|a| bytes(&a));
+        let ok = |body: &str| image_answer(body.as_bytes()).map(|(a, _)| bytes(&a));
         let err = |body: &str| image_answer(body.as_bytes()).unwrap_err().to_string();
         // "aGk/" is base64 for "hi?"; the second form escapes its slash, as JSON allows.
         assert_eq!(
@@ -576,5 +654,21 @@ mod tests {
         );
         assert!(err(r#"{"data":[{"b64_json":"@@@"}]}"#).contains("invalid base64"));
         assert!(err("not json").contains("invalid image generation response"));
+    }
+
+    #[test]
+    fn image_answers_say_what_the_provider_revised() {
+        for body in [
+            r#"{"id":"img-1","created":7,"data":[{"b64_json":"aGk/","revised_prompt":"a \"fox\""}]}"#,
+            // An unexpected shape (`url` a number) takes the general path: same fields.
+            r#"{"id":"img-1","created":7,"data":[{"url":7,"b64_json":"aGk/","revised_prompt":"a \"fox\""}]}"#,
+        ] {
+            let (_, about) = image_answer(body.as_bytes()).unwrap();
+            assert_eq!(about.revised_prompt.as_deref(), Some("a \"fox\""), "{body}");
+            assert_eq!(about.id.as_deref(), Some("img-1"));
+            assert_eq!(about.created, Some(7));
+        }
+        let (_, about) = image_answer(br#"{"data":[{"b64_json":"aGk/"}]}"#).unwrap();
+        assert!(about.revised_prompt.is_none() && about.id.is_none() && about.created.is_none());
     }
 }

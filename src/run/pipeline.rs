@@ -12,11 +12,14 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::trace::{Inputs, Trace};
 use super::{Artifact, Artifacts, Generator, HeldLease, ImageSource, JobOptions, RunOutput};
 use crate::annotate;
 use crate::attributes::dress::DalleDress;
+use crate::cid::Cid;
 use crate::openai::{ImageAnswer, OpenAiError, enhancement_system_prompt};
 use crate::progress::{Phase, RunKey};
+use crate::provenance::{self, ImageRequest, Making};
 
 /// Why a run ended without an image. Each cause has its own stable code, so a full disk is
 /// not reported as the provider's failure, and no message carries a path (the artifact is named
@@ -131,6 +134,8 @@ struct Run<'a> {
     /// What the run reserved of the budget when it was admitted; settled (spent) just
     /// before the image request, given back if the run ends before it.
     reservation: Option<crate::budget::Reservation>,
+    /// Notes for the provenance record.
+    trace: Trace,
 }
 
 impl Run<'_> {
@@ -156,11 +161,13 @@ impl Run<'_> {
 
     async fn phase(&mut self, phase: Phase) -> Result<(), RunError> {
         self.clock.enter(self.generator, phase);
+        self.trace.enter(phase);
         let key = self.key;
         self.report(move |p| p.transition(key, phase)).await
     }
 
-    async fn skip(&self, phase: Phase) -> Result<(), RunError> {
+    async fn skip(&mut self, phase: Phase) -> Result<(), RunError> {
+        self.trace.skip(phase);
         let key = self.key;
         self.report(move |p| p.skip(key, phase)).await
     }
@@ -263,9 +270,11 @@ pub async fn run(
     options: &JobOptions,
     ticket: &mut super::journal::Ticket,
     reservation: Option<crate::budget::Reservation>,
+    request_id: &str,
 ) -> Result<RunOutput, RunError> {
     let mut run = Run {
         reservation,
+        trace: Trace::new(request_id),
         generator,
         key,
         lease,
@@ -274,6 +283,7 @@ pub async fn run(
         paid: false,
     };
     run.clock.enter(generator, Phase::Setup);
+    run.trace.enter(Phase::Setup);
     // Before anything is spent: a folder where a file must go would fail the run only after
     // the paid image.
     let (store, owned) = (generator.store.clone(), key.clone());
@@ -295,9 +305,10 @@ pub async fn run(
     )?;
     let shown = dress.clone();
     run.report(move |p| p.set_dress(key, shown)).await?;
-    if options.artifacts.contains(Artifact::PromptTexts) {
-        let texts = [&prompts.data, &prompts.title, &prompts.terse, &prompts.base];
-        for ((kind, ext), text) in Artifact::PromptTexts.files().iter().zip(texts) {
+    let texts = [&prompts.data, &prompts.title, &prompts.terse, &prompts.base];
+    for ((kind, ext), text) in Artifact::PromptTexts.files().iter().zip(texts) {
+        run.trace.prompt(kind, text);
+        if options.artifacts.contains(Artifact::PromptTexts) {
             run.write(kind, ext, text.clone().into_bytes()).await?;
         }
     }
@@ -309,6 +320,8 @@ pub async fn run(
     let (enhanced, enhanced_ran) = match (&options.enhanced, &client) {
         (Some(previous), _) => {
             run.skip(Phase::EnhancePrompt).await?;
+            run.trace.enhancement.skipped =
+                Some("reused the enhanced prompt of an earlier run".into());
             (previous.clone(), true)
         }
         (None, Some(client))
@@ -316,17 +329,32 @@ pub async fn run(
         {
             run.phase(Phase::EnhancePrompt).await?;
             let system = enhancement_system_prompt(&prompts.author);
-            (client.enhance(&system, &prompts.base).await?, true)
+            let enhanced = client.enhance_traced(&system, &prompts.base).await?;
+            let noted = &mut run.trace.enhancement;
+            (noted.ran, noted.model, noted.request_id) =
+                (true, Some(enhanced.model), enhanced.request_id);
+            (enhanced.text, true)
         }
         _ => {
             run.skip(Phase::EnhancePrompt).await?;
+            let why = if client.is_none() {
+                "mock mode: no OpenAI key, or TB_DALLE_SKIP_IMAGE=1"
+            } else if !options.enhance {
+                "not asked for"
+            } else if generator.no_enhance {
+                "TB_DALLE_NO_ENHANCE=1"
+            } else {
+                "the dress has no literary style to write as"
+            };
+            run.trace.enhancement.skipped = Some(why.into());
             (prompts.base.clone(), false)
         }
     };
     let technical = format!("{}\n\n{}", prompts.technical, enhanced);
-    if options.artifacts.contains(Artifact::EnhancedTexts) {
-        let texts = [&enhanced, &technical];
-        for ((kind, ext), text) in Artifact::EnhancedTexts.files().iter().zip(texts) {
+    let texts = [&enhanced, &technical];
+    for ((kind, ext), text) in Artifact::EnhancedTexts.files().iter().zip(texts) {
+        run.trace.prompt(kind, text);
+        if options.artifacts.contains(Artifact::EnhancedTexts) {
             run.write(kind, ext, text.clone().into_bytes()).await?;
         }
     }
@@ -370,10 +398,23 @@ pub async fn run(
             // From here the image may be billed: this run keeps its work to the end.
             run.paid = true;
             spend(&mut run, client.image_model(), &output.enhanced).await;
-            match client
-                .request_image(&output.technical, &output.enhanced)
-                .await?
-            {
+            let receipt = client
+                .request_image_traced(&output.technical, &output.enhanced)
+                .await?;
+            run.trace.image = ImageRequest {
+                source: "openai".into(),
+                model: Some(receipt.model),
+                size: receipt.size.map(str::to_string),
+                quality: receipt.quality.map(str::to_string),
+                download: match &receipt.answer {
+                    ImageAnswer::Url(_) => "url".into(),
+                    ImageAnswer::Bytes(_) => "b64".into(),
+                },
+                revised_prompt: receipt.revised_prompt,
+                response_id: receipt.response_id,
+                created: receipt.created,
+            };
+            match receipt.answer {
                 ImageAnswer::Url(url) => {
                     output.dress.image_url.clone_from(&url);
                     output.dress.download_mode = "url".into();
@@ -418,15 +459,76 @@ pub async fn run(
     } else {
         run.skip(Phase::Annotate).await?;
     }
-    let (generated, annotated) = image_work(generator, move || -> Result<_, RunError> {
-        let annotated = caption
-            .map(|c| annotate::annotate_png(&raw, &c))
-            .transpose()?;
-        Ok((ensure_png(raw)?, annotated))
+    settle_dress(&run, &mut output, caption.is_some(), true);
+    let making = run.trace.making(inputs(&run, &output)?);
+    let (generated, annotated, making) = image_work(generator, move || -> Result<_, RunError> {
+        let generated = ensure_png(raw)?;
+        let mut making: Making = making;
+        making.raw_cid = Cid::of(&generated);
+        let annotated = match caption {
+            Some(caption) => {
+                let (png, params) = annotate::annotate_png_with(&generated, &caption, |params| {
+                    making.annotation = Some(params.clone());
+                    making.png_text().unwrap_or_default()
+                })?;
+                making.annotation = Some(params);
+                Some(png)
+            }
+            None => None,
+        };
+        Ok((generated, annotated, making))
     })
     .await??;
     output.generated = Some(run.write("generated", "png", generated).await?);
+    let record = run.trace.record(making, annotated.as_deref().map(Cid::of));
+    let record_bytes = record
+        .to_bytes()
+        .map_err(|e| RunError::Task(e.to_string()))?;
+    let (kind, ext) = provenance::RECORD_FILE;
+    let name = run.write(kind, ext, record_bytes.clone()).await?;
+    generator.contents.add(&name, &record_bytes, &record);
     finish(&mut run, output, annotated).await
+}
+
+/// What the run was made from: the series definition and databases (by CID), the subject and
+/// the final dress (the raw image's CID is filled in once it is known).
+fn inputs(run: &Run<'_>, output: &RunOutput) -> Result<Inputs, RunError> {
+    let generator = run.generator;
+    let task = |e: serde_json::Error| RunError::Task(e.to_string());
+    let series = generator
+        .attributes
+        .series
+        .get(run.key.series.as_str())
+        .unwrap_or_default();
+    let manifest = crate::catalogue::manifest::from_databases(&generator.attributes.databases);
+    let selector = serde_json::to_vec_pretty(&output.dress).map_err(task)?;
+    Ok(Inputs {
+        series: run.key.series.to_string(),
+        series_cid: Cid::of(&serde_json::to_vec(&series).map_err(task)?),
+        databases_cid: Cid::of(&serde_json::to_vec(&manifest).map_err(task)?),
+        subject: run.key.subject.to_string(),
+        dress_cid: run
+            .artifacts
+            .contains(Artifact::Selector)
+            .then(|| Cid::of(&selector)),
+        dress: serde_json::to_value(&output.dress).map_err(task)?,
+    })
+}
+
+/// The dress as the run leaves it: final prompt, the names of its images, completed.
+fn settle_dress(run: &Run<'_>, output: &mut RunOutput, annotated: bool, generated: bool) {
+    let store = &run.generator.store;
+    let name = |(kind, ext): (&str, &str), made: bool| {
+        if made {
+            store.name(run.key, kind, ext)
+        } else {
+            String::new()
+        }
+    };
+    output.dress.enhanced_prompt = output.enhanced.clone();
+    output.dress.generated_path = name(("generated", "png"), generated);
+    output.dress.annotated_path = name(super::ANNOTATED, annotated);
+    output.dress.completed = true;
 }
 
 /// Counts the image about to be requested against the budget, at its price (size and
@@ -436,6 +538,10 @@ async fn spend(run: &mut Run<'_>, model: &str, orientation_text: &str) {
     let generator = run.generator;
     let price = generator.prices.image(model, orientation_text);
     generator.metrics.record_spend(model, price);
+    run.trace.cost = crate::provenance::Cost {
+        usd_micros: price,
+        model: Some(model.to_string()),
+    };
     let (budget, reservation, model) = (
         Arc::clone(&generator.budget),
         run.reservation.take(),
@@ -459,14 +565,8 @@ async fn finish(
     annotated: Option<Vec<u8>>,
 ) -> Result<RunOutput, RunError> {
     let generator = run.generator;
-    let (kind, ext) = super::ANNOTATED;
-    let annotated_name = annotated
-        .as_ref()
-        .map(|_| generator.store.name(run.key, kind, ext));
-    output.dress.enhanced_prompt = output.enhanced.clone();
-    output.dress.generated_path = output.generated.clone().unwrap_or_default();
-    output.dress.annotated_path = annotated_name.unwrap_or_default();
-    output.dress.completed = true;
+    let generated = output.generated.is_some();
+    settle_dress(run, &mut output, annotated.is_some(), generated);
     let final_dress = output.dress.clone();
     run.dress(move |d| *d = final_dress).await?;
     if run.artifacts.contains(Artifact::Selector) {

@@ -53,6 +53,8 @@ pub struct CachedFile {
     pub header_values: Arc<HeaderValues>,
     /// The open file the bytes were read from, for `sendfile` (large cached files only).
     pub source: Option<Arc<FileSource>>,
+    /// The bytes' content id, hashed once when the file is read (the ETag is this CID).
+    pub cid: crate::cid::Cid,
 }
 
 /// An open file whose content is a [`CachedFile`]'s bytes.
@@ -83,7 +85,7 @@ pub struct ZeroCopy {
 /// Response header values that only depend on the file.
 #[derive(Debug)]
 pub struct HeaderValues {
-    /// Strong validator: `"` + hex SHA-256 of the bytes + `"`.
+    /// Strong validator: `"` + the bytes' CID (a SHA-256 multihash, [`crate::cid`]) + `"`.
     pub etag: HeaderValue,
     pub last_modified: HeaderValue,
     pub content_length: HeaderValue,
@@ -92,7 +94,8 @@ pub struct HeaderValues {
 impl CachedFile {
     /// The file with these bytes, strong ETag and modification time.
     pub fn new(bytes: Bytes, modified: SystemTime) -> CachedFile {
-        let etag = format!("\"{}\"", hex::encode(Sha256::digest(&bytes)));
+        let cid = crate::cid::Cid::from_digest(Sha256::digest(&bytes).into());
+        let etag = format!("\"{cid}\"");
         let header_values = HeaderValues {
             // Quoted hex and an IMF-fixdate are visible ASCII: both are valid header values.
             etag: HeaderValue::try_from(etag).unwrap_or_else(|_| HeaderValue::from_static("")),
@@ -105,6 +108,7 @@ impl CachedFile {
             modified,
             header_values: Arc::new(header_values),
             source: None,
+            cid,
         }
     }
 
@@ -372,15 +376,17 @@ mod tests {
     }
 
     #[test]
-    fn etag_is_the_quoted_sha256() {
+    fn etag_is_the_quoted_cid_of_the_bytes() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("x");
         std::fs::write(&path, b"abc").unwrap();
         let file = FileCache::new(1024).read(&path).unwrap();
         assert_eq!(
             file.etag(),
-            "\"ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad\""
+            // Python: 'b' + b32encode(bytes([1, 0x55, 0x12, 0x20]) + sha256(b"abc")), lower case.
+            "\"bafkreif2pall7dybz7vecqka3zo24irdwabwdi4wc55jznaq75q7eaavvu\""
         );
+        assert_eq!(file.cid, crate::cid::Cid::of(b"abc"));
     }
 
     #[test]

@@ -467,7 +467,15 @@ fn export_writes_the_default_texts_into_the_default_dir() {
     let result = export(root, "s1", &ExportOptions::default()).unwrap();
     assert_eq!(result.dir, "exports/alpha/s1");
     let names: Vec<&String> = result.files.keys().collect();
-    assert_eq!(names, ["enhanced", "prompt", "terse", "title"]);
+    // With the manifest of their CIDs (no provenance record here: no run made an image).
+    assert_eq!(names, ["enhanced", "manifest", "prompt", "terse", "title"]);
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(root.join(&result.files["manifest"])).unwrap())
+            .unwrap();
+    assert_eq!(
+        manifest["cids"]["terse.txt"],
+        crate::cid::Cid::of(b"the terse").to_string()
+    );
     assert_eq!(result.files["prompt"], "exports/alpha/s1/prompt.txt");
     let text = std::fs::read_to_string(root.join(&result.files["terse"])).unwrap();
     assert_eq!(text, "the terse");
@@ -494,7 +502,7 @@ fn export_flags_choose_the_texts_and_technical_is_the_technical_prompt() {
     };
     let result = export(root, "s1", &opts).unwrap();
     let names: Vec<&String> = result.files.keys().collect();
-    assert_eq!(names, ["technical", "title"]);
+    assert_eq!(names, ["manifest", "technical", "title"]);
     let technical = std::fs::read_to_string(root.join(&result.files["technical"])).unwrap();
     assert_eq!(technical, "the technical");
     // Only false flags count as no flags: the defaults apply.
@@ -502,7 +510,7 @@ fn export_flags_choose_the_texts_and_technical_is_the_technical_prompt() {
         include_prompt: Some(false),
         ..ExportOptions::default()
     };
-    assert_eq!(export(root, "s1", &none_true).unwrap().files.len(), 5);
+    assert_eq!(export(root, "s1", &none_true).unwrap().files.len(), 6);
 }
 
 #[test]
