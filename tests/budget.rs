@@ -13,10 +13,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Options, Process, Running, Server, image_requests};
+use common::{Options, Process, Running, Server, image_requests, live, mock_openai};
 use serde_json::{Value, json};
-use wiremock::matchers::{method, path};
-use wiremock::{Mock, MockServer};
+use wiremock::MockServer;
 
 const A: &str = "0xf503017d7baf7fbc0fff7492b751025c6a78179b";
 const B: &str = "0x054993ab0f2b1acc0fdc65405ee203b4271bebe6";
@@ -27,35 +26,6 @@ fn client() -> reqwest::Client {
         .timeout(Duration::from_secs(30))
         .build()
         .unwrap()
-}
-
-/// A mock OpenAI answering every image request with a small PNG after `delay`.
-async fn mock_openai(delay: Duration) -> MockServer {
-    let mock = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path("/images/generations"))
-        .respond_with(common::b64_answer(&common::png(64, 48, [10, 200, 90])).set_delay(delay))
-        .mount(&mock)
-        .await;
-    mock
-}
-
-/// A live server (no enhancement, `dall-e-2`) pointed at `mock`, with these flags.
-fn live(mock: &MockServer, args: &[&str]) -> Options {
-    Options {
-        args: args.iter().map(|a| a.to_string()).collect(),
-        env: [
-            ("OPENAI_API_KEY", "sk-test-key"),
-            ("OPENAI_BASE_URL", mock.uri().as_str()),
-            ("TB_DALLE_RETRY_BASE", "20ms"),
-            ("TB_DALLE_NO_ENHANCE", "1"),
-            ("TB_DALLE_IMAGE_MODEL", "dall-e-2"),
-        ]
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect(),
-        ..Options::default()
-    }
 }
 
 async fn openai_requests(mock: &MockServer) -> usize {

@@ -15,7 +15,7 @@ use std::path::Path;
 
 use std::time::{Duration, Instant};
 
-use common::{Options, Process, Running, Server, image_requests};
+use common::{Options, Process, Running, Server, image_requests, mock_openai};
 use serde_json::Value;
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer};
@@ -31,35 +31,13 @@ fn client(timeout: Duration) -> reqwest::Client {
     reqwest::Client::builder().timeout(timeout).build().unwrap()
 }
 
-/// A mock OpenAI answering every image request with a small PNG after `delay`.
-async fn mock_openai(delay: Duration) -> MockServer {
-    let mock = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path("/images/generations"))
-        .respond_with(common::b64_answer(&common::png(64, 48, [10, 200, 90])).set_delay(delay))
-        .mount(&mock)
-        .await;
-    mock
-}
-
 /// A live server (no enhancement, `dall-e-2`, no spending cap) pointed at `mock`.
 fn live(mock: &MockServer, args: &[&str]) -> Options {
-    let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-    args.extend(["--budget-daily-usd".to_string(), "none".to_string()]);
-    Options {
-        args,
-        env: [
-            ("OPENAI_API_KEY", "sk-test-key"),
-            ("OPENAI_BASE_URL", mock.uri().as_str()),
-            ("TB_DALLE_RETRY_BASE", "20ms"),
-            ("TB_DALLE_NO_ENHANCE", "1"),
-            ("TB_DALLE_IMAGE_MODEL", "dall-e-2"),
-        ]
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect(),
-        ..Options::default()
-    }
+    let mut options = common::live(mock, args);
+    options
+        .args
+        .extend(["--budget-daily-usd".into(), "none".into()]);
+    options
 }
 
 #[derive(Debug)]

@@ -13,10 +13,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{ManualClock, Options, Running, Server, image_requests};
+use common::{ManualClock, Options, Running, Server, image_requests, mock_openai};
 use serde_json::{Value, json};
-use wiremock::matchers::{method, path};
-use wiremock::{Mock, MockServer};
+use wiremock::MockServer;
 
 const A: &str = "0xf503017d7baf7fbc0fff7492b751025c6a78179b";
 const B: &str = "0x054993ab0f2b1acc0fdc65405ee203b4271bebe6";
@@ -32,35 +31,16 @@ fn client() -> reqwest::Client {
         .unwrap()
 }
 
-async fn mock_openai(delay: Duration) -> MockServer {
-    let mock = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path("/images/generations"))
-        .respond_with(common::b64_answer(&common::png(64, 48, [10, 200, 90])).set_delay(delay))
-        .mount(&mock)
-        .await;
-    mock
-}
-
 /// A live server (no enhancement, `dall-e-2`, no budget cap) pointed at `mock`, reading
 /// `clock`, with these flags.
 fn live(mock: &MockServer, clock: &Arc<ManualClock>, args: &[&str]) -> Options {
-    let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-    args.extend(["--budget-daily-usd".into(), "none".into()]);
+    let mut options = common::live(mock, args);
+    options
+        .args
+        .extend(["--budget-daily-usd".into(), "none".into()]);
     Options {
-        args,
-        env: [
-            ("OPENAI_API_KEY", "sk-test-key"),
-            ("OPENAI_BASE_URL", mock.uri().as_str()),
-            ("TB_DALLE_RETRY_BASE", "20ms"),
-            ("TB_DALLE_NO_ENHANCE", "1"),
-            ("TB_DALLE_IMAGE_MODEL", "dall-e-2"),
-        ]
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect(),
         clock: Some(clock.clone()),
-        ..Options::default()
+        ..options
     }
 }
 

@@ -189,6 +189,36 @@ pub fn b64_answer(png: &[u8]) -> wiremock::ResponseTemplate {
         .set_body_json(serde_json::json!({"data": [{"b64_json": b64}]}))
 }
 
+/// A mock OpenAI answering every image request with a small PNG after `delay`.
+pub async fn mock_openai(delay: Duration) -> wiremock::MockServer {
+    let mock = wiremock::MockServer::start().await;
+    wiremock::Mock::given(wiremock::matchers::method("POST"))
+        .and(wiremock::matchers::path("/images/generations"))
+        .respond_with(b64_answer(&png(64, 48, [10, 200, 90])).set_delay(delay))
+        .mount(&mock)
+        .await;
+    mock
+}
+
+/// A live-mode server pointed at `mock` with these flags: no enhancement, `dall-e-2`, and
+/// retries 20 ms apart.
+pub fn live(mock: &wiremock::MockServer, args: &[&str]) -> Options {
+    Options {
+        args: args.iter().map(|a| a.to_string()).collect(),
+        env: [
+            ("OPENAI_API_KEY", "sk-test-key"),
+            ("OPENAI_BASE_URL", mock.uri().as_str()),
+            ("TB_DALLE_RETRY_BASE", "20ms"),
+            ("TB_DALLE_NO_ENHANCE", "1"),
+            ("TB_DALLE_IMAGE_MODEL", "dall-e-2"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect(),
+        ..Options::default()
+    }
+}
+
 /// Panics, naming what to install, unless every program in `tools` is installed (a name found
 /// on `PATH`, or an absolute path that exists).
 ///
