@@ -11,10 +11,8 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{Options, Process, Running, Server};
+use common::{Options, Process, Running, Server, image_requests, mock_openai};
 use serde_json::{Value, json};
-use wiremock::matchers::{method, path};
-use wiremock::{Mock, MockServer, Request};
 
 const A: &str = "0xf503017d7baf7fbc0fff7492b751025c6a78179b";
 const B: &str = "0x054993ab0f2b1acc0fdc65405ee203b4271bebe6";
@@ -231,29 +229,9 @@ async fn protected_routes_refuse_a_missing_or_wrong_key_alike_and_take_a_good_on
     );
 }
 
-/// A mock OpenAI whose image answers take `delay`.
-async fn slow_openai(delay: Duration) -> MockServer {
-    let mock = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path("/images/generations"))
-        .respond_with(common::b64_answer(&common::png(64, 48, [9, 9, 9])).set_delay(delay))
-        .mount(&mock)
-        .await;
-    mock
-}
-
-async fn image_requests(mock: &MockServer) -> usize {
-    mock.received_requests()
-        .await
-        .unwrap_or_default()
-        .iter()
-        .filter(|r: &&Request| r.url.path().ends_with("/images/generations"))
-        .count()
-}
-
 #[tokio::test]
 async fn reads_hits_and_joining_a_run_need_no_key() {
-    let mock = slow_openai(Duration::from_millis(1500)).await;
+    let mock = mock_openai(Duration::from_millis(1500)).await;
     let tmp = tempfile::tempdir().unwrap();
     let live = Options {
         env: vec![
